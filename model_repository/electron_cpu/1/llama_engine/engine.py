@@ -1,0 +1,331 @@
+"""The engine loop: in-flight batching of many requests over one llama.cpp context.
+
+One thread owns llama.cpp. Each iteration (a *step*) admits waiting requests,
+drops cancelled ones, builds one batch with the next token of every decoding
+sequence plus prompt chunks of prefilling ones (see ``scheduler``), runs
+``llama_decode`` once, then samples and streams the new tokens. Requests join
+and leave between steps. Prompt prefixes are shared through ``prefix_cache``.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
+from .params import GenerationRequest
+from .prefix_cache import PrefixCache
+from .sampling import TokenSampler, token_logprob
+from .scheduler import PrefillCandidate, StepPlanner
+from .stats import EngineStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PerfMetrics:
+    reused_blocks: int
+    new_blocks: int
+    total_blocks: int
+    arrival_ns: int
+    first_scheduled_ns: int
+    first_token_ns: int
+    last_token_ns: int
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """One response of a request: new tokens, or all of them when not streaming."""
+
+    tokens: list[int]
+    log_probs: list[float] | None
+    final: bool
+    sequence_length: int  # prompt + generated tokens so far
+    num_input_tokens: int
+    perf: PerfMetrics
+
+
+class ResponseSink(Protocol):
+    """Where one request's responses go (the Triton response sender in production)."""
+
+    request_id: str
+
+    def send(self, output: StepOutput) -> None: ...
+    def fail(self, message: str) -> None: ...
+    def close_cancelled(self) -> None: ...
+    def is_cancelled(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request: GenerationRequest
+    sink: ResponseSink
+    arrival_ns: int
+    seq: int = -1
+    n_past: int = 0  # positions whose KV exists
+    prefilled: int = 0  # prompt tokens whose KV exists
+    reused_blocks: int = 0
+    pending: int | None = None  # sampled, not yet decoded
+    generated: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    sent: int = 0  # generated tokens already sent
+    sampler: TokenSampler | None = None
+    first_scheduled_ns: int = 0
+    first_token_ns: int = 0
+    last_token_ns: int = 0
+
+    @property
+    def prompt_left(self) -> int:
+        return len(self.request.prompt) - self.prefilled
+
+    def cells_still_needed(self) -> int:
+        return len(self.request.prompt) + self.request.max_new_tokens - self.n_past
+
+
+class Engine:
+    def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int):
+        self.runner = runner
+        self.cache = cache
+        self.planner = planner
+        self.max_running = max_running
+        self.stats = EngineStats()
+        self._inbox: collections.deque[_Sequence] = collections.deque()
+        self._waiting: list[_Sequence] = []
+        self._running: list[_Sequence] = []
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="llama-engine", daemon=True)
+        self.stats_listeners: list = []  # called with EngineStats from the engine thread
+
+    # ---- interface for the Triton model -----------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: ResponseSink) -> None:
+        with self._wake:
+            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns()))
+            self._wake.notify()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        self._thread.join(timeout)
+        for s in self._running + self._waiting + list(self._inbox):
+            s.sink.fail("the model is shutting down")
+
+    # ---- the loop ----------------------------------------------------------------
+    def _loop(self) -> None:
+        last_stats = 0.0
+        while True:
+            with self._wake:
+                while not self._stop and not self._inbox and not self._running and not self._waiting:
+                    self._wake.wait(timeout=0.5)
+                if self._stop:
+                    return
+                self._waiting.extend(self._inbox)
+                self._inbox.clear()
+            try:
+                self._step()
+            except Exception:  # a bug must not wedge the model: fail what ran, go on
+                log.exception("engine step failed; failing %d running requests", len(self._running))
+                for s in list(self._running):
+                    self._finish(s, error="internal engine error")
+            now = time.monotonic()
+            if now - last_stats >= 0.25:
+                last_stats = now
+                self._publish_stats()
+
+    def _step(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if not self._running:
+            if self._waiting:
+                time.sleep(0.002)  # waiting only on a running prefill that was cancelled
+            return
+        decoding = [s for s in self._running if s.pending is not None]
+        prefilling = [s for s in self._running if s.prompt_left > 0]
+        budget = self.planner.prefill_budget(len(decoding)) if prefilling else 0
+        now = time.time_ns()
+        plan = self.planner.plan_prefill(
+            [PrefillCandidate(s, s.prompt_left, (now - s.arrival_ns) / 1e9) for s in prefilling], budget
+        )
+        n, samplers = self._fill_batch(decoding, plan)
+        started = time.perf_counter()
+        rc = self.runner.decode(n)
+        elapsed = time.perf_counter() - started
+        if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
+            rc = self.runner.decode(n)
+        if rc != DECODE_OK:
+            self._fail_batch(decoding, plan, rc)
+            return
+        prefill_tokens = sum(take for _, take in plan)
+        self.planner.cost.observe(len(decoding), prefill_tokens, elapsed)
+        self.stats.decode_steps += 1
+        self.stats.step_tokens += n
+        self.stats.prefill_tokens += prefill_tokens
+        self._after_decode(decoding, plan, samplers)
+
+    def _fill_batch(self, decoding, plan) -> tuple[int, list[tuple[_Sequence, int]]]:
+        r = self.runner
+        samplers = []
+        n = 0
+        for s in decoding:
+            r.tokens[n], r.positions[n], r.seq_ids[n], r.want_logits[n] = s.pending, s.n_past, s.seq, 1
+            samplers.append((s, n))
+            n += 1
+        for s, take in plan:
+            start = s.prefilled
+            end = start + take
+            r.tokens[n : n + take] = s.request.prompt[start:end]
+            r.positions[n : n + take] = range(s.n_past, s.n_past + take)
+            r.seq_ids[n : n + take] = s.seq
+            r.want_logits[n : n + take] = 0
+            if end == len(s.request.prompt):
+                r.want_logits[n + take - 1] = 1
+                samplers.append((s, n + take - 1))
+            n += take
+        return n, samplers
+
+    def _after_decode(self, decoding, plan, samplers) -> None:
+        for s in decoding:
+            self.cache.computed(s.seq, [s.pending])
+            s.n_past += 1
+            s.pending = None
+        for s, take in plan:
+            self.cache.computed(s.seq, s.request.prompt[s.prefilled : s.prefilled + take])
+            s.prefilled += take
+            s.n_past += take
+        for s, index in samplers:
+            token = s.sampler.sample(self.runner.ctx, index)
+            self._on_token(s, token, index)
+
+    def _on_token(self, s: _Sequence, token: int, index: int) -> None:
+        now = time.time_ns()
+        s.first_token_ns = s.first_token_ns or now
+        s.last_token_ns = now
+        request = s.request
+        if token == request.end_id:
+            self._finish(s)
+            return
+        s.generated.append(token)
+        if request.return_log_probs:
+            s.log_probs.append(token_logprob(self.runner.ctx, index, token, self.runner.n_vocab))
+        tail = s.generated
+        if len(tail) >= request.max_new_tokens or any(
+            len(w) <= len(tail) and tuple(tail[-len(w) :]) == w for w in request.stop_words
+        ):
+            self._finish(s)
+            return
+        s.pending = token
+        if request.streaming:
+            self._send(s, final=False)
+
+    # ---- admission, completion, cancellation ------------------------------------------
+    def _admit(self) -> None:
+        still_waiting = []
+        for i, s in enumerate(self._waiting):
+            if len(self._running) >= self.max_running:
+                still_waiting.extend(self._waiting[i:])
+                break
+            if self.cache.awaits_running_prefill(s.request.prompt):
+                still_waiting.append(s)  # its prefix is being computed right now
+                continue
+            admission = self.cache.admit(s.request.prompt)
+            s.seq, s.n_past = admission.seq, admission.reused_tokens
+            s.prefilled, s.reused_blocks = admission.reused_tokens, admission.reused_blocks
+            needed = s.cells_still_needed() + sum(r.cells_still_needed() for r in self._running)
+            if not self.cache.make_room(needed):
+                self.cache.release(s.seq)  # not enough KV now; try again when some finish
+                s.seq, s.n_past, s.prefilled, s.reused_blocks = -1, 0, 0, 0
+                still_waiting.extend(self._waiting[i:])
+                break
+            s.sampler = TokenSampler(
+                s.request.sampling, self.runner.n_vocab, s.request.end_id, s.request.max_new_tokens
+            )
+            s.first_scheduled_ns = time.time_ns()
+            self._running.append(s)
+            log.debug(
+                "request %s admitted on seq %d: %d prompt tokens, %d reused",
+                s.sink.request_id, s.seq, len(s.request.prompt), s.n_past,
+            )
+        self._waiting = still_waiting
+
+    def _drop_cancelled(self) -> None:
+        for s in [s for s in self._waiting if s.sink.is_cancelled()]:
+            self._waiting.remove(s)
+            self.stats.cancellations += 1
+            s.sink.close_cancelled()
+        for s in [s for s in self._running if s.sink.is_cancelled()]:
+            self.stats.cancellations += 1
+            self._finish(s, cancelled=True)
+
+    def _finish(self, s: _Sequence, error: str | None = None, cancelled: bool = False) -> None:
+        self._running.remove(s)
+        if s.sampler is not None:
+            s.sampler.close()
+        self.cache.release(s.seq)
+        if error is not None:
+            self.stats.errors += 1
+            s.sink.fail(error)
+        elif cancelled:
+            s.sink.close_cancelled()
+            log.info("request %s cancelled after %d tokens", s.sink.request_id, len(s.generated))
+        else:
+            self.stats.completed += 1
+            self._send(s, final=True)
+
+    def _fail_batch(self, decoding, plan, rc: int) -> None:
+        log.error("llama_decode returned %d for a batch of %d sequences", rc, len(decoding) + len(plan))
+        for s in {*decoding, *(s for s, _ in plan)}:
+            self._finish(s, error=f"the model failed to decode (llama.cpp code {rc})")
+
+    def _send(self, s: _Sequence, final: bool) -> None:
+        request = s.request
+        tokens = s.generated[s.sent :] if request.streaming else s.generated
+        if not request.streaming and not request.exclude_input_in_output:
+            tokens = list(request.prompt) + tokens
+        log_probs = None
+        if request.return_log_probs:
+            log_probs = s.log_probs[s.sent :] if request.streaming else s.log_probs
+        s.sent = len(s.generated)
+        total = len(request.prompt) + len(s.generated)
+        block = self.cache.block_size
+        output = StepOutput(
+            tokens=tokens,
+            log_probs=log_probs,
+            final=final,
+            sequence_length=total,
+            num_input_tokens=len(request.prompt),
+            perf=PerfMetrics(
+                reused_blocks=s.reused_blocks,
+                new_blocks=math.ceil(total / block) - s.reused_blocks,
+                total_blocks=math.ceil(total / block),
+                arrival_ns=s.arrival_ns,
+                first_scheduled_ns=s.first_scheduled_ns,
+                first_token_ns=s.first_token_ns,
+                last_token_ns=s.last_token_ns,
+            ),
+        )
+        try:
+            s.sink.send(output)
+        except Exception as exc:  # the client went away between two checks
+            log.info("request %s: response not delivered (%s)", s.sink.request_id, exc)
+
+    def _publish_stats(self) -> None:
+        st = self.stats
+        st.running = len(self._running)
+        st.waiting = len(self._waiting) + len(self._inbox)
+        st.kv_cells_used = self.cache.ledger.used_cells()
+        st.cached_blocks = self.cache.cached_blocks
+        st.prefix_hits, st.prefix_misses = self.cache.hits, self.cache.misses
+        for listener in self.stats_listeners:
+            try:
+                listener(st)
+            except Exception:
+                log.exception("stats listener failed")

@@ -1,0 +1,117 @@
+"""The llama.cpp model, context and batch behind the engine loop.
+
+One context with a *unified* KV cache (one cell pool shared by every sequence,
+so ``seq_cp`` shares cells instead of copying them) and flash attention (whose
+CPU kernel skips masked cells, so a large pool of cached cells costs little).
+The batch buffers are numpy arrays that ``llama_decode`` reads in place.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DECODE_OK = 0
+DECODE_NO_KV_SLOT = 1
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    gguf_path: str
+    kv_cells: int = 16384  # the unified KV pool, shared by all sequences
+    max_sequences: int = 64  # llama.cpp sequence ids: running + cached (<= 256)
+    max_batch_tokens: int = 512  # tokens per llama_decode call
+    threads: int = 2
+
+
+_LOG_CALLBACK = None  # keeps the ctypes callback alive
+
+
+def _route_llama_logs() -> None:
+    global _LOG_CALLBACK
+    llama_log = logging.getLogger("llama.cpp")
+
+    @llama_cpp.llama_log_callback
+    def callback(level, text, _user_data):
+        if level not in (3, 4):  # GGML_LOG_LEVEL_WARN=3, ERROR=4; info and debug stay quiet
+            return
+        llama_log.log(logging.ERROR if level == 4 else logging.WARNING, "%s", text.decode(errors="replace").rstrip())
+
+    _LOG_CALLBACK = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class LlamaRunner:
+    def __init__(self, config: RunnerConfig):
+        _route_llama_logs()
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        self.model = llama_cpp.llama_model_load_from_file(config.gguf_path.encode(), mparams)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {config.gguf_path}")
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = config.kv_cells
+        cparams.n_batch = config.max_batch_tokens
+        cparams.n_ubatch = config.max_batch_tokens
+        cparams.n_seq_max = config.max_sequences
+        cparams.n_threads = config.threads
+        cparams.n_threads_batch = config.threads
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        cparams.kv_unified = True
+        cparams.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+        self.eos_id = llama_cpp.llama_vocab_eos(vocab)
+        self.train_context = llama_cpp.llama_model_n_ctx_train(self.model)
+        self.config = config
+        self._alloc_batch(config.max_batch_tokens)
+
+    def _alloc_batch(self, size: int) -> None:
+        self.tokens = np.zeros(size, np.int32)
+        self.positions = np.zeros(size, np.int32)
+        self.seq_ids = np.zeros(size, np.int32)
+        self.want_logits = np.zeros(size, np.int8)
+        self._n_seq_id = np.ones(size, np.int32)
+        base = self.seq_ids.ctypes.data
+        i32p = ctypes.POINTER(ctypes.c_int32)
+        self._seq_ptrs = (i32p * size)(*[ctypes.cast(base + 4 * i, i32p) for i in range(size)])
+        batch = llama_cpp.llama_batch()
+        batch.token = self.tokens.ctypes.data_as(i32p)
+        batch.embd = None
+        batch.pos = self.positions.ctypes.data_as(i32p)
+        batch.n_seq_id = self._n_seq_id.ctypes.data_as(i32p)
+        batch.seq_id = ctypes.cast(self._seq_ptrs, ctypes.POINTER(i32p))
+        batch.logits = self.want_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
+        self._batch = batch
+
+    def decode(self, n_tokens: int) -> int:
+        """Run the first ``n_tokens`` entries of the batch arrays; llama.cpp's code."""
+        self._batch.n_tokens = n_tokens
+        return llama_cpp.llama_decode(self.ctx, self._batch)
+
+    # MemoryOps for the prefix cache
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
+
+    def seq_rm(self, seq: int, p0: int, p1: int) -> None:
+        if not llama_cpp.llama_memory_seq_rm(self.memory, seq, p0, p1):
+            raise RuntimeError(f"llama.cpp refused seq_rm({seq}, {p0}, {p1})")
+
+    def close(self) -> None:
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,234 @@
+"""Block-level prefix cache over llama.cpp sequences.
+
+Token positions are cut into blocks of ``block_size`` tokens. A full block is
+keyed by a hash chain (its tokens and its parent block's key), so a key names a
+whole prefix. Every sequence - running or kept after it finished - is a *holder*
+of the full blocks its KV covers. A new prompt whose leading blocks are cached
+gets those cells shared into its own sequence with ``seq_cp`` and prefills only
+the rest; blocks computed by a running request are visible to others at once.
+
+Finished sequences stay in llama.cpp's cache as *cached* holders. When cells or
+sequence ids run out, blocks are evicted least recently used first, leaves
+before their parents, and only blocks that no running sequence holds.
+
+Contract with llama.cpp: every sequence holds positions ``[0, n)``; ``ops`` is
+called with ``seq_cp(src, dst, p0, p1)`` and ``seq_rm(seq, p0, p1)`` (``p1 = -1``:
+to the end), and ``ledger`` mirrors them for cell accounting.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from .kv_ledger import KvLedger
+
+
+class MemoryOps(Protocol):
+    def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None: ...
+    def seq_rm(self, seq: int, p0: int, p1: int) -> None: ...
+
+
+@dataclass(eq=False)
+class Block:
+    key: int
+    tokens: tuple[int, ...]
+    parent: Block | None
+    index: int  # block number: positions [index * size, (index + 1) * size)
+    holders: set[int] = field(default_factory=set)
+    children: int = 0
+
+
+@dataclass
+class _Seq:
+    active: bool
+    blocks: list[Block] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # tokens whose KV exists, positions 0..n-1
+    planned: set[int] = field(default_factory=set)  # block keys its prompt will still produce
+
+
+@dataclass(frozen=True)
+class Admission:
+    seq: int
+    reused_tokens: int  # prompt positions whose KV was shared from the cache
+    reused_blocks: int
+
+
+def block_keys(tokens: Sequence[int], size: int) -> list[int]:
+    """Chain keys of the full blocks of ``tokens``."""
+    keys, parent = [], 0
+    for start in range(0, len(tokens) - size + 1, size):
+        parent = hash((parent, *tokens[start : start + size]))
+        keys.append(parent)
+    return keys
+
+
+class PrefixCache:
+    def __init__(self, ops: MemoryOps, ledger: KvLedger, n_seq: int, block_size: int):
+        self.block_size = block_size
+        self._ops = ops
+        self.ledger = ledger
+        self._blocks: OrderedDict[int, Block] = OrderedDict()  # oldest use first
+        self._seqs: dict[int, _Seq] = {}
+        self._free_ids = list(range(n_seq - 1, -1, -1))
+        self.hits = 0  # blocks reused
+        self.misses = 0  # full prompt blocks that had to be prefilled
+
+    # ---- queries -------------------------------------------------------------
+    @property
+    def cached_blocks(self) -> int:
+        return len(self._blocks)
+
+    @property
+    def active_seqs(self) -> int:
+        return sum(1 for s in self._seqs.values() if s.active)
+
+    def match(self, prompt: Sequence[int]) -> list[Block]:
+        """Cached blocks that ``prompt`` starts with, in order."""
+        found = []
+        for i, key in enumerate(block_keys(prompt, self.block_size)):
+            block = self._blocks.get(key)
+            start = i * self.block_size
+            if block is None or block.tokens != tuple(prompt[start : start + self.block_size]):
+                break
+            found.append(block)
+        return found
+
+    def awaits_running_prefill(self, prompt: Sequence[int]) -> bool:
+        """True when a running prefill is about to compute the next block ``prompt``
+        misses: admitting later reuses it instead of computing it twice."""
+        keys = block_keys(prompt, self.block_size)
+        n = len(self.match(prompt))
+        if n >= len(keys) or (n + 1) * self.block_size >= len(prompt):
+            return False
+        return any(keys[n] in s.planned for s in self._seqs.values() if s.active)
+
+    # ---- lifecycle -----------------------------------------------------------
+    def admit(self, prompt: Sequence[int]) -> Admission:
+        """Give ``prompt`` a sequence holding its longest cached prefix (at least
+        one token is left to prefill: its logits are needed)."""
+        seq = self._take_seq_id()
+        blocks = self.match(prompt)
+        reused = min(len(blocks) * self.block_size, len(prompt) - 1)
+        state = _Seq(active=True)
+        self._seqs[seq] = state
+        if reused > 0:
+            source = next(iter(blocks[-1].holders))
+            self._ops.seq_cp(source, seq, 0, reused)
+            self.ledger.copy(source, seq, reused)
+            state.tokens = list(prompt[:reused])
+            for block in blocks[: reused // self.block_size]:
+                block.holders.add(seq)
+                state.blocks.append(block)
+            self._touch(blocks)
+        state.planned = set(block_keys(prompt, self.block_size)[len(state.blocks) :])
+        full_blocks = len(prompt) // self.block_size
+        self.hits += reused // self.block_size
+        self.misses += full_blocks - reused // self.block_size
+        return Admission(seq, reused, reused // self.block_size)
+
+    def computed(self, seq: int, tokens: Sequence[int]) -> None:
+        """``tokens`` were decoded into ``seq`` after its current end."""
+        state = self._seqs[seq]
+        state.tokens.extend(tokens)
+        self.ledger.append(seq, len(tokens))
+        size = self.block_size
+        while len(state.tokens) >= (len(state.blocks) + 1) * size:
+            index = len(state.blocks)
+            parent = state.blocks[-1] if state.blocks else None
+            chunk = tuple(state.tokens[index * size : (index + 1) * size])
+            key = hash((parent.key if parent else 0, *chunk))
+            block = self._blocks.get(key)
+            if block is None or block.tokens != chunk:
+                block = Block(key, chunk, parent, index)
+                self._blocks[key] = block
+                if parent is not None:
+                    parent.children += 1
+            block.holders.add(seq)
+            state.blocks.append(block)
+            state.planned.discard(key)
+        if state.blocks:
+            self._touch(state.blocks[-1:])
+
+    def release(self, seq: int) -> None:
+        """The request on ``seq`` ended; its full blocks stay cached."""
+        state = self._seqs[seq]
+        state.active = False
+        state.planned.clear()
+        full = len(state.blocks) * self.block_size
+        if len(state.tokens) > full:
+            self._ops.seq_rm(seq, full, -1)
+            self.ledger.truncate(seq, full)
+            del state.tokens[full:]
+        if all(len(b.holders) > 1 for b in state.blocks):
+            self._drop_seq(seq)  # every block is held elsewhere too: this copy adds nothing
+        else:
+            self._touch(state.blocks)
+
+    # ---- eviction ------------------------------------------------------------
+    def make_room(self, cells: int) -> bool:
+        """Evict cached blocks until ``cells`` cells are free; False if it cannot."""
+        while self.ledger.free_cells() < cells:
+            if not self._evict_one():
+                return False
+        return True
+
+    def _take_seq_id(self) -> int:
+        while not self._free_ids:
+            if not self._evict_one():
+                raise RuntimeError("no free sequence id: every sequence is running")
+        return self._free_ids.pop()
+
+    def _evict_one(self) -> bool:
+        """Evict the least recently used leaf block held by cached sequences only."""
+        for block in self._blocks.values():
+            if block.children == 0 and not any(self._seqs[h].active for h in block.holders):
+                break
+        else:
+            return self._drop_empty_cached_seq()
+        del self._blocks[block.key]
+        if block.parent is not None:
+            block.parent.children -= 1
+        start = block.index * self.block_size
+        for holder in block.holders:
+            state = self._seqs[holder]
+            state.blocks.pop()
+            del state.tokens[start:]
+            if state.blocks:
+                self._ops.seq_rm(holder, start, -1)
+                self.ledger.truncate(holder, start)
+            else:
+                self._drop_seq(holder)
+        return True
+
+    def _drop_empty_cached_seq(self) -> bool:
+        for seq, state in self._seqs.items():
+            if not state.active:
+                self._drop_seq(seq)
+                return True
+        return False
+
+    def _drop_seq(self, seq: int) -> None:
+        state = self._seqs.pop(seq)
+        for block in state.blocks:
+            block.holders.discard(seq)
+            if not block.holders:
+                self._forget(block)
+        self._ops.seq_rm(seq, 0, -1)
+        self.ledger.truncate(seq, 0)
+        self._free_ids.append(seq)
+
+    def _forget(self, block: Block) -> None:
+        if self._blocks.get(block.key) is block:
+            del self._blocks[block.key]
+            if block.parent is not None:
+                block.parent.children -= 1
+
+    def _touch(self, blocks: list[Block]) -> None:
+        """Mark a chain used: leaf first, so parents always look more recent."""
+        node = blocks[-1] if blocks else None
+        while node is not None:
+            if self._blocks.get(node.key) is node:
+                self._blocks.move_to_end(node.key)
+            node = node.parent

@@ -1,0 +1,180 @@
+"""Triton Python-backend glue for the CPU engine (decoupled, one instance).
+
+Reads TensorRT-LLM-style input tensors, checks them (``llama_engine.params``),
+hands valid requests to the engine loop and turns its outputs into responses
+with the same output names, dtypes and shapes as TensorRT-LLM's ``tensorrt_llm``
+model. Engine statistics go to Triton's metrics endpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from llama_engine.engine import Engine, StepOutput
+from llama_engine.kv_ledger import KvLedger
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig
+from llama_engine.params import InvalidRequest, ModelLimits, parse_request
+from llama_engine.prefix_cache import PrefixCache
+from llama_engine.scheduler import SchedulerConfig, StepPlanner
+from llama_engine.stats import EngineStats
+
+log = logging.getLogger("electron_cpu")
+
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def _i32(value) -> np.ndarray:
+    return np.array([[value]], dtype=np.int32)
+
+
+def _i64(value) -> np.ndarray:
+    return np.array([[value]], dtype=np.int64)
+
+
+class _TritonSink:
+    """Sends one request's responses through its Triton response sender."""
+
+    def __init__(self, request, request_spec):
+        self._request = request
+        self._sender = request.get_response_sender()
+        self.request_id = request.request_id() or "-"
+        self._spec = request_spec
+
+    def send(self, output: StepOutput) -> None:
+        spec = self._spec
+        tensors = [
+            pb_utils.Tensor("output_ids", np.array([[output.tokens]], dtype=np.int32).reshape(1, 1, -1)),
+            pb_utils.Tensor("sequence_length", _i32(output.sequence_length)),
+        ]
+        if spec.return_log_probs:
+            tensors.append(
+                pb_utils.Tensor("output_log_probs", np.array(output.log_probs, dtype=np.float32).reshape(1, 1, -1))
+            )
+        if spec.return_num_input_tokens:
+            tensors.append(pb_utils.Tensor("num_input_tokens", _i32(output.num_input_tokens)))
+        if spec.return_num_output_tokens:
+            generated = len(output.tokens) - (0 if spec.streaming or spec.exclude_input_in_output else len(spec.prompt))
+            tensors.append(pb_utils.Tensor("num_output_tokens", _i32(generated)))
+        if spec.return_perf_metrics:
+            perf = output.perf
+            tensors += [
+                pb_utils.Tensor("kv_cache_reused_blocks", _i32(perf.reused_blocks)),
+                pb_utils.Tensor("kv_cache_alloc_new_blocks", _i32(perf.new_blocks)),
+                pb_utils.Tensor("kv_cache_alloc_total_blocks", _i32(perf.total_blocks)),
+                pb_utils.Tensor("arrival_time_ns", _i64(perf.arrival_ns)),
+                pb_utils.Tensor("first_scheduled_time_ns", _i64(perf.first_scheduled_ns)),
+                pb_utils.Tensor("first_token_time_ns", _i64(perf.first_token_ns)),
+                pb_utils.Tensor("last_token_time_ns", _i64(perf.last_token_ns)),
+            ]
+        self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if output.final else 0)
+
+    def fail(self, message: str) -> None:
+        log.warning("request %s failed: %s", self.request_id, message)
+        self._sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+
+    def close_cancelled(self) -> None:
+        self._sender.send(flags=FINAL)  # Triton needs the final flag to release the request
+
+    def is_cancelled(self) -> bool:
+        return self._request.is_cancelled()
+
+
+class _MetricsExporter:
+    """Engine statistics as Triton custom metrics (``pb_utils.MetricFamily``)."""
+
+    COUNTERS = {
+        "decode_steps": "llama_decode calls (engine steps)",
+        "step_tokens": "tokens in all llama_decode calls (divide by decode_steps: tokens per step)",
+        "prefill_tokens": "prompt tokens prefilled",
+        "completed": "requests completed",
+        "cancellations": "requests cancelled by their client",
+        "errors": "requests failed inside the engine",
+        "prefix_hits": "prompt blocks reused from the prefix cache",
+        "prefix_misses": "full prompt blocks prefilled (not in the prefix cache)",
+    }
+    GAUGES = {
+        "running": "sequences running (prefilling or decoding)",
+        "waiting": "requests waiting to be admitted",
+        "kv_cells_used": "KV cache cells in use",
+        "cached_blocks": "blocks held by the prefix cache",
+    }
+
+    def __init__(self, labels: dict[str, str]):
+        self._families = []
+        self._metrics = {}
+        self._last = EngineStats()
+        for kind, table in ((pb_utils.MetricFamily.COUNTER, self.COUNTERS), (pb_utils.MetricFamily.GAUGE, self.GAUGES)):
+            for name, description in table.items():
+                suffix = "_total" if kind == pb_utils.MetricFamily.COUNTER else ""
+                family = pb_utils.MetricFamily(name=f"electron_engine_{name}{suffix}", description=description, kind=kind)
+                self._families.append(family)
+                self._metrics[name] = family.Metric(labels=labels)
+
+    def __call__(self, stats: EngineStats) -> None:
+        for name in self.COUNTERS:
+            delta = getattr(stats, name) - getattr(self._last, name)
+            if delta:
+                self._metrics[name].increment(delta)
+        for name in self.GAUGES:
+            self._metrics[name].set(getattr(stats, name))
+        self._last = dataclasses.replace(stats)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        logging.basicConfig(level=os.environ.get("ELECTRON_ENGINE_LOG_LEVEL", "INFO"),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(config):
+            raise pb_utils.TritonModelException("electron_cpu must be decoupled (model_transaction_policy)")
+        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        gguf_path = p.get("gguf_path", "")
+        if not gguf_path or gguf_path.startswith("${") or not os.path.isfile(gguf_path):
+            raise pb_utils.TritonModelException(f"parameter gguf_path {gguf_path!r} is not a GGUF file")
+        runner_config = RunnerConfig(
+            gguf_path=gguf_path,
+            kv_cells=int(p.get("kv_cells", 16384)),
+            max_sequences=int(p.get("max_sequences", 64)),
+            max_batch_tokens=int(p.get("max_batch_tokens", 512)),
+            threads=int(p.get("threads", 0)) or os.cpu_count() or 1,
+        )
+        self.runner = LlamaRunner(runner_config)
+        block = int(p.get("tokens_per_block", 16))
+        cache = PrefixCache(self.runner, KvLedger(runner_config.kv_cells), runner_config.max_sequences, block)
+        planner = StepPlanner(SchedulerConfig(
+            max_batch_tokens=runner_config.max_batch_tokens,
+            min_stream_rate=float(p.get("min_stream_rate", 12.0)),
+        ))
+        max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
+                          int(p.get("max_sequence_length", 0)) or self.runner.train_context)
+        self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
+        self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)))
+        self.engine.stats_listeners.append(_MetricsExporter({"model": args["model_name"]}))
+        self.engine.start()
+        log.info("engine ready: %s, %d KV cells, %d tokens per block, max sequence %d tokens",
+                 gguf_path, runner_config.kv_cells, block, max_seq_len)
+
+    def execute(self, requests):
+        for request in requests:
+            tensors = {t.name(): t.as_numpy() for t in request.inputs()}
+            try:
+                spec = parse_request(tensors, self.limits)
+            except InvalidRequest as exc:
+                sender = request.get_response_sender()
+                log.info("request %s rejected: %s", request.request_id() or "-", exc)
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+                continue
+            if spec.end_id is None:
+                spec = dataclasses.replace(spec, end_id=self.runner.eos_id)
+            self.engine.submit(spec, _TritonSink(request, spec))
+        return None
+
+    def finalize(self):
+        self.engine.shutdown()
+        self.runner.close()
