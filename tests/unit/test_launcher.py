@@ -1,0 +1,31 @@
+"""Launcher pieces that need no running server."""
+
+import pytest
+
+from gateway.settings import Settings
+from gateway.triton_launcher import render_config, triton_command
+
+
+def test_settings_from_environment_are_typed_and_frozen():
+    s = Settings.from_env({"ELECTRON_KV_CELLS": "4096", "ELECTRON_MIN_STREAM_RATE": "15.5", "OTHER": "x"})
+    assert s.kv_cells == 4096 and s.min_stream_rate == 15.5 and s.triton_grpc_port == 8001
+    with pytest.raises(AttributeError):
+        s.kv_cells = 1  # frozen
+
+
+def test_bad_setting_names_the_variable():
+    with pytest.raises(ValueError, match="ELECTRON_KV_CELLS"):
+        Settings.from_env({"ELECTRON_KV_CELLS": "lots"})
+
+
+def test_render_fills_placeholders_and_refuses_unknown_ones():
+    assert render_config('value: "${a}" and ${b}', {"a": "1", "b": "2"}) == 'value: "1" and 2'
+    with pytest.raises(KeyError, match="missing"):
+        render_config("${missing}", {})
+
+
+def test_triton_http_port_is_off_the_gateway_port():
+    s = Settings()
+    command = " ".join(triton_command(s, "/repo", "/backends"))
+    assert "--http-port=8003" in command and "--grpc-port=8001" in command and "--metrics-port=8002" in command
+    assert "--grpc-address=127.0.0.1" in command

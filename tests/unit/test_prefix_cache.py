@@ -1,0 +1,163 @@
+"""Prefix cache and KV ledger against a cell-level model of llama.cpp's unified cache."""
+
+import random
+
+import pytest
+
+from llama_engine.kv_ledger import KvLedger
+from llama_engine.prefix_cache import PrefixCache, block_keys
+
+
+class UnifiedCacheModel:
+    """llama.cpp's unified KV cache at cell level: a cell has a position, a token
+    and the set of sequences holding it; it is free once that set is empty."""
+
+    def __init__(self):
+        self.cells: dict[int, list] = {}  # cell id -> [pos, token, seqs]
+        self._next = 0
+
+    def decode(self, seq, start, tokens):
+        held = {c[0] for c in self.cells.values() if seq in c[2]}
+        for i, token in enumerate(tokens):
+            assert start + i not in held, f"seq {seq} already has position {start + i}"
+            self.cells[self._next] = [start + i, token, {seq}]
+            self._next += 1
+
+    def seq_cp(self, src, dst, p0, p1):
+        for pos, _, seqs in self.cells.values():
+            if src in seqs and p0 <= pos and (p1 < 0 or pos < p1):
+                seqs.add(dst)
+
+    def seq_rm(self, seq, p0, p1):
+        for cid in list(self.cells):
+            pos, _, seqs = self.cells[cid]
+            if seq in seqs and p0 <= pos and (p1 < 0 or pos < p1):
+                seqs.discard(seq)
+                if not seqs:
+                    del self.cells[cid]
+
+    def content(self, seq):
+        held = sorted((c[0], c[1]) for c in self.cells.values() if seq in c[2])
+        assert [p for p, _ in held] == list(range(len(held))), f"seq {seq} is not contiguous"
+        return [t for _, t in held]
+
+
+def make(n_seq=8, block=4, cells=1000):
+    memory = UnifiedCacheModel()
+    cache = PrefixCache(memory, KvLedger(cells), n_seq=n_seq, block_size=block)
+    return memory, cache
+
+
+def run(memory, cache, prompt, generated=()):
+    """Admit ``prompt``, prefill the rest, decode ``generated``, return admission."""
+    adm = cache.admit(prompt)
+    rest = list(prompt[adm.reused_tokens:])
+    memory.decode(adm.seq, adm.reused_tokens, rest)
+    cache.computed(adm.seq, rest)
+    if generated:
+        memory.decode(adm.seq, len(prompt), list(generated))
+        cache.computed(adm.seq, list(generated))
+    return adm
+
+
+def test_second_request_reuses_full_blocks_of_shared_prefix():
+    memory, cache = make()
+    system = list(range(100, 110))  # 10 tokens: 2 full blocks of 4
+    first = run(memory, cache, system + [1, 2])
+    cache.release(first.seq)
+    second = cache.admit(system + [7, 8, 9])
+    assert second.reused_tokens == 8 and second.reused_blocks == 2
+    assert memory.content(second.seq) == system[:8]
+    assert cache.hits == 2
+
+
+def test_whole_prompt_cached_still_leaves_one_token_to_prefill():
+    memory, cache = make()
+    prompt = list(range(1, 9))  # exactly 2 blocks
+    cache.release(run(memory, cache, prompt).seq)
+    again = cache.admit(prompt)
+    assert again.reused_tokens == 7 and again.reused_blocks == 1
+    memory.decode(again.seq, 7, prompt[7:])
+    cache.computed(again.seq, prompt[7:])
+    assert memory.content(again.seq) == prompt
+    assert cache.ledger.used_cells() == len(memory.cells)
+
+
+def test_next_turn_reuses_generated_tokens():
+    memory, cache = make()
+    turn1 = list(range(1, 11))
+    reply = [50, 51, 52, 53, 54, 55]
+    cache.release(run(memory, cache, turn1, reply).seq)
+    # the last generated token's KV is computed only when it is fed back; here it was
+    turn2 = turn1 + reply + [60, 61]
+    adm = cache.admit(turn2)
+    assert adm.reused_tokens == 16  # 4 full blocks: prompt and reply
+
+
+def test_running_prefill_blocks_are_shared_with_a_concurrent_request():
+    memory, cache = make()
+    system = list(range(100, 116))  # 4 blocks
+    a = cache.admit(system + [1])
+    assert cache.awaits_running_prefill(system + [2]) is True
+    memory.decode(a.seq, 0, system[:8])
+    cache.computed(a.seq, system[:8])
+    assert cache.awaits_running_prefill(system + [2]) is True
+    memory.decode(a.seq, 8, system[8:] + [1])
+    cache.computed(a.seq, system[8:] + [1])
+    assert cache.awaits_running_prefill(system + [2]) is False
+    b = cache.admit(system + [2])
+    assert b.reused_tokens == 16
+    assert memory.content(b.seq) == system
+    # both share the cells: 17 cells, not 33
+    assert len(memory.cells) == 17 == cache.ledger.used_cells()
+
+
+def test_eviction_frees_least_recently_used_leaves_and_spares_running():
+    memory, cache = make(n_seq=8, block=4, cells=40)
+    old = run(memory, cache, list(range(1, 17)))  # 16 cells
+    cache.release(old.seq)
+    live = run(memory, cache, list(range(200, 216)))  # running, 16 cells
+    assert cache.ledger.used_cells() == 32
+    assert cache.make_room(20) is True  # must evict the finished one, not the live one
+    assert cache.ledger.used_cells() == len(memory.cells) <= 20
+    assert memory.content(live.seq) == list(range(200, 216))
+    assert cache.make_room(30) is False  # the running sequence cannot be evicted
+
+
+def test_sequence_ids_are_recycled_by_evicting_cached_sequences():
+    memory, cache = make(n_seq=2, block=4)
+    for i in range(5):
+        adm = run(memory, cache, [i * 10 + k for k in range(8)])
+        cache.release(adm.seq)
+    assert cache.cached_blocks <= 4
+    assert cache.ledger.used_cells() == len(memory.cells)
+
+
+def test_block_keys_name_whole_prefixes():
+    a = block_keys([1, 2, 3, 4, 5, 6, 7, 8], 4)
+    b = block_keys([9, 2, 3, 4, 5, 6, 7, 8], 4)
+    assert len(a) == 2 and a[1] != b[1]  # same second block, different prefix
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_workload_keeps_ledger_and_contents_exact(seed):
+    rng = random.Random(seed)
+    memory, cache = make(n_seq=6, block=4, cells=120)
+    systems = [[rng.randrange(1000) for _ in range(rng.randrange(4, 14))] for _ in range(3)]
+    running = {}
+    for _ in range(60):
+        if running and (len(running) >= 4 or rng.random() < 0.4):
+            seq = rng.choice(list(running))
+            del running[seq]
+            cache.release(seq)
+        else:
+            prompt = rng.choice(systems) + [rng.randrange(1000) for _ in range(rng.randrange(1, 9))]
+            generated = [rng.randrange(1000) for _ in range(rng.randrange(0, 6))]
+            need = len(prompt) + len(generated)
+            if not cache.make_room(need + sum(len(t) for t in running.values())):
+                continue
+            adm = run(memory, cache, prompt, generated)
+            running[adm.seq] = prompt + generated
+        assert cache.ledger.used_cells() == len(memory.cells)
+        for seq, tokens in running.items():
+            assert memory.content(seq) == tokens
