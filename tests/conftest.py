@@ -3,9 +3,9 @@
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-ENGINE_DIR = ROOT / "model_repository" / "electron_cpu" / "1"
-DATA_DIR = Path(__file__).resolve().parent / "data"
+TESTS = Path(__file__).resolve().parent
+ENGINE_DIR = TESTS.parent / "model_repository" / "electron_cpu" / "1"
 
-if str(ENGINE_DIR) not in sys.path:
-    sys.path.insert(0, str(ENGINE_DIR))
+for path in (ENGINE_DIR, TESTS):  # the engine package; tests/paths.py
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))

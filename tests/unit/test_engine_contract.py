@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import ROOT
+from paths import ROOT
 
 CONTRACT_INPUTS = {
     "input_ids": ("TYPE_INT32", [-1]),

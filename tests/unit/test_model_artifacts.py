@@ -8,7 +8,7 @@ import pytest
 from llama_cpp import Llama
 from tokenizers import Tokenizer
 
-from conftest import DATA_DIR
+from paths import DATA_DIR
 from gateway.model_artifacts import ModelArtifacts, embedded_gguf_path, prepare
 from gateway.settings import Settings
 from gateway.triton_launcher import prepare_artifacts

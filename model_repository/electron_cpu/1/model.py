@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -86,7 +87,9 @@ class _TritonSink:
 
 
 class _MetricsExporter:
-    """Engine statistics as Triton custom metrics (``pb_utils.MetricFamily``)."""
+    """Engine statistics as Triton custom metrics (``pb_utils.MetricFamily``), from a
+    thread of its own: a metric update is a call into Triton that can block while
+    the model unloads, and the engine loop must never wait on it."""
 
     COUNTERS = {
         "decode_steps": "llama_decode calls (engine steps)",
@@ -105,7 +108,11 @@ class _MetricsExporter:
         "cached_blocks": "blocks held by the prefix cache",
     }
 
-    def __init__(self, labels: dict[str, str]):
+    def __init__(self, engine: Engine, labels: dict[str, str], period_s: float = 0.25):
+        self._engine = engine
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="engine-metrics", daemon=True)
         self._families = []
         self._metrics = {}
         self._last = EngineStats()
@@ -116,7 +123,21 @@ class _MetricsExporter:
                 self._families.append(family)
                 self._metrics[name] = family.Metric(labels=labels)
 
-    def __call__(self, stats: EngineStats) -> None:
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            try:
+                self._export(dataclasses.replace(self._engine.stats))
+            except Exception:
+                log.exception("exporting engine metrics failed")
+
+    def _export(self, stats: EngineStats) -> None:
         for name in self.COUNTERS:
             delta = getattr(stats, name) - getattr(self._last, name)
             if delta:
@@ -155,8 +176,9 @@ class TritonPythonModel:
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
         self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)))
-        self.engine.stats_listeners.append(_MetricsExporter({"model": args["model_name"]}))
+        self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
         self.engine.start()
+        self.metrics.start()
         log.info("engine ready: %s, %d KV cells, %d tokens per block, max sequence %d tokens",
                  gguf_path, runner_config.kv_cells, block, max_seq_len)
 
@@ -176,5 +198,6 @@ class TritonPythonModel:
         return None
 
     def finalize(self):
+        self.metrics.stop()
         self.engine.shutdown()
         self.runner.close()

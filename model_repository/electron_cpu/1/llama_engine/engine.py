@@ -100,7 +100,6 @@ class Engine:
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="llama-engine", daemon=True)
-        self.stats_listeners: list = []  # called with EngineStats from the engine thread
 
     # ---- interface for the Triton model -----------------------------------------
     def start(self) -> None:
@@ -125,6 +124,7 @@ class Engine:
         while True:
             with self._wake:
                 while not self._stop and not self._inbox and not self._running and not self._waiting:
+                    self._refresh_gauges()
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
@@ -137,9 +137,9 @@ class Engine:
                 for s in list(self._running):
                     self._finish(s, error="internal engine error")
             now = time.monotonic()
-            if now - last_stats >= 0.25:
+            if now - last_stats >= 0.1:
                 last_stats = now
-                self._publish_stats()
+                self._refresh_gauges()
 
     def _step(self) -> None:
         self._drop_cancelled()
@@ -317,15 +317,12 @@ class Engine:
         except Exception as exc:  # the client went away between two checks
             log.info("request %s: response not delivered (%s)", s.sink.request_id, exc)
 
-    def _publish_stats(self) -> None:
+    def _refresh_gauges(self) -> None:
+        """Update the gauges in ``stats`` (the engine thread only: they read its state).
+        Other threads read ``stats`` as it is; no call in here may block."""
         st = self.stats
         st.running = len(self._running)
         st.waiting = len(self._waiting) + len(self._inbox)
         st.kv_cells_used = self.cache.ledger.used_cells()
         st.cached_blocks = self.cache.cached_blocks
         st.prefix_hits, st.prefix_misses = self.cache.hits, self.cache.misses
-        for listener in self.stats_listeners:
-            try:
-                listener(st)
-            except Exception:
-                log.exception("stats listener failed")

@@ -1,0 +1,46 @@
+"""One real tritonserver (the launcher's) for the whole end-to-end session."""
+
+import pytest
+from tokenizers import Tokenizer
+
+from gateway.settings import Settings
+from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory):
+    return Settings.from_env({
+        "ELECTRON_RUN_DIR": str(tmp_path_factory.mktemp("run")),
+        "ELECTRON_TRITON_GRPC_PORT": "18001",
+        "ELECTRON_TRITON_HTTP_PORT": "18003",
+        "ELECTRON_TRITON_METRICS_PORT": "18002",
+        "ELECTRON_KV_CELLS": "16384",
+    })
+
+
+@pytest.fixture(scope="session")
+def artifacts(settings):
+    return prepare_artifacts(settings)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(artifacts):
+    return Tokenizer.from_file(str(artifacts.tokenizer_path))
+
+
+@pytest.fixture(scope="session")
+def triton(settings):
+    process = start_triton(settings)
+    yield settings
+    assert stop_triton(process) == 0, "tritonserver did not shut down cleanly"
+
+
+@pytest.fixture
+def chat(tokenizer):
+    """Token ids of a one-turn ChatML prompt."""
+
+    def encode(user: str, system: str = "You are a helpful assistant.") -> list[int]:
+        text = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    return encode

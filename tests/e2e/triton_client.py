@@ -1,0 +1,113 @@
+"""A small async client of the engine contract for the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from dataclasses import dataclass, field
+
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import InferInput
+
+DTYPES = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL", np.object_: "BYTES"}
+
+
+def tensor(name: str, value, dtype) -> InferInput:
+    array = np.asarray(value, dtype=dtype)
+    if array.ndim == 0:
+        array = array.reshape(1, 1)
+    elif array.ndim == 1:
+        array = array.reshape(1, -1)
+    t = InferInput(name, list(array.shape), DTYPES[np.dtype(dtype).type])
+    t.set_data_from_numpy(array)
+    return t
+
+
+def request_inputs(prompt, max_tokens, streaming=True, **extra) -> list[InferInput]:
+    inputs = [
+        tensor("input_ids", prompt, np.int32),
+        tensor("input_lengths", len(prompt), np.int32),
+        tensor("request_output_len", max_tokens, np.int32),
+        tensor("streaming", streaming, np.bool_),
+        tensor("exclude_input_in_output", True, np.bool_),
+        tensor("temperature", extra.pop("temperature", 0.0), np.float32),
+        tensor("return_perf_metrics", True, np.bool_),
+        tensor("return_num_input_tokens", True, np.bool_),
+        tensor("return_num_output_tokens", True, np.bool_),
+    ]
+    kinds = {"seed": np.uint64, "runtime_top_k": np.int32, "runtime_top_p": np.float32, "min_tokens": np.int32,
+             "end_id": np.int32, "presence_penalty": np.float32, "frequency_penalty": np.float32,
+             "repetition_penalty": np.float32, "stop_words_list": np.int32, "embedding_bias": np.float32,
+             "return_log_probs": np.bool_}
+    for name, value in extra.items():
+        inputs.append(tensor(name, value, kinds[name]))
+    return inputs
+
+
+@dataclass
+class Result:
+    tokens: list[int] = field(default_factory=list)
+    responses: int = 0
+    finals: int = 0
+    error: str | None = None
+    reused_blocks: int = -1
+    num_input_tokens: int = -1
+    output_counts: list[int] = field(default_factory=list)
+    log_probs: list[float] = field(default_factory=list)
+    ttft_engine_ms: float = -1.0
+
+
+async def generate(url: str, model: str, inputs: list[InferInput], stop_after: int | None = None,
+                   request_id: str = "") -> Result:
+    """Run one request on its own gRPC stream; ``stop_after`` cancels after that many
+    responses. Waits for the final response (or the error)."""
+    client = grpcaio.InferenceServerClient(url)
+    result = Result()
+
+    async def requests():
+        yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+
+    stream = client.stream_infer(requests())
+    try:
+        async for response, error in stream:
+            if error is not None:
+                result.error = str(error)
+                break
+            result.responses += 1
+            result.tokens.extend(response.as_numpy("output_ids").reshape(-1).tolist())
+            if response.as_numpy("num_output_tokens") is not None:
+                result.output_counts.append(int(response.as_numpy("num_output_tokens").reshape(-1)[0]))
+            if response.as_numpy("output_log_probs") is not None:
+                result.log_probs.extend(response.as_numpy("output_log_probs").reshape(-1).tolist())
+            result.reused_blocks = int(response.as_numpy("kv_cache_reused_blocks").reshape(-1)[0])
+            result.num_input_tokens = int(response.as_numpy("num_input_tokens").reshape(-1)[0])
+            first = response.as_numpy("first_token_time_ns").reshape(-1)[0]
+            sched = response.as_numpy("arrival_time_ns").reshape(-1)[0]
+            result.ttft_engine_ms = (first - sched) / 1e6
+            final = response.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                result.finals += 1
+                break
+            if stop_after is not None and result.responses >= stop_after:
+                stream.cancel()
+                break
+    finally:
+        await client.close()
+    return result
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def read_metrics(port: int) -> dict[str, float]:
+    """electron_engine_* values from Triton's metrics endpoint."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.match(r"(electron_engine_\w+)\{[^}]*\} ([0-9.e+-]+)", line)
+        if m:
+            values[m.group(1)] = float(m.group(2))
+    return values
