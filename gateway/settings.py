@@ -29,6 +29,7 @@ class Settings:
     triton_http_port: int = 8003  # 8000 belongs to the gateway
     triton_metrics_port: int = 8002
     triton_ready_timeout_s: float = 180.0
+    triton_log_verbose: int = 0
     # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
     tokens_per_block: int = 16
     kv_cells: int = 16384

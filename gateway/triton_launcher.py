@@ -135,7 +135,7 @@ def triton_command(settings: Settings, repository: Path, backends: Path) -> list
         "--disable-auto-complete-config",
         "--exit-on-error=true",
         "--exit-timeout-secs=10",
-        "--log-verbose=0",
+        f"--log-verbose={settings.triton_log_verbose}",
     ]
 
 

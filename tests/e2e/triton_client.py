@@ -62,7 +62,11 @@ class Result:
 async def generate(url: str, model: str, inputs: list[InferInput], stop_after: int | None = None,
                    request_id: str = "") -> Result:
     """Run one request on its own gRPC stream; ``stop_after`` cancels after that many
-    responses. Waits for the final response (or the error)."""
+    responses. Otherwise the stream is read to its end: the request iterator ends
+    (the client half-closes) and Triton closes the stream after the final response.
+    Cancelling a stream whose request already finished can leave Triton's stream
+    handler waiting for a cancellation callback that never comes, which then blocks
+    the model's unload at shutdown (seen with this Triton build)."""
     client = grpcaio.InferenceServerClient(url)
     result = Result()
 
@@ -74,7 +78,7 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
         async for response, error in stream:
             if error is not None:
                 result.error = str(error)
-                break
+                continue
             result.responses += 1
             result.tokens.extend(response.as_numpy("output_ids").reshape(-1).tolist())
             if response.as_numpy("num_output_tokens") is not None:
@@ -89,7 +93,7 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
             final = response.get_response().parameters.get("triton_final_response")
             if final is not None and final.bool_param:
                 result.finals += 1
-                break
+                continue
             if stop_after is not None and result.responses >= stop_after:
                 stream.cancel()
                 break

@@ -73,17 +73,28 @@ class _TritonSink:
                 pb_utils.Tensor("first_token_time_ns", _i64(perf.first_token_ns)),
                 pb_utils.Tensor("last_token_time_ns", _i64(perf.last_token_ns)),
             ]
-        self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors), flags=FINAL if output.final else 0)
+        if output.final:
+            self._close(pb_utils.InferenceResponse(output_tensors=tensors))
+        else:
+            self._sender.send(pb_utils.InferenceResponse(output_tensors=tensors))
 
     def fail(self, message: str) -> None:
         log.warning("request %s failed: %s", self.request_id, message)
-        self._sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)), flags=FINAL)
+        self._close(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
 
     def close_cancelled(self) -> None:
-        self._sender.send(flags=FINAL)  # Triton needs the final flag to release the request
+        self._close(None)  # no response, but Triton needs the final flag to release the request
 
     def is_cancelled(self) -> bool:
-        return self._request.is_cancelled()
+        return self._request is None or self._request.is_cancelled()
+
+    def _close(self, response) -> None:
+        """Send the final flag and let go of the request: nothing is sent after it."""
+        sender, self._sender, self._request = self._sender, None, None
+        if response is None:
+            sender.send(flags=FINAL)
+        else:
+            sender.send(response, flags=FINAL)
 
 
 class _MetricsExporter:
