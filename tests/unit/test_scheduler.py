@@ -3,9 +3,9 @@
 from llama_engine.scheduler import PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner
 
 
-def planner(**cost):
+def planner():
     return StepPlanner(SchedulerConfig(max_batch_tokens=512, min_stream_rate=12.0),
-                       StepCostModel(overhead_s=0.002, per_decode_s=0.005, per_prefill_s=0.004, **cost))
+                       StepCostModel(overhead_s=0.006, per_token_s=0.004))
 
 
 def test_no_stream_decoding_prefills_a_whole_batch():
@@ -16,13 +16,14 @@ def test_prefill_chunk_keeps_every_stream_above_the_rate_floor():
     p = planner()
     for decodes in (1, 4, 8):
         budget = p.prefill_budget(decodes)
-        step = p.cost.predict(decodes, budget)
-        assert step <= 0.8 / 12.0 + 1e-9 or budget == p.config.min_prefill_chunk
+        step = p.cost.predict(decodes + budget)
+        assert step <= 0.8 / 12.0 + 1e-9
+        assert p.cost.predict(decodes + budget + 1) > 0.8 / 12.0 - 0.004  # and uses the room
         assert budget >= p.config.min_prefill_chunk  # a waiting prompt always progresses
 
 
 def test_saturated_decode_still_gets_minimum_prefill_chunk():
-    assert planner().prefill_budget(decodes=30) == 16
+    assert planner().prefill_budget(decodes=30) == 4
 
 
 def test_shortest_remaining_prompt_first():
@@ -37,10 +38,17 @@ def test_a_starving_prompt_goes_first():
     assert plan == [("old", 64)]
 
 
-def test_cost_model_learns_from_observed_steps():
-    cost = StepCostModel(overhead_s=0.0, per_decode_s=0.010, per_prefill_s=0.010, smoothing=0.5)
-    for _ in range(20):
-        cost.observe(decodes=8, prefills=0, seconds=8 * 0.004)
-        cost.observe(decodes=8, prefills=100, seconds=8 * 0.004 + 100 * 0.002)
-    assert abs(cost.per_decode_s - 0.004) < 1e-4
-    assert abs(cost.per_prefill_s - 0.002) < 1e-4
+def test_cost_model_learns_the_step_line_from_observed_steps():
+    cost = StepCostModel(overhead_s=0.0, per_token_s=0.010)
+    for i in range(60):
+        tokens = 1 + (i * 37) % 200
+        cost.observe(tokens, 0.007 + 0.0045 * tokens)
+    assert abs(cost.per_token_s - 0.0045) < 1e-4
+    assert abs(cost.overhead_s - 0.007) < 1e-3
+
+
+def test_cost_model_with_one_step_size_only_moves_the_overhead():
+    cost = StepCostModel(overhead_s=0.0, per_token_s=0.005)
+    for _ in range(30):
+        cost.observe(8, 0.050)
+    assert cost.per_token_s == 0.005 and abs(cost.predict(8) - 0.050) < 1e-3

@@ -165,7 +165,7 @@ class Engine:
             self._fail_batch(decoding, plan, rc)
             return
         prefill_tokens = sum(take for _, take in plan)
-        self.planner.cost.observe(len(decoding), prefill_tokens, elapsed)
+        self.planner.cost.observe(n, elapsed)
         self.stats.decode_steps += 1
         self.stats.step_tokens += n
         self.stats.prefill_tokens += prefill_tokens

@@ -13,8 +13,9 @@ Policy (documented in the README):
 4. Prompts are prefilled shortest-remaining first (a later turn whose history is
    cached needs a few dozen tokens and gets its first token almost at once),
    except that a prompt waiting longer than ``starvation_s`` goes first.
-5. The step cost is learned online: ``overhead + per_decode * decodes +
-   per_prefill * prefill tokens``, moving averages of measured steps.
+5. The step cost is learned online (``StepCostModel``). When the running streams
+   alone already fill the deadline, the chunk shrinks to ``min_prefill_chunk``
+   tokens: prompts still progress, streams slow down a little.
 """
 
 from __future__ import annotations
@@ -22,25 +23,37 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
 class StepCostModel:
-    overhead_s: float = 0.002
-    per_decode_s: float = 0.004
-    per_prefill_s: float = 0.003
-    smoothing: float = 0.2
+    """Step time as a line in the batch's token count, ``overhead + per_token * n``,
+    fitted online by exponentially weighted least squares over measured steps.
+    (On CPU a decode token and a prompt token cost about the same inside one
+    batch; the fixed part is reading the weights once per step.) Until steps of
+    different sizes were seen, the prior line is used."""
 
-    def observe(self, decodes: int, prefills: int, seconds: float) -> None:
-        a = self.smoothing
-        if prefills == 0 and decodes > 0:
-            sample = max(seconds - self.overhead_s, 0.0) / decodes
-            self.per_decode_s += a * (sample - self.per_decode_s)
-        elif prefills > 0:
-            rest = seconds - self.overhead_s - decodes * self.per_decode_s
-            sample = max(rest, 0.0) / prefills
-            self.per_prefill_s += a * (max(sample, 1e-5) - self.per_prefill_s)
+    def __init__(self, overhead_s: float = 0.006, per_token_s: float = 0.0045, memory: float = 0.95):
+        self.overhead_s = overhead_s
+        self.per_token_s = per_token_s
+        self._memory = memory
+        self._w = self._n = self._t = self._nn = self._nt = 0.0
 
-    def predict(self, decodes: int, prefills: int) -> float:
-        return self.overhead_s + decodes * self.per_decode_s + prefills * self.per_prefill_s
+    def observe(self, tokens: int, seconds: float) -> None:
+        m = self._memory
+        self._w = m * self._w + 1.0
+        self._n = m * self._n + tokens
+        self._t = m * self._t + seconds
+        self._nn = m * self._nn + tokens * tokens
+        self._nt = m * self._nt + tokens * seconds
+        mean_n, mean_t = self._n / self._w, self._t / self._w
+        var_n = self._nn / self._w - mean_n * mean_n
+        if var_n > 4.0:  # sizes differ enough to separate the two terms
+            slope = (self._nt / self._w - mean_n * mean_t) / var_n
+            self.per_token_s = min(max(slope, 1e-5), 0.1)
+            self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
+        elif mean_n > 0:
+            self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
+
+    def predict(self, tokens: int) -> float:
+        return self.overhead_s + self.per_token_s * tokens
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class SchedulerConfig:
     max_batch_tokens: int = 512
     min_stream_rate: float = 12.0  # tokens/s every running stream keeps
     safety: float = 0.8  # fraction of the step deadline the plan may use
-    min_prefill_chunk: int = 16  # a waiting prompt always progresses
+    min_prefill_chunk: int = 4  # a waiting prompt always progresses
     starvation_s: float = 2.0
 
 
@@ -70,8 +83,8 @@ class StepPlanner:
         if decodes == 0:
             return room
         deadline = self.config.safety / self.config.min_stream_rate
-        spare = deadline - self.cost.predict(decodes, 0)
-        tokens = int(spare / self.cost.per_prefill_s) if spare > 0 else 0
+        spare = deadline - self.cost.predict(decodes)
+        tokens = int(spare / self.cost.per_token_s) if spare > 0 else 0
         return max(min(tokens, room), min(self.config.min_prefill_chunk, room), 0)
 
     def plan_prefill(self, candidates: list[PrefillCandidate], budget: int) -> list[tuple[object, int]]:
