@@ -1,6 +1,6 @@
 """Step planning: the stream-rate floor, time to first token, fairness."""
 
-from llama_engine.scheduler import PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner
+from llama_engine.scheduler import PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner, pace_slack_s
 
 
 def planner():
@@ -52,3 +52,15 @@ def test_cost_model_with_one_step_size_only_moves_the_overhead():
     for _ in range(30):
         cost.observe(8, 0.050)
     assert cost.per_token_s == 0.005 and abs(cost.predict(8) - 0.050) < 1e-3
+
+
+def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
+    p = planner()
+    tight = p.prefill_budget(decodes=7, slack_s=0.0)
+    # 7 streams that ran 20 tok/s for 1 s are 0.67 s ahead of a 12 tok/s pace
+    slack = pace_slack_s(tokens=20, since_first_token_s=1.0, min_rate=12.0)
+    assert abs(slack - (20 / 12 - 1)) < 1e-9
+    loose = p.prefill_budget(decodes=7, slack_s=slack)
+    assert tight < 20 <= loose
+    assert p.cost.predict(7 + loose) <= 0.8 / 12 + p.config.max_slack_s + 1e-9  # slack is capped
+    assert p.prefill_budget(decodes=7, slack_s=-0.3) == tight  # behind pace: no borrowing

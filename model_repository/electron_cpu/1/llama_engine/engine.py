@@ -21,7 +21,7 @@ from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
 from .prefix_cache import PrefixCache
 from .sampling import TokenSampler, token_logprob
-from .scheduler import PrefillCandidate, StepPlanner
+from .scheduler import PrefillCandidate, StepPlanner, pace_slack_s
 from .stats import EngineStats
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,13 @@ class Engine:
             return
         decoding = [s for s in self._running if s.pending is not None]
         prefilling = [s for s in self._running if s.prompt_left > 0]
-        budget = self.planner.prefill_budget(len(decoding)) if prefilling else 0
         now = time.time_ns()
+        budget = 0
+        if prefilling:
+            rate = self.planner.config.min_stream_rate
+            slack = min((pace_slack_s(len(s.generated), (now - s.first_token_ns) / 1e9, rate) for s in decoding),
+                        default=0.0)
+            budget = self.planner.prefill_budget(len(decoding), slack)
         plan = self.planner.plan_prefill(
             [PrefillCandidate(s, s.prompt_left, (now - s.arrival_ns) / 1e9) for s in prefilling], budget
         )

@@ -6,10 +6,14 @@ Policy (documented in the README):
    paused for another.
 2. Time to first token comes first: while any prompt is waiting to be prefilled,
    every step also carries a prefill chunk; there are no decode-only steps.
-3. The chunk is as large as the stream-rate floor allows: the step must finish
-   within ``1 / min_stream_rate`` seconds (with a safety margin) so that every
-   stream keeps at least ``min_stream_rate`` tokens/s - several times the pace of
-   speech. With no stream decoding, the chunk is the whole batch.
+3. The chunk is as large as the stream-rate floor allows. The floor is a pace:
+   from its first token, every stream must have produced at least
+   ``min_stream_rate`` tokens per second - several times the pace of speech. A
+   step may take ``1 / min_stream_rate`` seconds (with a safety margin) plus the
+   time the slowest decoding stream is ahead of that pace (``slack_s``, capped at
+   ``max_slack_s``): a stream that ran fast absorbs a longer step, so a short
+   prompt is prefilled whole instead of trickling in. With no stream decoding,
+   the chunk is the whole batch.
 4. Prompts are prefilled shortest-remaining first (a later turn whose history is
    cached needs a few dozen tokens and gets its first token almost at once),
    except that a prompt waiting longer than ``starvation_s`` goes first.
@@ -63,6 +67,7 @@ class SchedulerConfig:
     safety: float = 0.8  # fraction of the step deadline the plan may use
     min_prefill_chunk: int = 4  # a waiting prompt always progresses
     starvation_s: float = 2.0
+    max_slack_s: float = 0.5  # most a step may borrow from streams ahead of pace
 
 
 @dataclass
@@ -72,17 +77,24 @@ class PrefillCandidate:
     waited_s: float
 
 
+def pace_slack_s(tokens: int, since_first_token_s: float, min_rate: float) -> float:
+    """How far ahead of ``min_rate`` tokens/s a stream is (negative: behind)."""
+    return tokens / min_rate - since_first_token_s
+
+
 class StepPlanner:
     def __init__(self, config: SchedulerConfig, cost: StepCostModel | None = None):
         self.config = config
         self.cost = cost or StepCostModel()
 
-    def prefill_budget(self, decodes: int) -> int:
-        """Prompt tokens the next step may carry beside ``decodes`` decode tokens."""
+    def prefill_budget(self, decodes: int, slack_s: float = 0.0) -> int:
+        """Prompt tokens the next step may carry beside ``decodes`` decode tokens;
+        ``slack_s``: how far the slowest decoding stream is ahead of the floor pace."""
         room = self.config.max_batch_tokens - decodes
         if decodes == 0:
             return room
-        deadline = self.config.safety / self.config.min_stream_rate
+        slack = min(max(slack_s, 0.0), self.config.max_slack_s)
+        deadline = self.config.safety / self.config.min_stream_rate + slack
         spare = deadline - self.cost.predict(decodes)
         tokens = int(spare / self.cost.per_token_s) if spare > 0 else 0
         return max(min(tokens, room), min(self.config.min_prefill_chunk, room), 0)
