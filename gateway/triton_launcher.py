@@ -166,7 +166,10 @@ def start_triton(settings: Settings) -> subprocess.Popen:
     backends = assemble_backends(settings)
     command = triton_command(settings, repository, backends)
     log.info("starting %s", " ".join(command))
-    process = subprocess.Popen(command, env=triton_environment(), stdout=sys.stderr, stderr=sys.stderr)
+    # A process group of its own: python backend stubs left behind by an unclean
+    # Triton exit are killed with it (see stop_triton).
+    process = subprocess.Popen(command, env=triton_environment(), stdout=sys.stderr, stderr=sys.stderr,
+                               start_new_session=True)
     try:
         wait_until_ready(settings, process)
     except BaseException:
@@ -178,6 +181,8 @@ def start_triton(settings: Settings) -> subprocess.Popen:
 
 
 def stop_triton(process: subprocess.Popen, timeout: float = 20.0) -> int:
+    """SIGTERM, wait, then kill whatever is left of Triton's process group (a
+    python backend stub outlives a Triton that gave up on unloading its model)."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -186,6 +191,11 @@ def stop_triton(process: subprocess.Popen, timeout: float = 20.0) -> int:
             log.warning("tritonserver did not stop within %.0fs; killing it", timeout)
             process.kill()
             process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+        log.warning("killed processes tritonserver left behind")
+    except (ProcessLookupError, PermissionError):
+        pass
     return process.returncode
 
 

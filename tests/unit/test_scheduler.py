@@ -64,3 +64,10 @@ def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
     assert tight < 20 <= loose
     assert p.cost.predict(7 + loose) <= 0.8 / 12 + p.config.max_slack_s + 1e-9  # slack is capped
     assert p.prefill_budget(decodes=7, slack_s=-0.3) == tight  # behind pace: no borrowing
+
+
+def test_new_streams_wait_when_one_more_would_break_the_floor():
+    p = planner()  # 6 ms + 4 ms per token; deadline 66.7 ms
+    assert p.admits_stream(0)
+    assert p.admits_stream(5)  # 6 + 4 * (6 + 4) = 46 ms
+    assert not p.admits_stream(12)  # 6 + 4 * (13 + 4) = 74 ms

@@ -142,6 +142,7 @@ class Engine:
                 self._refresh_gauges()
 
     def _step(self) -> None:
+        step_started = time.perf_counter()
         self._drop_cancelled()
         self._admit()
         if not self._running:
@@ -151,30 +152,23 @@ class Engine:
         decoding = [s for s in self._running if s.pending is not None]
         prefilling = [s for s in self._running if s.prompt_left > 0]
         now = time.time_ns()
-        budget = 0
-        if prefilling:
-            rate = self.planner.config.min_stream_rate
-            slack = min((pace_slack_s(len(s.generated), (now - s.first_token_ns) / 1e9, rate) for s in decoding),
-                        default=0.0)
-            budget = self.planner.prefill_budget(len(decoding), slack)
+        budget = self.planner.prefill_budget(len(decoding), self._pace_slack(decoding, now)) if prefilling else 0
         plan = self.planner.plan_prefill(
             [PrefillCandidate(s, s.prompt_left, (now - s.arrival_ns) / 1e9) for s in prefilling], budget
         )
         n, samplers = self._fill_batch(decoding, plan)
-        started = time.perf_counter()
         rc = self.runner.decode(n)
-        elapsed = time.perf_counter() - started
         if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
             rc = self.runner.decode(n)
         if rc != DECODE_OK:
             self._fail_batch(decoding, plan, rc)
             return
-        prefill_tokens = sum(take for _, take in plan)
-        self.planner.cost.observe(n, elapsed)
+        self._after_decode(decoding, plan, samplers)
+        # the whole step counts: sampling, responses and checks slow streams too
+        self.planner.cost.observe(n, time.perf_counter() - step_started)
         self.stats.decode_steps += 1
         self.stats.step_tokens += n
-        self.stats.prefill_tokens += prefill_tokens
-        self._after_decode(decoding, plan, samplers)
+        self.stats.prefill_tokens += sum(take for _, take in plan)
 
     def _fill_batch(self, decoding, plan) -> tuple[int, list[tuple[_Sequence, int]]]:
         r = self.runner
@@ -210,6 +204,12 @@ class Engine:
             token = s.sampler.sample(self.runner.ctx, index)
             self._on_token(s, token, index)
 
+    def _pace_slack(self, decoding: list[_Sequence], now_ns: int) -> float:
+        """How far the slowest decoding stream is ahead of the floor pace."""
+        rate = self.planner.config.min_stream_rate
+        return min((pace_slack_s(len(s.generated), (now_ns - s.first_token_ns) / 1e9, rate) for s in decoding),
+                   default=0.0)
+
     def _on_token(self, s: _Sequence, token: int, index: int) -> None:
         now = time.time_ns()
         s.first_token_ns = s.first_token_ns or now
@@ -234,8 +234,10 @@ class Engine:
     # ---- admission, completion, cancellation ------------------------------------------
     def _admit(self) -> None:
         still_waiting = []
+        decoding = [r for r in self._running if r.pending is not None]
+        slack = self._pace_slack(decoding, time.time_ns())
         for i, s in enumerate(self._waiting):
-            if len(self._running) >= self.max_running:
+            if len(self._running) >= self.max_running or not self.planner.admits_stream(len(self._running), slack):
                 still_waiting.extend(self._waiting[i:])
                 break
             if self.cache.awaits_running_prefill(s.request.prompt):

@@ -14,10 +14,15 @@ Policy (documented in the README):
    ``max_slack_s``): a stream that ran fast absorbs a longer step, so a short
    prompt is prefilled whole instead of trickling in. With no stream decoding,
    the chunk is the whole batch.
-4. Prompts are prefilled shortest-remaining first (a later turn whose history is
+4. A new request is admitted only while one more stream (plus a minimal prefill
+   chunk) still fits the step deadline; otherwise it waits: admitting it would
+   pull every running stream below the floor. With nothing running, it is
+   always admitted.
+5. Prompts are prefilled shortest-remaining first (a later turn whose history is
    cached needs a few dozen tokens and gets its first token almost at once),
    except that a prompt waiting longer than ``starvation_s`` goes first.
-5. The step cost is learned online (``StepCostModel``). When the running streams
+6. The step cost - the whole engine step, not only ``llama_decode`` - is
+   learned online (``StepCostModel``). When the running streams
    alone already fill the deadline, the chunk shrinks to ``min_prefill_chunk``
    tokens: prompts still progress, streams slow down a little.
 """
@@ -93,11 +98,19 @@ class StepPlanner:
         room = self.config.max_batch_tokens - decodes
         if decodes == 0:
             return room
-        slack = min(max(slack_s, 0.0), self.config.max_slack_s)
-        deadline = self.config.safety / self.config.min_stream_rate + slack
-        spare = deadline - self.cost.predict(decodes)
+        spare = self.step_deadline_s(slack_s) - self.cost.predict(decodes)
         tokens = int(spare / self.cost.per_token_s) if spare > 0 else 0
         return max(min(tokens, room), min(self.config.min_prefill_chunk, room), 0)
+
+    def step_deadline_s(self, slack_s: float = 0.0) -> float:
+        return self.config.safety / self.config.min_stream_rate + min(max(slack_s, 0.0), self.config.max_slack_s)
+
+    def admits_stream(self, running: int, slack_s: float = 0.0) -> bool:
+        """May a new stream join ``running`` ones without breaking the floor?
+        ``slack_s`` as in ``prefill_budget``: its prefill may borrow it."""
+        if running == 0:
+            return True
+        return self.cost.predict(running + 1 + self.config.min_prefill_chunk) <= self.step_deadline_s(slack_s)
 
     def plan_prefill(self, candidates: list[PrefillCandidate], budget: int) -> list[tuple[object, int]]:
         """Split ``budget`` prompt tokens among prefilling sequences (see policy)."""
