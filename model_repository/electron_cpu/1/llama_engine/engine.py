@@ -233,6 +233,8 @@ class Engine:
 
     # ---- admission, completion, cancellation ------------------------------------------
     def _admit(self) -> None:
+        if not self._waiting:
+            return
         still_waiting = []
         decoding = [r for r in self._running if r.pending is not None]
         slack = self._pace_slack(decoding, time.time_ns())

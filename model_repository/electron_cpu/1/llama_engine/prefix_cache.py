@@ -80,14 +80,11 @@ class PrefixCache:
     def cached_blocks(self) -> int:
         return len(self._blocks)
 
-    @property
-    def active_seqs(self) -> int:
-        return sum(1 for s in self._seqs.values() if s.active)
-
-    def match(self, prompt: Sequence[int]) -> list[Block]:
-        """Cached blocks that ``prompt`` starts with, in order."""
+    def match(self, prompt: Sequence[int], keys: list[int] | None = None) -> list[Block]:
+        """Cached blocks that ``prompt`` starts with, in order (``keys``: its
+        ``block_keys`` when the caller already has them)."""
         found = []
-        for i, key in enumerate(block_keys(prompt, self.block_size)):
+        for i, key in enumerate(block_keys(prompt, self.block_size) if keys is None else keys):
             block = self._blocks.get(key)
             start = i * self.block_size
             if block is None or block.tokens != tuple(prompt[start : start + self.block_size]):
@@ -99,7 +96,7 @@ class PrefixCache:
         """True when a running prefill is about to compute the next block ``prompt``
         misses: admitting later reuses it instead of computing it twice."""
         keys = block_keys(prompt, self.block_size)
-        n = len(self.match(prompt))
+        n = len(self.match(prompt, keys))
         if n >= len(keys) or (n + 1) * self.block_size >= len(prompt):
             return False
         return any(keys[n] in s.planned for s in self._seqs.values() if s.active)
