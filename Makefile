@@ -6,7 +6,7 @@ install:
 
 ## make serve: install, then serve the embedded CPU stack until Ctrl-C
 serve: install
-	.venv/bin/electron-triton
+	.venv/bin/electron-serve
 
 ## make test: install, then run the whole test suite
 test: install

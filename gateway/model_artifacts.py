@@ -184,6 +184,7 @@ class ModelArtifacts:
     pad_token_id: int | None
     chat_template: str | None
     special_tokens: dict[str, int]
+    add_bos_token: bool = False
 
     @property
     def tokenizer_path(self) -> Path:
@@ -203,6 +204,7 @@ class ModelArtifacts:
             pad_token_id=d["pad_token_id"],
             chat_template=d["chat_template"],
             special_tokens=d["special_tokens"],
+            add_bos_token=d.get("add_bos_token", False),
         )
 
 

@@ -15,6 +15,15 @@ PREFIX = "ELECTRON_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     # model
@@ -39,6 +48,15 @@ class Settings:
     max_sequence_length: int = 0  # 0: the model's training context
     min_stream_rate: float = 12.0
     threads: int = 0  # 0: all cores
+    # OpenAI gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    served_model: str = "electron"  # the model id clients send and /v1/models lists
+    context_window: int = 0  # prompt + output tokens; 0: the engine's max_sequence_length, else the model's
+    max_messages: int = 200
+    engine_timeout_s: float = 2.0  # gRPC calls other than generation (readiness, model config)
+    start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one
+    log_level: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -50,7 +68,7 @@ class Settings:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = kind(raw)
+                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)

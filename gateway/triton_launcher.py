@@ -42,6 +42,15 @@ def prepare_artifacts(settings: Settings) -> ModelArtifacts:
     return ModelArtifacts.load(prepare(gguf, Path(settings.artifacts_dir)))
 
 
+def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts) -> int:
+    """Prompt + output tokens of one request: the model's context, capped by the KV
+    pool and by the setting. Written into the config so the gateway reads it."""
+    limits = [artifacts.context_length, settings.kv_cells]
+    if settings.max_sequence_length > 0:
+        limits.append(settings.max_sequence_length)
+    return min(limits)
+
+
 def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, str]:
     return {
         "gguf_path": str(artifacts.gguf_path),
@@ -50,7 +59,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "max_sequences": str(settings.max_sequences),
         "max_running": str(settings.max_running),
         "max_batch_tokens": str(settings.max_batch_tokens),
-        "max_sequence_length": str(settings.max_sequence_length),
+        "max_sequence_length": str(effective_max_sequence_length(settings, artifacts)),
         "min_stream_rate": str(settings.min_stream_rate),
         "threads": str(settings.threads),
     }

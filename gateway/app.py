@@ -1,0 +1,145 @@
+"""The Starlette application: routes, error rendering, request ids, lifespan.
+
+``create_app(settings, engine, model)`` wires the pieces; ``build_app(settings)``
+does so for the real stack (Triton engine, artifacts on disk). Every error is an
+``APIError`` (or is made one) and is rendered once, into OpenAI's envelope.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.chat_service import ChatService, ModelView
+from gateway.chat_template import ChatTemplate
+from gateway.engine import Engine
+from gateway.errors import APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from gateway.model_artifacts import ModelArtifacts
+from gateway.openapi import openapi_document
+from gateway.request_context import RequestIdMiddleware, current_request_id
+from gateway.schemas import Model, ModelList
+from gateway.settings import Settings
+from gateway.token_codec import TokenCodec
+
+log = logging.getLogger(__name__)
+OWNER = "electron"
+
+
+def _version() -> str:
+    try:
+        return version("electron")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def model_view(artifacts: ModelArtifacts, triton_model: str) -> ModelView:
+    by_id = {i: token for token, i in artifacts.special_tokens.items()}
+    special = {name: by_id[i] for name, i in (("bos_token", artifacts.bos_token_id),
+                                                ("eos_token", artifacts.eos_token_id),
+                                                ("pad_token", artifacts.pad_token_id)) if i in by_id}
+    if not artifacts.chat_template:
+        raise ValueError(f"{artifacts.gguf_path} has no chat template")
+    stamp = f"{artifacts.name}|{artifacts.gguf_path.name}|{triton_model}|{_version()}"
+    return ModelView(
+        artifacts=artifacts,
+        codec=TokenCodec.from_artifacts(artifacts),
+        template=ChatTemplate(artifacts.chat_template, special),
+        system_fingerprint="fp_" + hashlib.sha256(stamp.encode()).hexdigest()[:10],
+    )
+
+
+def _error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.envelope(current_request_id.get()), status_code=exc.status)
+
+
+async def _api_error(request: Request, exc: APIError) -> Response:
+    log.info("%d %s: %s", exc.status, exc.type, exc.message)
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        return _error_response(NotFoundError(f"No route for {request.method} {request.url.path}."))
+    if exc.status_code == 405:
+        return _error_response(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}."))
+    return _error_response(InvalidRequestError(str(exc.detail)))
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error")
+    return _error_response(APIError("The server had an error while processing your request."))
+
+
+def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlette:
+    chat = ChatService(settings, engine, model)
+    created = int(model.artifacts.gguf_path.stat().st_mtime) if model.artifacts.gguf_path.exists() else 0
+    served = Model(id=settings.served_model, object="model", created=created, owned_by=OWNER)
+    document = openapi_document(_version())
+
+    async def chat_completions(request: Request) -> Response:
+        try:
+            return await chat.complete(request)
+        except APIError:
+            raise
+        except Exception as exc:  # rendered here, inside the request-id middleware
+            log.exception("unexpected error")
+            raise APIError("The server had an error while processing your request.") from exc
+
+    async def list_models(request: Request) -> Response:
+        return JSONResponse(ModelList(object="list", data=[served]).model_dump())
+
+    async def retrieve_model(request: Request) -> Response:
+        if request.path_params["model"] != settings.served_model:
+            raise NotFoundError(f"The model '{request.path_params['model']}' does not exist.",
+                                param="model", code="model_not_found")
+        return JSONResponse(served.model_dump())
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if not await engine.ready():
+            raise EngineUnavailableError(f"The model '{settings.triton_model}' is not ready on the model server.")
+        return JSONResponse({"status": "ready"})
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await engine.close()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/ready", ready, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def build_app(settings: Settings) -> Starlette:
+    """The real gateway: artifacts of the configured GGUF, Triton over gRPC."""
+    from gateway.triton_engine import TritonEngine
+    from gateway.triton_launcher import prepare_artifacts
+
+    artifacts = prepare_artifacts(settings)
+    engine = TritonEngine(settings.triton_grpc_url, settings.triton_model, artifacts.vocab_size,
+                          timeout_s=settings.engine_timeout_s)
+    return create_app(settings, engine, model_view(artifacts, settings.triton_model))

@@ -1,0 +1,243 @@
+"""A Chat Completions request, from raw body to the engine request it becomes.
+
+``parse_body`` turns bytes into a ``ChatCompletionRequest`` (a body that is not
+JSON, or that breaks the schema, is a 400 naming the field). ``prepare`` checks
+what needs the served model (its id, context window, vocabulary, message
+limit), renders the chat template, tokenizes, and returns a ``PreparedChat``:
+the ``EngineRequest`` plus what the gateway itself does with the output (stop
+strings, streaming, usage chunk, logprobs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from gateway.chat_template import ChatTemplate
+from gateway.engine import EngineRequest
+from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.schemas import ChatCompletionRequest, Content
+from gateway.token_codec import TokenCodec
+
+log = logging.getLogger(__name__)
+
+MAX_STOP_STRINGS = 4
+_UINT64 = 2**64
+# Names pydantic puts into an error location for union members and discriminator
+# tags: not fields, so they are left out of the ``param`` shown to the client.
+_ROLE_TAGS = {"system", "developer", "user", "assistant", "tool", "text"}
+
+
+@dataclass(frozen=True)
+class ChatLimits:
+    """What a request is checked against: the served model and the server's limits."""
+    served_model: str
+    context_window: int  # prompt + output tokens
+    vocab_size: int
+    max_messages: int
+    end_id: int | None
+    pad_id: int | None
+
+
+@dataclass(frozen=True)
+class PreparedChat:
+    engine_request: EngineRequest
+    stops: list[str]
+    stream: bool
+    include_usage: bool
+    logprobs: bool
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.engine_request.prompt)
+
+
+def _param(loc: tuple) -> str:
+    """``('messages', 0, 'user', 'content')`` -> ``messages[0].content``."""
+    out = ""
+    previous = None
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(previous, int) and part in _ROLE_TAGS:
+            pass  # the discriminator tag of a message or content part
+        elif "[" in part or part in ("str", "int", "float", "bool", "list", "dict", "none"):
+            pass  # a union member's type
+        else:
+            out += f".{part}" if out else part
+        previous = part
+    return out
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    """The most specific schema error, as OpenAI words it, with ``param`` naming the
+    field. For a union (content as a string or parts) the deepest error says what
+    is wrong (an ``image_url`` part), not "Input should be a valid string"."""
+    errors = exc.errors(include_url=False)
+    first = max(errors, key=lambda e: len(e["loc"]))
+    param = _param(tuple(first["loc"]))
+    if first["type"] == "missing":
+        return InvalidRequestError(f"Missing required parameter: '{param}'.", param=param)
+    where = f"'{param}'" if param else "the request body"
+    return InvalidRequestError(f"Invalid value for {where}: {first['msg']}.", param=param or None)
+
+
+def parse_body(body: bytes) -> ChatCompletionRequest:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}.") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        request = ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    if request.model_extra:
+        log.debug("ignoring unknown fields: %s", ", ".join(sorted(request.model_extra)))
+    return request
+
+
+def _check_unsupported(request: ChatCompletionRequest) -> None:
+    if request.n is not None and request.n > 1:
+        raise InvalidRequestError(
+            f"n={request.n} is not supported: only one choice per request. Use multiple requests.", param="n")
+    if request.prompt_logprobs is not None:
+        raise InvalidRequestError("prompt_logprobs is not supported.", param="prompt_logprobs")
+    if request.top_logprobs:
+        raise InvalidRequestError(
+            "top_logprobs > 0 is not supported: logprobs gives the sampled tokens' log probabilities only.",
+            param="top_logprobs")
+    if request.response_format is not None and request.response_format.type != "text":
+        raise InvalidRequestError(
+            f"response_format type '{request.response_format.type}' is not supported yet.",
+            param="response_format")
+    if request.tool_choice not in (None, "none", "auto"):
+        raise InvalidRequestError(
+            "tool_choice 'required' or a named function is not supported yet; use 'auto' or 'none'.",
+            param="tool_choice")
+
+
+def _check_model(request: ChatCompletionRequest, limits: ChatLimits) -> None:
+    if request.model != limits.served_model:
+        raise ModelNotFoundError(
+            f"The model '{request.model}' does not exist; this server serves '{limits.served_model}'.",
+            param="model")
+    if not request.messages:
+        raise InvalidRequestError("'messages' must contain at least one message.", param="messages")
+    if len(request.messages) > limits.max_messages:
+        raise InvalidRequestError(
+            f"'messages' has {len(request.messages)} messages; at most {limits.max_messages} are allowed.",
+            param="messages")
+
+
+def _stops(request: ChatCompletionRequest) -> list[str]:
+    stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    if len(stops) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"'stop' takes at most {MAX_STOP_STRINGS} strings, got {len(stops)}.",
+                                  param="stop")
+    return [s for s in stops if s]
+
+
+def _logit_bias(request: ChatCompletionRequest, vocab_size: int) -> dict[int, float]:
+    bias = {}
+    for key, value in (request.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit() or not 0 <= int(key) < vocab_size:
+            raise InvalidRequestError(
+                f"Invalid key in 'logit_bias': {key!r} is not a token id (0 to {vocab_size - 1}).",
+                param="logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise InvalidRequestError(
+                f"Invalid value in 'logit_bias' for token {key}: {value} is outside [-100, 100].",
+                param="logit_bias")
+        bias[int(key)] = float(value)
+    return bias
+
+
+def _text(content: Content | None) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content)
+
+
+def template_messages(request: ChatCompletionRequest) -> list[dict]:
+    """Messages as chat templates expect them (Hugging Face's format): ``developer``
+    becomes ``system``, content parts are joined, tool-call arguments are parsed."""
+    messages = []
+    for message in request.messages:
+        role = "system" if message.role == "developer" else message.role
+        item: dict = {"role": role, "content": _text(message.content)}
+        if message.role == "assistant" and message.tool_calls:
+            item["tool_calls"] = [
+                {"id": call.id, "type": call.type,
+                 "function": {"name": call.function.name, "arguments": _arguments(call.function.arguments)}}
+                for call in message.tool_calls]
+        if message.role == "tool":
+            item["tool_call_id"] = message.tool_call_id
+        messages.append(item)
+    return messages
+
+
+def _arguments(arguments: str):
+    try:
+        return json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+
+
+def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, context_window: int) -> int:
+    asked = request.max_completion_tokens or request.max_tokens
+    room = context_window - prompt_tokens
+    if asked is None:
+        if room < 1:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {context_window} tokens. However, your messages "
+                f"resulted in {prompt_tokens} tokens, which leaves no room for the completion. "
+                "Please reduce the length of the messages.", param="messages")
+        return room
+    if prompt_tokens + asked > context_window:
+        field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context_window} tokens. However, you requested "
+            f"{prompt_tokens + asked} tokens ({prompt_tokens} in the messages, {asked} in the completion). "
+            f"Please reduce the length of the messages or {field}.", param="messages")
+    return asked
+
+
+def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTemplate,
+            codec: TokenCodec) -> PreparedChat:
+    """Checks, renders and tokenizes; raises ``InvalidRequestError`` for anything refused."""
+    _check_unsupported(request)
+    _check_model(request, limits)
+    stops = _stops(request)
+    bias = _logit_bias(request, limits.vocab_size)
+    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
+    prompt = codec.encode(template.render(template_messages(request), tools=tools))
+    engine_request = EngineRequest(
+        prompt=prompt,
+        max_tokens=_max_tokens(request, len(prompt), limits.context_window),
+        end_id=limits.end_id,
+        pad_id=limits.pad_id,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=request.top_k or 0,
+        seed=None if request.seed is None else request.seed % _UINT64,
+        presence_penalty=request.presence_penalty or 0.0,
+        frequency_penalty=request.frequency_penalty or 0.0,
+        repetition_penalty=request.repetition_penalty or 1.0,
+        min_tokens=request.min_tokens or 0,
+        logit_bias=bias,
+        logprobs=bool(request.logprobs),
+    )
+    return PreparedChat(
+        engine_request=engine_request,
+        stops=stops,
+        stream=bool(request.stream),
+        include_usage=bool(request.stream and request.stream_options and request.stream_options.include_usage),
+        logprobs=bool(request.logprobs),
+    )

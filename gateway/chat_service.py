@@ -1,0 +1,147 @@
+"""``POST /v1/chat/completions``: parse, prepare, run on the engine, respond.
+
+Errors before the first delta (bad input, engine unreachable, a failed engine
+request) become an HTTP error with the envelope: a stream sends its headers
+only once the first delta is there, which costs no time to first token because
+the first chunk leaves with it. An error after that is one error event, then
+``[DONE]``. When the client goes away, the engine request is cancelled: while
+waiting for the first delta or a non-streaming body by watching for
+``http.disconnect``, mid-stream by Starlette cancelling the response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway import sse
+from gateway.chat_request import ChatLimits, parse_body, prepare
+from gateway.chat_template import ChatTemplate
+from gateway.choice_stream import Delta
+from gateway.completion import CompletionRun
+from gateway.engine import Engine
+from gateway.errors import APIError, EngineError
+from gateway.model_artifacts import ModelArtifacts
+from gateway.request_context import current_request_id
+from gateway.responses import ResponseShaper
+from gateway.schemas import ErrorResponse
+from gateway.settings import Settings
+from gateway.token_codec import TokenCodec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+CLIENT_GONE = 499  # nginx's code for "client closed the request"; nobody reads it
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started."""
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        task.cancel()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and task.cancelled():
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the service knows of the served model from its artifacts."""
+    artifacts: ModelArtifacts
+    codec: TokenCodec
+    template: ChatTemplate
+    system_fingerprint: str
+
+
+class ChatService:
+    def __init__(self, settings: Settings, engine: Engine, model: ModelView) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._model = model
+        self._limits: ChatLimits | None = None
+        self._tokens_per_block = 0
+
+    async def limits(self) -> ChatLimits:
+        """Resolved on first use (Triton may start after the gateway): the context
+        window is the setting, else the engine's ``max_sequence_length``, else the
+        model's training context."""
+        if self._limits is None:
+            info = await self._engine.info()
+            artifacts = self._model.artifacts
+            self._tokens_per_block = info.tokens_per_block
+            self._limits = ChatLimits(
+                served_model=self._settings.served_model,
+                context_window=(self._settings.context_window or info.max_sequence_length
+                                or artifacts.context_length),
+                vocab_size=artifacts.vocab_size,
+                max_messages=self._settings.max_messages,
+                end_id=artifacts.eos_token_id,
+                pad_id=artifacts.pad_token_id,
+            )
+            log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
+        return self._limits
+
+    async def complete(self, request: Request) -> Response:
+        chat = parse_body(await request.body())
+        prepared = prepare(chat, await self.limits(), self._model.template, self._model.codec)
+        request_id = current_request_id.get()
+        run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
+                            self._tokens_per_block)
+        shaper = ResponseShaper(self._settings.served_model, self._model.system_fingerprint,
+                                include_usage=prepared.include_usage, want_logprobs=prepared.logprobs)
+        deltas = run.deltas()
+        try:
+            if not prepared.stream:
+                collected = await until_disconnect(request, _collect(deltas))
+                return JSONResponse(shaper.completion(collected, run).model_dump(exclude_unset=True))
+            first = await until_disconnect(request, deltas.__anext__())
+        except ClientGone:
+            log.info("client disconnected before the response started")
+            return Response(status_code=CLIENT_GONE)
+        return StreamingResponse(_events(shaper, run, first, deltas), media_type=sse.MEDIA_TYPE,
+                                 headers=sse.HEADERS)
+
+
+async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
+    return [delta async for delta in deltas]
+
+
+async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
+                  deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+    try:
+        yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
+        async for delta in deltas:
+            yield b"".join(sse.event(c) for c in shaper.stream_chunks(delta))
+        if shaper.include_usage:
+            yield sse.event(shaper.usage_chunk(run))
+    except APIError as exc:
+        log.warning("error after the stream started: %s", exc.message)
+        yield _error_event(exc)
+    except Exception:  # noqa: BLE001 - the stream must still end with an error event
+        log.exception("unexpected error in the stream")
+        yield _error_event(EngineError("The server failed while streaming the response."))
+    finally:
+        await deltas.aclose()
+    yield sse.DONE
+
+
+def _error_event(exc: APIError) -> bytes:
+    return sse.event(ErrorResponse.model_validate(exc.envelope(current_request_id.get())))

@@ -1,0 +1,72 @@
+"""One chat completion run: engine outputs in, text deltas and exact usage out.
+
+``CompletionRun.deltas()`` drives the engine request through a ``ChoiceStream``
+and yields the deltas to send; its last delta carries ``finish_reason``. Usage
+counts every token the engine delivered, and is final once the generator is
+done, whichever way it ends: run to the end, stopped by a stop string (the
+engine request is cancelled at once), or closed early because the client went
+away. It is logged once, at that moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator
+
+from gateway.chat_request import PreparedChat
+from gateway.choice_stream import ChoiceStream, Delta
+from gateway.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class CompletionRun:
+    def __init__(self, engine: Engine, prepared: PreparedChat, request_id: str,
+                 token_bytes, tokens_per_block: int) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self._request_id = request_id
+        self._tokens_per_block = tokens_per_block
+        self._choice = ChoiceStream(token_bytes, prepared.stops, prepared.engine_request.max_tokens,
+                                    logprobs=prepared.logprobs)
+        self._reused_blocks = 0
+        self.completed = False  # the last delta (with finish_reason) was produced
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._prepared.prompt_tokens
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._choice.completion_tokens
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from the engine's prefix cache (never more than the prompt)."""
+        return min(self._reused_blocks * self._tokens_per_block, self.prompt_tokens)
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._choice.finish_reason
+
+    async def deltas(self) -> AsyncIterator[Delta]:
+        started = time.perf_counter()
+        outputs = self._engine.generate(self._prepared.engine_request, self._request_id)
+        try:
+            async for output in outputs:
+                if output.reused_blocks is not None:
+                    self._reused_blocks = output.reused_blocks
+                delta = self._choice.feed(output.token_ids, output.logprobs)
+                if delta is not None:
+                    yield delta
+                if self._choice.stopped:
+                    break  # a stop string: closing ``outputs`` cancels the engine request
+            self.completed = True
+            yield self._choice.finish()
+        finally:
+            await outputs.aclose()
+            log.info("usage: prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish_reason=%s "
+                     "duration_ms=%.1f%s", self.prompt_tokens, self.cached_tokens, self.completion_tokens,
+                     self.finish_reason, (time.perf_counter() - started) * 1e3,
+                     "" if self.completed else " (ended early: client gone or error)")

@@ -1,0 +1,60 @@
+"""The narrow interface between the gateway and an engine.
+
+The gateway hands over token ids and sampling parameters and gets back typed
+outputs; nothing here knows gRPC or HTTP. ``triton_engine.TritonEngine`` is the
+real implementation; tests script their own.
+
+Contract of ``Engine.generate``: an async generator of ``EngineOutput``; the
+last one has ``final`` set. Consumers read it to its end. Closing it early
+(``aclose``, or cancellation of the consuming task) abandons the request: the
+engine stops generating at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    prompt: list[int]
+    max_tokens: int
+    end_id: int | None = None
+    pad_id: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    final: bool = False
+    num_input_tokens: int | None = None
+    reused_blocks: int | None = None  # prefix-cache blocks this request reused
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    tokens_per_block: int
+    max_sequence_length: int | None  # None: the engine does not say
+
+
+class Engine(Protocol):
+    async def info(self) -> EngineInfo:
+        """Raises ``EngineUnavailableError`` while the engine cannot be reached."""
+
+    async def ready(self) -> bool: ...
+
+    def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]: ...
+
+    async def close(self) -> None: ...

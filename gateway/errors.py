@@ -1,0 +1,64 @@
+"""One exception hierarchy for everything the API can refuse or fail with.
+
+Each error knows its HTTP status and the fields of OpenAI's error envelope;
+``envelope`` renders it once, for JSON responses and in-stream error events alike.
+"""
+
+from __future__ import annotations
+
+
+class APIError(Exception):
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def envelope(self, request_id: str) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code, "request_id": request_id}}
+
+
+class InvalidRequestError(APIError):
+    """The request is malformed or asks for something unsupported (400)."""
+    status = 400
+    type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class ModelNotFoundError(InvalidRequestError):
+    code = "model_not_found"
+
+
+class NotFoundError(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowedError(APIError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class EngineUnavailableError(APIError):
+    """Triton cannot be reached or the model is not ready (503)."""
+    status = 503
+    type = "service_unavailable_error"
+    code = "engine_unavailable"
+
+
+class EngineError(APIError):
+    """The engine failed a request it had accepted (500)."""
+    status = 500
+    type = "server_error"
+    code = "engine_error"

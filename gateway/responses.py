@@ -1,0 +1,95 @@
+"""Response bodies in OpenAI's shape: ``chat.completion`` and ``chat.completion.chunk``.
+
+``ResponseShaper`` holds what every chunk of one response repeats (``id``,
+``created``, ``model``, ``system_fingerprint``) and builds the schema objects of
+``gateway.schemas``; it knows nothing of SSE framing (``gateway.sse``) or of the
+engine.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from gateway.choice_stream import Delta
+from gateway.completion import CompletionRun
+from gateway.schemas import (
+    ChatCompletion, ChatCompletionChunk, Choice, ChoiceDelta, ChoiceLogprobs, ChunkChoice,
+    CompletionTokensDetails, PromptTokensDetails, ResponseMessage, TokenLogprob, Usage,
+)
+
+
+def completion_id() -> str:
+    return "chatcmpl-" + uuid.uuid4().hex
+
+
+def usage_of(run: CompletionRun) -> Usage:
+    return Usage(
+        prompt_tokens=run.prompt_tokens,
+        completion_tokens=run.completion_tokens,
+        total_tokens=run.prompt_tokens + run.completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=run.cached_tokens, audio_tokens=0),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=0, audio_tokens=0, accepted_prediction_tokens=0, rejected_prediction_tokens=0),
+    )
+
+
+def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
+    if entries is None:
+        return None
+    return ChoiceLogprobs(content=[TokenLogprob(**entry) for entry in entries], refusal=None)
+
+
+class ResponseShaper:
+    def __init__(self, model: str, system_fingerprint: str, include_usage: bool = False,
+                 want_logprobs: bool = False) -> None:
+        self.id = completion_id()
+        self.created = int(time.time())
+        self._model = model
+        self._fingerprint = system_fingerprint
+        self.include_usage = include_usage
+        self._want_logprobs = want_logprobs
+
+    def completion(self, deltas: list[Delta], run: CompletionRun) -> ChatCompletion:
+        """The non-streaming body: the deltas a stream would have sent, joined."""
+        content = "".join(d.content for d in deltas)
+        logprobs = [entry for d in deltas for entry in d.logprobs] if self._want_logprobs else None
+        choice = Choice(index=0, message=ResponseMessage(role="assistant", content=content, refusal=None),
+                        logprobs=_logprobs(logprobs), finish_reason=run.finish_reason)
+        return ChatCompletion(id=self.id, object="chat.completion", created=self.created, model=self._model,
+                              choices=[choice], usage=usage_of(run), system_fingerprint=self._fingerprint,
+                              service_tier="default")
+
+    def _chunk(self, choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        chunk = ChatCompletionChunk(id=self.id, object="chat.completion.chunk", created=self.created,
+                                    model=self._model, system_fingerprint=self._fingerprint, choices=choices)
+        if self.include_usage:
+            chunk.usage = usage  # OpenAI sends "usage": null on every chunk but the last
+        return chunk
+
+    def role_chunk(self) -> ChatCompletionChunk:
+        delta = ChoiceDelta(role="assistant", content="", refusal=None)
+        return self._chunk([ChunkChoice(index=0, delta=delta, logprobs=None, finish_reason=None)])
+
+    def content_chunk(self, delta: Delta) -> ChatCompletionChunk:
+        logprobs = _logprobs(delta.logprobs) if self._want_logprobs else None
+        choice = ChunkChoice(index=0, delta=ChoiceDelta(content=delta.content), logprobs=logprobs,
+                             finish_reason=None)
+        return self._chunk([choice])
+
+    def finish_chunk(self, finish_reason: str) -> ChatCompletionChunk:
+        return self._chunk([ChunkChoice(index=0, delta=ChoiceDelta(), logprobs=None,
+                                        finish_reason=finish_reason)])
+
+    def usage_chunk(self, run: CompletionRun) -> ChatCompletionChunk:
+        return self._chunk([], usage_of(run))
+
+    def stream_chunks(self, delta: Delta) -> list[ChatCompletionChunk]:
+        """Chunks for one delta: its content (if any), then the finish chunk if it
+        is the last (OpenAI's finish chunk has an empty delta)."""
+        chunks = []
+        if delta.content or (self._want_logprobs and delta.logprobs):
+            chunks.append(self.content_chunk(delta))
+        if delta.finish_reason is not None:
+            chunks.append(self.finish_chunk(delta.finish_reason))
+        return chunks

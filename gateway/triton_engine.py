@@ -1,0 +1,179 @@
+"""``Engine`` over Triton's gRPC API: one bidirectional stream per request.
+
+Inputs and outputs are TensorRT-LLM's ``tensorrt_llm`` names (see the engine
+contract in ``../shared/design.md``), so the same code drives the CPU model and a
+TensorRT-LLM engine. The request is always sent with ``streaming`` on, also for
+non-streaming HTTP responses: stop strings need the text as it comes.
+
+A stream is read to its end after the final response (the request iterator
+ends, Triton closes the stream). It is cancelled only while the request is
+still generating: cancelling a stream whose request already finished can leave
+Triton 2.51's stream handler waiting forever (see the README, "Known issues").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.grpc import InferInput
+from tritonclient.utils import InferenceServerException
+
+from gateway.engine import EngineInfo, EngineOutput, EngineRequest
+from gateway.errors import EngineError, EngineUnavailableError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}
+# Triton's words for "this model cannot take requests now".
+_NOT_SERVING = ("unknown model", "is not found", "not ready", "unavailable", "no available versions")
+
+
+def _tensor(name: str, value, dtype) -> InferInput:
+    array = np.asarray(value, dtype=dtype).reshape(1, -1)
+    tensor = InferInput(name, list(array.shape), _DTYPES[np.dtype(dtype).type])
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
+def request_inputs(request: EngineRequest, vocab_size: int) -> list[InferInput]:
+    inputs = [
+        _tensor("input_ids", request.prompt, np.int32),
+        _tensor("input_lengths", len(request.prompt), np.int32),
+        _tensor("request_output_len", request.max_tokens, np.int32),
+        _tensor("streaming", True, np.bool_),
+        _tensor("exclude_input_in_output", True, np.bool_),
+        _tensor("temperature", request.temperature, np.float32),
+        _tensor("runtime_top_p", request.top_p, np.float32),
+        _tensor("runtime_top_k", request.top_k, np.int32),
+        _tensor("presence_penalty", request.presence_penalty, np.float32),
+        _tensor("frequency_penalty", request.frequency_penalty, np.float32),
+        _tensor("repetition_penalty", request.repetition_penalty, np.float32),
+        _tensor("min_tokens", request.min_tokens, np.int32),
+        _tensor("return_log_probs", request.logprobs, np.bool_),
+        _tensor("return_num_input_tokens", True, np.bool_),
+        _tensor("return_num_output_tokens", True, np.bool_),
+        _tensor("return_perf_metrics", True, np.bool_),
+    ]
+    if request.end_id is not None:
+        inputs.append(_tensor("end_id", request.end_id, np.int32))
+    if request.pad_id is not None:
+        inputs.append(_tensor("pad_id", request.pad_id, np.int32))
+    if request.seed is not None:
+        inputs.append(_tensor("seed", request.seed, np.uint64))
+    if request.logit_bias:
+        bias = np.zeros(vocab_size, np.float32)
+        for token_id, value in request.logit_bias.items():
+            bias[token_id] = value
+        inputs.append(_tensor("embedding_bias", bias, np.float32))
+    return inputs
+
+
+def _scalar(result, name: str) -> int | None:
+    array = result.as_numpy(name)
+    return None if array is None else int(array.reshape(-1)[0])
+
+
+def parse_output(result) -> EngineOutput:
+    tokens = result.as_numpy("output_ids").reshape(-1).tolist()
+    logprobs = result.as_numpy("output_log_probs")
+    final = result.get_response().parameters.get("triton_final_response")
+    return EngineOutput(
+        token_ids=tokens,
+        logprobs=None if logprobs is None else logprobs.reshape(-1)[:len(tokens)].tolist(),
+        final=bool(final is not None and final.bool_param),
+        num_input_tokens=_scalar(result, "num_input_tokens"),
+        reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
+    )
+
+
+def _not_serving(message: str) -> bool:
+    lowered = message.lower()
+    return any(words in lowered for words in _NOT_SERVING)
+
+
+class TritonEngine:
+    def __init__(self, url: str, model: str, vocab_size: int, timeout_s: float = 2.0) -> None:
+        self._url = url
+        self._model = model
+        self._vocab_size = vocab_size
+        self._timeout_s = timeout_s
+        self._client: grpcaio.InferenceServerClient | None = None
+        self._info: EngineInfo | None = None
+
+    @property
+    def client(self) -> grpcaio.InferenceServerClient:
+        # created lazily: the gRPC channel belongs to the running event loop
+        if self._client is None:
+            self._client = grpcaio.InferenceServerClient(self._url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def ready(self) -> bool:
+        try:
+            return bool(await self.client.is_model_ready(self._model, client_timeout=self._timeout_s))
+        except InferenceServerException:
+            return False
+
+    async def info(self) -> EngineInfo:
+        if self._info is None:
+            try:
+                config = await self.client.get_model_config(self._model, as_json=True,
+                                                            client_timeout=self._timeout_s)
+            except InferenceServerException as exc:
+                raise EngineUnavailableError(
+                    f"The model server at {self._url} cannot serve '{self._model}' now: {exc.message()}") from exc
+            params = config.get("config", {}).get("parameters", {})
+            value = lambda key: params.get(key, {}).get("string_value", "")  # noqa: E731
+            max_length = value("max_sequence_length")
+            self._info = EngineInfo(
+                tokens_per_block=int(value("tokens_per_block") or 0),
+                max_sequence_length=int(max_length) if max_length.isdigit() and int(max_length) > 0 else None,
+            )
+        return self._info
+
+    async def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]:
+        inputs = request_inputs(request, self._vocab_size)
+
+        async def one_request():
+            yield {"model_name": self._model, "inputs": inputs, "request_id": request_id}
+
+        started = time.perf_counter()
+        call = self.client.stream_infer(one_request())
+        finished = False
+        failure: Exception | None = None
+        try:
+            async for result, error in call:
+                if error is not None:
+                    # an error response is the request's last: read on to the stream's end
+                    finished = True
+                    failure = failure or self._error(error.message())
+                    continue
+                output = parse_output(result)
+                finished = finished or output.final
+                yield output
+        except grpc.aio.AioRpcError as exc:
+            finished = True  # the stream is gone: nothing to cancel
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise EngineUnavailableError(
+                    f"The model server at {self._url} is unreachable: {exc.details()}") from exc
+            raise EngineError(f"The engine stream failed: {exc.code().name} {exc.details()}") from exc
+        finally:
+            if not finished:
+                call.cancel()
+                log.info("engine request cancelled after %.1f ms", (time.perf_counter() - started) * 1e3)
+        if failure is not None:
+            raise failure
+
+    def _error(self, message: str) -> Exception:
+        if _not_serving(message):
+            return EngineUnavailableError(f"The model '{self._model}' is not ready: {message}")
+        return EngineError(f"The engine failed the request: {message}")

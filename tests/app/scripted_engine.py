@@ -1,0 +1,76 @@
+"""A scripted stand-in for the engine, for in-process tests of the gateway.
+
+Each request is answered by a script: the token ids to stream (split into
+responses of ``per_response`` tokens), an optional error raised after some
+responses, an optional delay between responses. It records what it was asked
+and whether each request was abandoned before its final output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from gateway.engine import EngineInfo, EngineOutput, EngineRequest
+from gateway.errors import APIError
+
+
+@dataclass
+class Script:
+    tokens: list[int]
+    per_response: int = 1
+    reused_blocks: int = 0
+    error_after: int | None = None  # responses sent before ``error`` is raised
+    error: APIError | None = None
+    delay_s: float = 0.0
+    logprob: float = -0.5
+
+
+@dataclass
+class Call:
+    request: EngineRequest
+    request_id: str
+    responses_sent: int = 0
+    finished: bool = False
+    abandoned: bool = False
+
+
+@dataclass
+class ScriptedEngine:
+    script: Script = field(default_factory=lambda: Script(tokens=[]))
+    tokens_per_block: int = 16
+    max_sequence_length: int | None = 256
+    is_ready: bool = True
+    info_error: APIError | None = None
+    calls: list[Call] = field(default_factory=list)
+
+    async def info(self) -> EngineInfo:
+        if self.info_error is not None:
+            raise self.info_error
+        return EngineInfo(self.tokens_per_block, self.max_sequence_length)
+
+    async def ready(self) -> bool:
+        return self.is_ready
+
+    async def close(self) -> None:
+        pass
+
+    async def generate(self, request: EngineRequest, request_id: str):
+        call = Call(request, request_id)
+        self.calls.append(call)
+        s = self.script
+        tokens = s.tokens[:request.max_tokens]
+        pieces = [tokens[i:i + s.per_response] for i in range(0, len(tokens), s.per_response)] or [[]]
+        try:
+            for n, piece in enumerate(pieces):
+                if s.error_after is not None and n == s.error_after:
+                    raise s.error
+                if s.delay_s:
+                    await asyncio.sleep(s.delay_s)
+                final = n == len(pieces) - 1
+                call.responses_sent += 1
+                yield EngineOutput(token_ids=piece, logprobs=[s.logprob] * len(piece) if request.logprobs else None,
+                                   final=final, num_input_tokens=len(request.prompt), reused_blocks=s.reused_blocks)
+            call.finished = True
+        finally:
+            call.abandoned = not call.finished
