@@ -1,10 +1,17 @@
-"""One real tritonserver (the launcher's) for the whole end-to-end session."""
+"""One real tritonserver (the launcher's) and one real gateway for the whole end-to-end session."""
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 from tokenizers import Tokenizer
 
 from gateway.settings import Settings
 from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from paths import ROOT
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +51,29 @@ def chat(tokenizer):
         return tokenizer.encode(text, add_special_tokens=False).ids
 
     return encode
+
+
+GATEWAY_PORT = 18000
+
+
+@pytest.fixture(scope="session")
+def gateway(triton):
+    """The real gateway process (``electron-serve`` without its own Triton) in front
+    of the session's tritonserver; yields its base URL."""
+    env = dict(os.environ, ELECTRON_START_TRITON="false", ELECTRON_GATEWAY_PORT=str(GATEWAY_PORT),
+               ELECTRON_TRITON_GRPC_PORT=str(triton.triton_grpc_port), ELECTRON_LOG_LEVEL="INFO")
+    process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{GATEWAY_PORT}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, "the gateway exited during start-up"
+        try:
+            if urllib.request.urlopen(base + "/ready", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the gateway did not become ready"
+        time.sleep(0.2)
+    yield base
+    process.terminate()
+    assert process.wait(20) == 0, "the gateway did not shut down cleanly"

@@ -1,0 +1,216 @@
+"""The whole stack (real tritonserver + real gateway process) through the official
+``openai`` SDK and raw HTTP. No mocks."""
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx2
+import openai
+import pytest
+
+from triton_client import read_metrics
+
+pytestmark = pytest.mark.e2e
+MODEL = "electron"
+
+
+@pytest.fixture(scope="module")
+def sdk(gateway):
+    client = openai.OpenAI(base_url=gateway + "/v1", api_key="sk-anything", max_retries=0, timeout=120)
+    yield client
+    client.close()
+
+
+def ask(text, system=None):
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": text}]
+
+
+def collect_stream(stream):
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return chunks, text
+
+
+def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk):
+    for question in ("What is the capital of France?", "Give me two tips for a phone interview."):
+        whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
+        chunks, text = collect_stream(sdk.chat.completions.create(
+            model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
+        assert whole.choices[0].message.content and text == whole.choices[0].message.content
+        finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finish == [whole.choices[0].finish_reason]
+        assert chunks[0].choices[0].delta.role == "assistant"
+        assert len({c.id for c in chunks}) == 1
+
+
+def test_include_usage_chunk_is_present_and_exact(sdk, tokenizer):
+    system = "You are a concise assistant."
+    question = "Name three colours."
+    chunks, text = collect_stream(sdk.chat.completions.create(
+        model=MODEL, messages=ask(question, system), temperature=0, max_tokens=30, stream=True,
+        stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+    rendered = (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+                "<|im_start|>assistant\n")
+    assert last.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False).ids)
+    whole = sdk.chat.completions.create(model=MODEL, messages=ask(question, system), temperature=0, max_tokens=30)
+    assert whole.choices[0].message.content == text
+    assert last.usage.completion_tokens == whole.usage.completion_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+
+
+def test_cached_tokens_on_the_second_turn_of_a_call_with_a_long_system_prompt(sdk):
+    salt = uuid.uuid4().hex[:8]
+    system = (f"[{salt}] You are the phone agent of a dental clinic. " +
+              "Answer briefly, be polite, confirm names and times, never give medical advice. " * 12)
+    first = sdk.chat.completions.create(model=MODEL, messages=ask("Hi, I need an appointment.", system),
+                                        temperature=0, max_tokens=24)
+    assert first.usage.prompt_tokens > 200
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    history = ask("Hi, I need an appointment.", system) + [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "Tomorrow at ten, please."}]
+    second = sdk.chat.completions.create(model=MODEL, messages=history, temperature=0, max_tokens=24)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 16 and cached % 16 == 0
+    assert cached < second.usage.prompt_tokens
+
+
+def test_stop_string_cuts_the_real_output(sdk):
+    whole = sdk.chat.completions.create(model=MODEL, messages=ask("Count from one to ten in words."),
+                                        temperature=0, max_tokens=60).choices[0].message.content
+    words = whole.split()
+    assert len(words) > 4, whole
+    stop = words[3]
+    cut = sdk.chat.completions.create(model=MODEL, messages=ask("Count from one to ten in words."),
+                                      temperature=0, max_tokens=60, stop=[stop])
+    assert cut.choices[0].message.content == whole[:whole.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+    _, streamed = collect_stream(sdk.chat.completions.create(
+        model=MODEL, messages=ask("Count from one to ten in words."), temperature=0, max_tokens=60,
+        stop=[stop], stream=True))
+    assert streamed == cut.choices[0].message.content
+
+
+def test_length_finish_and_exact_completion_tokens(sdk):
+    r = sdk.chat.completions.create(model=MODEL, messages=ask("Tell me a long story about a dragon."),
+                                    temperature=0, max_completion_tokens=7, extra_body={"min_tokens": 7})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 7
+
+
+def test_indic_prompt_streams_without_broken_characters(sdk):
+    question = "नमस्ते! कृपया मुझे बताइए कि कल मौसम कैसा रहेगा? மழை பெய்யுமா?"
+    whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
+    chunks, text = collect_stream(sdk.chat.completions.create(
+        model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
+    assert text == whole.choices[0].message.content
+    assert all("\ufffd" not in (c.choices[0].delta.content or "") for c in chunks if c.choices)
+
+
+@pytest.mark.parametrize("kwargs, param, words", [
+    ({"n": 2}, "n", "Use multiple requests"),
+    ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs", "not supported"),
+    ({"logprobs": True, "top_logprobs": 2}, "top_logprobs", "not supported"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 201}, "messages", "at most 200"),
+    ({"messages": [{"role": "narrator", "content": "hi"}]}, "messages[0]", "narrator"),
+    ({"messages": []}, "messages", "at least one"),
+    ({"temperature": 3}, "temperature", "less than or equal to 2"),
+    ({"top_p": -0.1}, "top_p", "greater than or equal to 0"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    ({"model": "gpt-4o-mini"}, "model", "does not exist"),
+    ({"max_tokens": 9000}, "messages", "maximum context length is 8192 tokens"),
+])
+def test_bad_requests_are_400_through_the_sdk(sdk, kwargs, param, words):
+    request = {"model": MODEL, "messages": ask("hi"), **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        sdk.chat.completions.create(**request)
+    error = info.value
+    assert error.status_code == 400 and error.param == param and words in error.message
+    if kwargs.get("max_tokens"):
+        assert error.code == "context_length_exceeded"
+    assert error.body["request_id"] == error.response.headers["x-request-id"]
+
+
+def test_raw_http_framing_and_a_body_that_is_not_json(gateway):
+    with httpx2.Client(base_url=gateway, timeout=60) as http:
+        r = http.post("/v1/chat/completions", content=b"{oops", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        body = {"model": MODEL, "messages": ask("Say hi."), "stream": True, "max_tokens": 8,
+                "stream_options": {"include_usage": True}}
+        r = http.post("/v1/chat/completions", json=body, headers={"X-Request-Id": "e2e-raw-1"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-request-id"] == "e2e-raw-1" and r.headers["cache-control"] == "no-cache"
+        events = r.text.split("\n\n")
+        assert events[-1] == "" and events[-2] == "data: [DONE]"
+        payloads = [json.loads(e[len("data: "):]) for e in events[:-2]]
+        assert payloads[-1]["choices"] == [] and payloads[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_models_ready_and_openapi(sdk, gateway):
+    assert [m.id for m in sdk.models.list().data] == [MODEL]
+    assert sdk.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        sdk.models.retrieve("gpt-4o")
+    with httpx2.Client(base_url=gateway) as http:
+        assert http.get("/ready").json() == {"status": "ready"}
+        assert http.get("/health").status_code == 200
+        assert "/v1/chat/completions" in http.get("/openapi.json").json()["paths"]
+
+
+def test_pipecat_livekit_and_vapi_request_bodies_are_accepted(gateway):
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Weather for a city", "strict": True,
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                       "properties": {"city": {"type": "string"}, "unit": {"type": ["string", "null"]}}}}}
+    conversation = [
+        {"role": "system", "content": "You are a voice assistant. Keep answers short."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "developer", "content": "The caller is in Pune."},
+        {"role": "user", "content": [{"type": "text", "text": "What should I wear today?"}]},
+    ]
+    pipecat = {"model": MODEL, "messages": conversation, "stream": True, "stream_options": {"include_usage": True},
+               "max_tokens": 24, "temperature": 0.7, "tools": [weather], "tool_choice": "auto"}
+    livekit = {"model": MODEL, "messages": conversation, "stream": True, "stream_options": {"include_usage": True},
+               "max_completion_tokens": 24, "tools": [weather], "parallel_tool_calls": True,
+               "tool_choice": "auto", "prompt_cache_key": "call-123", "user": "caller-9", "store": False}
+    vapi = {"model": MODEL, "messages": conversation, "stream": True, "max_tokens": 24, "temperature": 0,
+            "call": {"id": "c1"}, "customer": {"number": "+15550100"}, "metadata": {"k": "v"},
+            "phoneNumber": {"id": "p1"}}
+    with httpx2.Client(base_url=gateway, timeout=60) as http:
+        for body in (pipecat, livekit, vapi):
+            r = http.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200, r.text
+            assert r.text.endswith("data: [DONE]\n\n") and '"finish_reason":"' in r.text
+
+
+async def test_hanging_up_mid_stream_stops_the_engine(gateway, triton):
+    port = triton.triton_metrics_port
+    await asyncio.sleep(0.6)  # metrics are exported every 0.25 s: let earlier requests settle
+    before = read_metrics(port)
+    body = {"model": MODEL, "messages": ask("Tell me a very long story about the sea."), "stream": True,
+            "max_tokens": 400, "min_tokens": 400, "temperature": 0}
+    async with httpx2.AsyncClient(base_url=gateway, timeout=60) as http:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            received = 0
+            async for line in r.aiter_lines():
+                received += line.startswith("data: ")
+                if received >= 5:
+                    break
+    hung_up = time.monotonic()
+    while True:
+        after = read_metrics(port)
+        if after["electron_engine_cancellations_total"] > before["electron_engine_cancellations_total"] \
+                and after["electron_engine_running"] == 0:
+            break
+        assert time.monotonic() - hung_up < 5, f"engine still running: {after}"
+        await asyncio.sleep(0.05)
+    assert after["electron_engine_completed_total"] == before["electron_engine_completed_total"]
+    # far fewer tokens were generated than the 400 the request asked for
+    assert after["electron_engine_step_tokens_total"] - before["electron_engine_step_tokens_total"] < 400
