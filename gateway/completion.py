@@ -31,6 +31,8 @@ class CompletionRun:
         self._choice = ChoiceStream(token_bytes, prepared.stops, prepared.engine_request.max_tokens,
                                     logprobs=prepared.logprobs)
         self._reused_blocks = 0
+        self._engine_ttft_ms: float | None = None
+        self._first_text_ms: float | None = None
         self.completed = False  # the last delta (with finish_reason) was produced
 
     @property
@@ -57,8 +59,12 @@ class CompletionRun:
             async for output in outputs:
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks
+                if output.engine_ttft_ms is not None:
+                    self._engine_ttft_ms = output.engine_ttft_ms
                 delta = self._choice.feed(output.token_ids, output.logprobs)
                 if delta is not None:
+                    if self._first_text_ms is None:
+                        self._first_text_ms = (time.perf_counter() - started) * 1e3
                     yield delta
                 if self._choice.stopped:
                     break  # a stop string: closing ``outputs`` cancels the engine request
@@ -67,6 +73,11 @@ class CompletionRun:
         finally:
             await outputs.aclose()
             log.info("usage: prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish_reason=%s "
-                     "duration_ms=%.1f%s", self.prompt_tokens, self.cached_tokens, self.completion_tokens,
-                     self.finish_reason, (time.perf_counter() - started) * 1e3,
+                     "first_text_ms=%s engine_ttft_ms=%s duration_ms=%.1f%s",
+                     self.prompt_tokens, self.cached_tokens, self.completion_tokens, self.finish_reason,
+                     _ms(self._first_text_ms), _ms(self._engine_ttft_ms), (time.perf_counter() - started) * 1e3,
                      "" if self.completed else " (ended early: client gone or error)")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -1,7 +1,10 @@
 """Text to token ids and token ids to bytes, from the artifacts' ``tokenizer.json``.
 
 Encoding parses special tokens in the rendered prompt (``<|im_start|>`` ...), as
-llama.cpp and Hugging Face do for chat templates. Decoding is byte-level: each
+llama.cpp and Hugging Face do for chat templates. Both tokenize the text between
+special tokens piece by piece, independently, so the codec does the same and
+keeps recent pieces in an LRU cache: the long system prompt that thousands of
+calls share is tokenized once, not on every turn. Decoding is byte-level: each
 token id maps to the exact bytes it stands for, so the incremental detokenizer
 can hold back incomplete UTF-8 itself. Special tokens decode to nothing (as with
 ``skip_special_tokens``).
@@ -9,6 +12,8 @@ can hold back incomplete UTF-8 itself. Special tokens decode to nothing (as with
 
 from __future__ import annotations
 
+import re
+from collections import OrderedDict
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -30,11 +35,19 @@ def _byte_level_alphabet() -> dict[str, int]:
 
 
 class TokenCodec:
-    def __init__(self, tokenizer: Tokenizer, add_bos: bool = False, bos_token_id: int | None = None):
+    def __init__(self, tokenizer: Tokenizer, add_bos: bool = False, bos_token_id: int | None = None,
+                 cache_pieces: int = 4096):
         self._tokenizer = tokenizer
         self._prefix = [bos_token_id] if add_bos and bos_token_id is not None else []
         alphabet = _byte_level_alphabet()
-        special = {t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special}
+        added = tokenizer.get_added_tokens_decoder()
+        special = {t.content for t in added.values() if t.special}
+        self._special_ids = {t.content: i for i, t in added.items()}
+        # longest first, so that a special token that contains another wins
+        self._splitter = re.compile("(" + "|".join(re.escape(t) for t in sorted(self._special_ids, key=len,
+                                                                                reverse=True)) + ")")
+        self._pieces: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache_pieces = cache_pieces
         size = tokenizer.get_vocab_size(with_added_tokens=True)
         table: list[bytes] = []
         for token_id in range(size):
@@ -52,7 +65,24 @@ class TokenCodec:
         return cls(tokenizer, artifacts.add_bos_token, artifacts.bos_token_id)
 
     def encode(self, text: str) -> list[int]:
-        return self._prefix + self._tokenizer.encode(text, add_special_tokens=False).ids
+        ids = list(self._prefix)
+        for n, piece in enumerate(self._splitter.split(text) if self._special_ids else [text]):
+            if n % 2:
+                ids.append(self._special_ids[piece])
+            elif piece:
+                ids += self._encode_piece(piece)
+        return ids
+
+    def _encode_piece(self, piece: str) -> list[int]:
+        ids = self._pieces.get(piece)
+        if ids is None:
+            ids = self._tokenizer.encode(piece, add_special_tokens=False).ids
+            self._pieces[piece] = ids
+            if len(self._pieces) > self._cache_pieces:
+                self._pieces.popitem(last=False)
+        else:
+            self._pieces.move_to_end(piece)
+        return ids
 
     def token_bytes(self, token_id: int) -> bytes:
         if 0 <= token_id < len(self._bytes):

@@ -78,16 +78,24 @@ def _scalar(result, name: str) -> int | None:
     return None if array is None else int(array.reshape(-1)[0])
 
 
-def parse_output(result) -> EngineOutput:
+def parse_output(result, first: bool = False) -> EngineOutput:
+    """One response; ``first``: the first with tokens, which also carries the engine's
+    time to first token (read once, off the per-token path)."""
     tokens = result.as_numpy("output_ids").reshape(-1).tolist()
     logprobs = result.as_numpy("output_log_probs")
     final = result.get_response().parameters.get("triton_final_response")
+    engine_ttft_ms = None
+    if first:
+        arrival, first_token = _scalar(result, "arrival_time_ns"), _scalar(result, "first_token_time_ns")
+        if arrival and first_token:
+            engine_ttft_ms = (first_token - arrival) / 1e6
     return EngineOutput(
         token_ids=tokens,
         logprobs=None if logprobs is None else logprobs.reshape(-1)[:len(tokens)].tolist(),
         final=bool(final is not None and final.bool_param),
         num_input_tokens=_scalar(result, "num_input_tokens"),
         reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
+        engine_ttft_ms=engine_ttft_ms,
     )
 
 
@@ -148,7 +156,7 @@ class TritonEngine:
 
         started = time.perf_counter()
         call = self.client.stream_infer(one_request())
-        finished = False
+        finished = seen_tokens = False
         failure: Exception | None = None
         try:
             async for result, error in call:
@@ -157,7 +165,8 @@ class TritonEngine:
                     finished = True
                     failure = failure or self._error(error.message())
                     continue
-                output = parse_output(result)
+                output = parse_output(result, first=not seen_tokens)
+                seen_tokens = seen_tokens or bool(output.token_ids)
                 finished = finished or output.final
                 yield output
         except grpc.aio.AioRpcError as exc:

@@ -215,13 +215,17 @@ def main() -> int:
     stopping = []
 
     def on_signal(signum, _frame):
+        # Only forward the signal: waiting here would deadlock with the main
+        # thread's process.wait(), which holds Popen's wait lock.
         stopping.append(signum)
         log.info("signal %d: stopping tritonserver", signum)
-        stop_triton(process)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     code = process.wait()
+    stop_triton(process)  # whatever Triton left behind (a python backend stub)
     if not stopping:
         log.error("tritonserver exited on its own with code %d", code)
         return code or 1

@@ -212,5 +212,7 @@ async def test_hanging_up_mid_stream_stops_the_engine(gateway, triton):
         assert time.monotonic() - hung_up < 5, f"engine still running: {after}"
         await asyncio.sleep(0.05)
     assert after["electron_engine_completed_total"] == before["electron_engine_completed_total"]
-    # far fewer tokens were generated than the 400 the request asked for
-    assert after["electron_engine_step_tokens_total"] - before["electron_engine_step_tokens_total"] < 400
+    # the engine stopped within a few steps of the hang-up, far short of the 400 tokens asked for
+    decoded = ((after["electron_engine_step_tokens_total"] - before["electron_engine_step_tokens_total"])
+               - (after["electron_engine_prefill_tokens_total"] - before["electron_engine_prefill_tokens_total"]))
+    assert decoded <= received + 5, (decoded, received)

@@ -1,0 +1,305 @@
+"""Gateway overhead: the OpenAI gateway (HTTP + SSE) against direct Triton gRPC.
+
+The same chat requests (a cached ~300-token system prompt plus a short new user
+turn, temperature 0, exactly ``--tokens`` tokens forced with ``min_tokens``) go
+to Triton directly, with the very tensors the gateway would send, and through
+the gateway, alternating A B A B so that machine drift hits both.
+
+Time to first token varies by tens of milliseconds with the engine's scheduling,
+far more than the gateway costs, so each request's client-side TTFT is taken
+net of the engine's own time to first token (arrival to first token, from the
+engine's perf metrics: read directly on the direct path, from the gateway's
+usage log line by request id on the gateway path). Per-request overhead =
+median net TTFT through the gateway - median net TTFT direct. Replies are kept
+from starting with a lone one-letter token ("I", "A") by ``logit_bias`` on both
+paths: the gateway sends text in whole grapheme clusters, so such a first token
+would wait for the next one by design, which is not the hop's cost.
+
+Per token: the median interval between tokens after the first, both paths, and
+the gateway process's CPU time per token (/proc, when the bench starts the
+gateway): on this 2-core machine every CPU-millisecond of the gateway is taken
+from llama.cpp's two threads, so the interval difference is mostly that. A
+third, in-process figure isolates the gateway's own Python per token (decode,
+stop and grapheme gates, chunk, SSE bytes).
+
+    .venv/bin/python perf/bench_gateway.py                 # starts Triton and the gateway
+    .venv/bin/python perf/bench_gateway.py --triton 127.0.0.1:8001 --gateway http://127.0.0.1:8000 \
+        --gateway-log gateway.log                          # a running stack (its INFO log)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import re
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import httpx2
+import tritonclient.grpc.aio as grpcaio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway import sse  # noqa: E402
+from gateway.app import model_view  # noqa: E402
+from gateway.chat_request import ChatLimits, parse_body, prepare  # noqa: E402
+from gateway.choice_stream import ChoiceStream  # noqa: E402
+from gateway.responses import ResponseShaper  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from gateway.triton_engine import request_inputs  # noqa: E402
+from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+
+log = logging.getLogger("bench_gateway")
+SYSTEM = ("You are the voice agent of a restaurant. Keep answers short and friendly, confirm names, party "
+          "sizes and times, and never invent opening hours. ") * 8
+
+
+ONE_LETTER_TOKENS = {"57": -100, "49": -100}  # "I", "A" in SmolLM2's vocabulary
+
+
+def chat_body(tokens: int) -> dict:
+    salt = uuid.uuid4().hex[:6]
+    return {"model": "electron", "temperature": 0, "max_tokens": tokens, "min_tokens": tokens, "stream": True,
+            "logit_bias": ONE_LETTER_TOKENS,
+            "messages": [{"role": "system", "content": SYSTEM},
+                         {"role": "user", "content": f"Hi, this is caller {salt}. Can I book a table for four?"}]}
+
+
+class Timing:
+    def __init__(self, start: float):
+        self.start = start
+        self.first: float | None = None
+        self.first_text: float | None = None
+        self.last: float | None = None
+        self.tokens = 0
+        self.engine_ttft_ms: float | None = None
+
+    def saw(self, tokens: int, text: bool = True) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        if text and self.first_text is None:
+            self.first_text = now
+        self.last = now
+        self.tokens += tokens
+
+    def row(self) -> dict:
+        per_token = (self.last - self.first) / (self.tokens - 1) if self.tokens > 1 else 0.0
+        return {"ttft_ms": (self.first - self.start) * 1e3, "first_text_ms": (self.first_text - self.start) * 1e3,
+                "per_token_ms": per_token * 1e3, "tokens": self.tokens, "engine_ttft_ms": self.engine_ttft_ms}
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def direct(url: str, model: str, body: dict, view, limits: ChatLimits) -> dict:
+    prepared = prepare(parse_body(json.dumps(body).encode()), limits, view.template, view.codec)
+    inputs = request_inputs(prepared.engine_request, view.artifacts.vocab_size)
+    client = grpcaio.InferenceServerClient(url)
+
+    async def one():
+        yield {"model_name": model, "inputs": inputs, "request_id": uuid.uuid4().hex[:12]}
+
+    choice = ChoiceStream(view.codec.token_bytes, [], prepared.engine_request.max_tokens)
+    timing = Timing(time.perf_counter())
+    try:
+        async for result, error in client.stream_infer(one()):
+            if error is not None:
+                raise RuntimeError(str(error))
+            ids = result.as_numpy("output_ids").reshape(-1).tolist()
+            if ids:
+                if timing.first is None:
+                    arrival = result.as_numpy("arrival_time_ns").item()
+                    timing.engine_ttft_ms = (result.as_numpy("first_token_time_ns").item() - arrival) / 1e6
+                timing.saw(len(ids), text=choice.feed(ids) is not None)
+    finally:
+        await client.close()
+    return timing.row()
+
+
+async def through_gateway(http: httpx2.AsyncClient, body: dict) -> dict:
+    request_id = "bench-" + uuid.uuid4().hex[:16]
+    timing = Timing(time.perf_counter())
+    async with http.stream("POST", "/v1/chat/completions", json=body,
+                           headers={"X-Request-Id": request_id}) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices"):
+                delta = chunk["choices"][0]["delta"]
+                if delta.get("content") or chunk["choices"][0].get("finish_reason"):
+                    timing.saw(1)
+    timing.tokens = body["max_tokens"]  # text chunks != tokens: the engine generated exactly this many
+    return timing.row() | {"request_id": request_id}
+
+
+def engine_ttfts_from_log(path: Path) -> dict[str, float]:
+    """request id -> engine_ttft_ms, from the gateway's usage log lines."""
+    found = {}
+    for line in path.read_text(errors="replace").splitlines():
+        match = re.search(r"\[(bench-[0-9a-f]+)\] usage: .* engine_ttft_ms=([0-9.]+)", line)
+        if match:
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
+async def measure(args, view, limits, gateway_pid: int | None) -> list[dict]:
+    rows = []
+    async with httpx2.AsyncClient(base_url=args.gateway, timeout=120,
+                                  limits=httpx2.Limits(max_connections=64)) as http:
+        await through_gateway(http, chat_body(4))  # caches the system prompt
+        for concurrency in args.concurrency:
+            samples = {"direct": [], "gateway": []}
+            gateway_cpu = 0.0
+            for _ in range(args.rounds):
+                for path in ("direct", "gateway"):
+                    bodies = [chat_body(args.tokens) for _ in range(concurrency)]
+                    if path == "direct":
+                        runs = [direct(args.triton, args.model, b, view, limits) for b in bodies]
+                        samples[path].extend(await asyncio.gather(*runs))
+                        continue
+                    cpu_before = process_cpu_s(gateway_pid) if gateway_pid else 0.0
+                    samples[path].extend(await asyncio.gather(*(through_gateway(http, b) for b in bodies)))
+                    gateway_cpu += (process_cpu_s(gateway_pid) - cpu_before) if gateway_pid else 0.0
+            await asyncio.sleep(0.5)  # let the gateway write its log lines
+            engine = engine_ttfts_from_log(args.gateway_log)
+            for v in samples["gateway"]:
+                v["engine_ttft_ms"] = engine.get(v["request_id"])
+            row = {"concurrency": concurrency, "requests": len(samples["direct"])}
+            for path, values in samples.items():
+                net = [v["ttft_ms"] - v["engine_ttft_ms"] for v in values if v["engine_ttft_ms"] is not None]
+                row[f"{path}_ttft_ms"] = statistics.median(v["ttft_ms"] for v in values)
+                row[f"{path}_net_ttft_ms"] = statistics.median(net) if net else float("nan")
+                row[f"{path}_per_token_ms"] = statistics.median(v["per_token_ms"] for v in values)
+            row["first_text_at_first_token"] = sum(v["first_text_ms"] == v["ttft_ms"] for v in samples["direct"])
+            row["ttft_overhead_ms"] = row["gateway_net_ttft_ms"] - row["direct_net_ttft_ms"]
+            row["per_token_overhead_ms"] = row["gateway_per_token_ms"] - row["direct_per_token_ms"]
+            tokens = sum(v["tokens"] for v in samples["gateway"])
+            row["gateway_cpu_ms_per_token"] = gateway_cpu * 1e3 / tokens if gateway_pid else None
+            log.info("%s", row)
+            rows.append(row)
+    return rows
+
+
+def cpu_per_token(view, repeats: int = 20) -> dict:
+    """The gateway's own work per token, in process: decode, stop/grapheme gates,
+    chunk model and SSE bytes; and its work per request: parse, template, tokenize."""
+    text = ("Sure! I can book a table for four at seven thirty. नमस्ते, आपकी बुकिंग हो गई है। "
+            "Would you like a window seat? ") * 4
+    ids = view.codec.encode(text)
+    shaper = ResponseShaper("electron", "fp_bench", include_usage=True)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        choice = ChoiceStream(view.codec.token_bytes, ["</s>"], 10_000)
+        for token in ids:
+            delta = choice.feed([token])
+            if delta is not None:
+                for chunk in shaper.stream_chunks(delta):
+                    sse.event(chunk)
+    per_token_us = (time.perf_counter() - started) / (repeats * len(ids)) * 1e6
+    limits = ChatLimits("electron", 8192, view.artifacts.vocab_size, 200, 2, 2)
+    raw = json.dumps(chat_body(32)).encode()
+    started = time.perf_counter()
+    for _ in range(repeats * 10):
+        prepare(parse_body(raw), limits, view.template, view.codec)
+    per_request_us = (time.perf_counter() - started) / (repeats * 10) * 1e6
+    return {"per_token_us": per_token_us, "prepare_request_us": per_request_us, "tokens": len(ids)}
+
+
+def markdown(rows: list[dict], cpu: dict, meta: dict) -> str:
+    lines = [f"Gateway overhead over direct Triton gRPC - {meta['date']} on {meta['machine']} "
+             f"({meta['tokens']} tokens per request, cached ~300-token system prompt, "
+             f"{meta['rounds']} rounds A/B per concurrency)", "",
+             "| concurrency | requests per path | TTFT direct / gateway (ms) | TTFT net of engine, direct / "
+             "gateway (ms) | **per-request overhead (ms)** | per token direct / gateway (ms) "
+             "| **per-token overhead (ms)** | gateway CPU per token (ms) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        cpu_ms = "n/a" if r["gateway_cpu_ms_per_token"] is None else f"{r['gateway_cpu_ms_per_token']:.2f}"
+        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['direct_ttft_ms']:.1f} / {r['gateway_ttft_ms']:.1f} "
+                     f"| {r['direct_net_ttft_ms']:.2f} / {r['gateway_net_ttft_ms']:.2f} | {r['ttft_overhead_ms']:+.2f} "
+                     f"| {r['direct_per_token_ms']:.2f} / {r['gateway_per_token_ms']:.2f} "
+                     f"| {r['per_token_overhead_ms']:+.3f} | {cpu_ms} |")
+    lines += ["", f"In process, the gateway's CPU: {cpu['per_token_us']:.1f} µs per token (decode, stop and "
+              f"grapheme gates, chunk, SSE bytes; {cpu['tokens']} tokens of mixed English/Hindi), "
+              f"{cpu['prepare_request_us'] / 1000:.2f} ms to parse, render and tokenize a request."]
+    return "\n".join(lines) + "\n"
+
+
+def start_gateway(settings: Settings, port: int, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, ELECTRON_START_TRITON="false", ELECTRON_GATEWAY_PORT=str(port),
+               ELECTRON_TRITON_GRPC_PORT=str(settings.triton_grpc_port), ELECTRON_LOG_LEVEL="INFO")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env,
+                                   stdout=log_file, stderr=log_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status == 200:
+                return process
+        except OSError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the gateway did not become ready")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--triton", help="gRPC address of a running Triton (default: start one)")
+    parser.add_argument("--gateway", help="URL of a running gateway (default: start one)")
+    parser.add_argument("--gateway-log", type=Path, help="INFO log of a running gateway (its usage lines)")
+    parser.add_argument("--model", default="electron_cpu")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings.from_env()
+    view = model_view(prepare_artifacts(settings), settings.triton_model)
+    limits = ChatLimits("electron", 8192, view.artifacts.vocab_size, 200, view.artifacts.eos_token_id,
+                        view.artifacts.pad_token_id)
+    triton = None if args.triton else start_triton(settings)
+    if args.gateway and not args.gateway_log:
+        parser.error("--gateway needs --gateway-log (the engine's TTFT comes from its usage lines)")
+    args.gateway_log = args.gateway_log or ROOT / "perf" / ".cache" / "bench_gateway.log"
+    gateway = None if args.gateway else start_gateway(settings, 18100, args.gateway_log)
+    args.triton = args.triton or settings.triton_grpc_url
+    args.gateway = args.gateway or "http://127.0.0.1:18100"
+    try:
+        rows = asyncio.run(measure(args, view, limits, gateway.pid if gateway is not None else None))
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            gateway.wait(20)
+        if triton is not None:
+            stop_triton(triton)
+    cpu = cpu_per_token(view)
+    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}",
+            "tokens": args.tokens, "rounds": args.rounds}
+    out = args.out / f"{meta['date']}-gateway-{platform.node()}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gateway.json").write_text(json.dumps({"meta": meta, "rows": rows, "cpu": cpu}, indent=1))
+    table = markdown(rows, cpu, meta)
+    (out / "gateway.md").write_text(table)
+    sys.stdout.write(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
