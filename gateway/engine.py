@@ -39,7 +39,6 @@ class EngineOutput:
     token_ids: list[int]
     logprobs: list[float] | None = None
     final: bool = False
-    num_input_tokens: int | None = None
     reused_blocks: int | None = None  # prefix-cache blocks this request reused
     engine_ttft_ms: float | None = None  # engine arrival to first token; on the first output with tokens
 

@@ -55,8 +55,6 @@ def request_inputs(request: EngineRequest, vocab_size: int) -> list[InferInput]:
         _tensor("repetition_penalty", request.repetition_penalty, np.float32),
         _tensor("min_tokens", request.min_tokens, np.int32),
         _tensor("return_log_probs", request.logprobs, np.bool_),
-        _tensor("return_num_input_tokens", True, np.bool_),
-        _tensor("return_num_output_tokens", True, np.bool_),
         _tensor("return_perf_metrics", True, np.bool_),
     ]
     if request.end_id is not None:
@@ -93,7 +91,6 @@ def parse_output(result, first: bool = False) -> EngineOutput:
         token_ids=tokens,
         logprobs=None if logprobs is None else logprobs.reshape(-1)[:len(tokens)].tolist(),
         final=bool(final is not None and final.bool_param),
-        num_input_tokens=_scalar(result, "num_input_tokens"),
         reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
         engine_ttft_ms=engine_ttft_ms,
     )

@@ -70,7 +70,7 @@ class ScriptedEngine:
                 final = n == len(pieces) - 1
                 call.responses_sent += 1
                 yield EngineOutput(token_ids=piece, logprobs=[s.logprob] * len(piece) if request.logprobs else None,
-                                   final=final, num_input_tokens=len(request.prompt), reused_blocks=s.reused_blocks)
+                                   final=final, reused_blocks=s.reused_blocks)
             call.finished = True
         finally:
             call.abandoned = not call.finished
