@@ -1,9 +1,9 @@
 """``POST /v1/chat/completions``: parse, prepare, run on the engine, respond.
 
-Errors before the first delta (bad input, engine unreachable, a failed engine
-request) become an HTTP error with the envelope: a stream sends its headers
-only once the first delta is there, which costs no time to first token because
-the first chunk leaves with it. An error after that is one error event, then
+Errors before the engine's first token (bad input, engine unreachable, a
+failed engine request) become an HTTP error with the envelope: a stream sends
+its headers with its first chunk, at the first token, which costs no time to
+first token. An error after that is one error event, then
 ``[DONE]``. When the client goes away, the engine request is cancelled: while
 waiting for the first delta or a non-streaming body by watching for
 ``http.disconnect``, mid-stream by Starlette cancelling the response.

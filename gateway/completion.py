@@ -1,7 +1,11 @@
 """One chat completion run: engine outputs in, text deltas and exact usage out.
 
 ``CompletionRun.deltas()`` drives the engine request through a ``ChoiceStream``
-and yields the deltas to send; its last delta carries ``finish_reason``. Usage
+and yields the deltas to send; its last delta carries ``finish_reason``. The
+first delta comes with the engine's first token, empty if that token's text is
+held back (a lone "I" that a combining mark could still follow): a stream then
+starts (headers, role chunk) at the first token, as OpenAI's does, and its
+text follows one token later. Usage
 counts every token the engine delivered, and is final once the generator is
 done, whichever way it ends: run to the end, stopped by a stop string (the
 engine request is cancelled at once), or closed early because the client went
@@ -33,6 +37,7 @@ class CompletionRun:
         self._reused_blocks = 0
         self._engine_ttft_ms: float | None = None
         self._first_text_ms: float | None = None
+        self._started = False  # a delta has gone out
         self.completed = False  # the last delta (with finish_reason) was produced
 
     @property
@@ -62,8 +67,11 @@ class CompletionRun:
                 if output.engine_ttft_ms is not None:
                     self._engine_ttft_ms = output.engine_ttft_ms
                 delta = self._choice.feed(output.token_ids, output.logprobs)
+                if delta is None and output.token_ids and not self._started:
+                    delta = Delta()  # the first token's text is held back: the stream still starts now
                 if delta is not None:
-                    if self._first_text_ms is None:
+                    self._started = True
+                    if delta.content and self._first_text_ms is None:
                         self._first_text_ms = (time.perf_counter() - started) * 1e3
                     yield delta
                 if self._choice.stopped:
