@@ -106,28 +106,26 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def direct(url: str, model: str, body: dict, view, limits: ChatLimits) -> dict:
+async def direct(client: grpcaio.InferenceServerClient, model: str, body: dict, view, limits: ChatLimits) -> dict:
+    """One request on its own stream of a long-lived client, as the gateway does. The
+    clock starts before the tensors are built: a direct client has to build them too."""
     prepared = prepare(parse_body(json.dumps(body).encode()), limits, view.template, view.codec)
+    choice = ChoiceStream(view.codec.token_bytes, [], prepared.engine_request.max_tokens)
+    timing = Timing(time.perf_counter())
     inputs = request_inputs(prepared.engine_request, view.artifacts.vocab_size)
-    client = grpcaio.InferenceServerClient(url)
 
     async def one():
         yield {"model_name": model, "inputs": inputs, "request_id": uuid.uuid4().hex[:12]}
 
-    choice = ChoiceStream(view.codec.token_bytes, [], prepared.engine_request.max_tokens)
-    timing = Timing(time.perf_counter())
-    try:
-        async for result, error in client.stream_infer(one()):
-            if error is not None:
-                raise RuntimeError(str(error))
-            ids = result.as_numpy("output_ids").reshape(-1).tolist()
-            if ids:
-                if timing.first is None:
-                    arrival = result.as_numpy("arrival_time_ns").item()
-                    timing.engine_ttft_ms = (result.as_numpy("first_token_time_ns").item() - arrival) / 1e6
-                timing.saw(len(ids), text=choice.feed(ids) is not None)
-    finally:
-        await client.close()
+    async for result, error in client.stream_infer(one()):
+        if error is not None:
+            raise RuntimeError(str(error))
+        ids = result.as_numpy("output_ids").reshape(-1).tolist()
+        if ids:
+            if timing.first is None:
+                arrival = result.as_numpy("arrival_time_ns").item()
+                timing.engine_ttft_ms = (result.as_numpy("first_token_time_ns").item() - arrival) / 1e6
+            timing.saw(len(ids), text=choice.feed(ids) is not None)
     return timing.row()
 
 
@@ -161,6 +159,7 @@ def engine_ttfts_from_log(path: Path) -> dict[str, float]:
 
 async def measure(args, view, limits, gateway_pid: int | None) -> list[dict]:
     rows = []
+    grpc_client = grpcaio.InferenceServerClient(args.triton)
     async with httpx2.AsyncClient(base_url=args.gateway, timeout=120,
                                   limits=httpx2.Limits(max_connections=64)) as http:
         await through_gateway(http, chat_body(4))  # caches the system prompt
@@ -171,7 +170,7 @@ async def measure(args, view, limits, gateway_pid: int | None) -> list[dict]:
                 for path in ("direct", "gateway"):
                     bodies = [chat_body(args.tokens) for _ in range(concurrency)]
                     if path == "direct":
-                        runs = [direct(args.triton, args.model, b, view, limits) for b in bodies]
+                        runs = [direct(grpc_client, args.model, b, view, limits) for b in bodies]
                         samples[path].extend(await asyncio.gather(*runs))
                         continue
                     cpu_before = process_cpu_s(gateway_pid) if gateway_pid else 0.0
@@ -194,6 +193,7 @@ async def measure(args, view, limits, gateway_pid: int | None) -> list[dict]:
             row["gateway_cpu_ms_per_token"] = gateway_cpu * 1e3 / tokens if gateway_pid else None
             log.info("%s", row)
             rows.append(row)
+    await grpc_client.close()
     return rows
 
 
