@@ -90,6 +90,8 @@ def parse_body(body: bytes) -> ChatCompletionRequest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}.") from exc
+    except RecursionError as exc:
+        raise InvalidRequestError("The request body is nested too deeply.") from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
     try:

@@ -3,8 +3,7 @@
 Errors before the engine's first token (bad input, engine unreachable, a
 failed engine request) become an HTTP error with the envelope: a stream sends
 its headers with its first chunk, at the first token, which costs no time to
-first token. An error after that is one error event, then
-``[DONE]``. When the client goes away, the engine request is cancelled: while
+first token. An error after that is one error event, then ``[DONE]``. When the client goes away, the engine request is cancelled: while
 waiting for the first delta or a non-streaming body by watching for
 ``http.disconnect``, mid-stream by Starlette cancelling the response.
 """
@@ -25,7 +24,7 @@ from gateway.chat_template import ChatTemplate
 from gateway.choice_stream import Delta
 from gateway.completion import CompletionRun
 from gateway.engine import Engine
-from gateway.errors import APIError, EngineError
+from gateway.errors import APIError, EngineError, RequestTooLargeError
 from gateway.model_artifacts import ModelArtifacts
 from gateway.request_context import current_request_id
 from gateway.responses import ResponseShaper
@@ -60,6 +59,15 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    return bytes(body)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,7 @@ class ChatService:
         return self._limits
 
     async def complete(self, request: Request) -> Response:
-        chat = parse_body(await request.body())
+        chat = parse_body(await read_body(request, self._settings.max_body_bytes))
         prepared = prepare(chat, await self.limits(), self._model.template, self._model.codec)
         request_id = current_request_id.get()
         run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
@@ -129,7 +137,9 @@ async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
     try:
         yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
         async for delta in deltas:
-            yield b"".join(sse.event(c) for c in shaper.stream_chunks(delta))
+            chunks = shaper.stream_chunks(delta)
+            if chunks:
+                yield b"".join(sse.event(c) for c in chunks)
         if shaper.include_usage:
             yield sse.event(shaper.usage_chunk(run))
     except APIError as exc:

@@ -38,6 +38,12 @@ class ModelNotFoundError(InvalidRequestError):
     code = "model_not_found"
 
 
+class RequestTooLargeError(APIError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class NotFoundError(APIError):
     status = 404
     type = "invalid_request_error"

@@ -32,7 +32,7 @@ def openapi_document(version: str) -> dict:
                 "operationId": "createChatCompletion",
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"$ref": _REF.format(model="ChatCompletionRequest")}}}},
-                "responses": {"200": chat_ok, **_errors(400, 499, 500, 503)},
+                "responses": {"200": chat_ok, **_errors(400, 413, 499, 500, 503)},
             }},
             "/v1/models": {"get": {"operationId": "listModels", "responses": {"200": _json("ModelList", "Models")}}},
             "/v1/models/{model}": {"get": {

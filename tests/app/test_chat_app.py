@@ -157,6 +157,12 @@ async def test_a_body_that_is_not_json_is_400(client):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
 
 
+async def test_a_body_over_the_limit_is_413(client, settings):
+    big = "x" * (settings.max_body_bytes + 1)
+    r = await client.post("/v1/chat/completions", json={"model": "electron", "messages": [{"role": "user", "content": big}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
 async def test_unknown_route_and_method_are_enveloped(client):
     r = await client.get("/v1/nothing")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"

@@ -40,6 +40,8 @@ def refusal(raw: bytes, kind=InvalidRequestError):
 @pytest.mark.parametrize("raw, param, words", [
     (b"{not json", None, "not valid JSON"),
     (b"[1, 2]", None, "JSON object"),
+    (b"[" * 100_000 + b"]" * 100_000, None, "nested too deeply"),
+    (body(temperature=float("nan")), "temperature", None),
     (b'{"messages": []}', "model", "Missing required parameter"),
     (body(messages=[{"role": "robot", "content": "x"}]), "messages[0]", "robot"),
     (body(messages=[{"role": "user"}]), "messages[0].content", "Missing"),
