@@ -77,21 +77,24 @@ def _scalar(result, name: str) -> int | None:
 
 
 def parse_output(result, first: bool = False) -> EngineOutput:
-    """One response; ``first``: the first with tokens, which also carries the engine's
-    time to first token (read once, off the per-token path)."""
+    """One response. ``first``: no response with tokens came before; the perf metrics
+    (reused KV blocks, the engine's time to first token) are read from the first one
+    with tokens, or from the final one if none has any, off the per-token path."""
     tokens = result.as_numpy("output_ids").reshape(-1).tolist()
     logprobs = result.as_numpy("output_log_probs")
-    final = result.get_response().parameters.get("triton_final_response")
-    engine_ttft_ms = None
-    if first:
+    flag = result.get_response().parameters.get("triton_final_response")
+    final = bool(flag is not None and flag.bool_param)
+    reused_blocks = engine_ttft_ms = None
+    if first and (tokens or final):
+        reused_blocks = _scalar(result, "kv_cache_reused_blocks")
         arrival, first_token = _scalar(result, "arrival_time_ns"), _scalar(result, "first_token_time_ns")
         if arrival and first_token:
             engine_ttft_ms = (first_token - arrival) / 1e6
     return EngineOutput(
         token_ids=tokens,
         logprobs=None if logprobs is None else logprobs.reshape(-1)[:len(tokens)].tolist(),
-        final=bool(final is not None and final.bool_param),
-        reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
+        final=final,
+        reused_blocks=reused_blocks,
         engine_ttft_ms=engine_ttft_ms,
     )
 

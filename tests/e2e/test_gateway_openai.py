@@ -81,6 +81,18 @@ def test_cached_tokens_on_the_second_turn_of_a_call_with_a_long_system_prompt(sd
     assert cached < second.usage.prompt_tokens
 
 
+def test_an_immediate_end_of_turn_still_reports_cached_tokens(sdk):
+    system = f"[{uuid.uuid4().hex[:8]}] You answer questions about train times. " * 20
+    eos_first = {"2": 100}  # <|im_end|>, the end id: the reply ends before its first token
+    for turn in range(2):
+        r = sdk.chat.completions.create(model=MODEL, messages=ask("When is the next train?", system),
+                                        max_tokens=10, logit_bias=eos_first)
+        assert r.choices[0].message.content == "" and r.choices[0].finish_reason == "stop"
+        assert r.usage.completion_tokens == 0
+        cached = r.usage.prompt_tokens_details.cached_tokens
+        assert cached == 0 if turn == 0 else cached >= r.usage.prompt_tokens - 16
+
+
 def test_stop_string_cuts_the_real_output(sdk):
     whole = sdk.chat.completions.create(model=MODEL, messages=ask("Count from one to ten in words."),
                                         temperature=0, max_tokens=60).choices[0].message.content
