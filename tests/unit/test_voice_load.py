@@ -1,0 +1,114 @@
+"""The voice-call load generator's own logic: percentiles, SSE timing, pacing, figures."""
+
+import json
+import random
+
+import httpx2
+import numpy as np
+import pytest
+
+from voice_load.calls import CallPlan, TurnRecord, caller_turn, listen_and_speak_s, start_offsets, system_prompt
+from voice_load.report import figures
+from voice_load.sse_client import TurnResult, apply_event, parse_sse_line, stream_chat
+from voice_load.stats import percentile, summarize
+
+
+def test_percentiles_match_numpy():
+    rng = random.Random(1)
+    values = [rng.expovariate(1.0) for _ in range(101)]
+    for q in (0, 50, 95, 99, 100):
+        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+    assert summarize([]) == {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    assert summarize([3.0])["p99"] == 3.0
+
+
+def chunk(content=None, tool=False, usage=None, choices=True):
+    delta = {}
+    if content is not None:
+        delta["content"] = content
+    if tool:
+        delta["tool_calls"] = [{"index": 0, "function": {"arguments": "{"}}]
+    event = {"choices": [{"index": 0, "delta": delta}] if choices else []}
+    if usage:
+        event["usage"] = usage
+    return event
+
+
+def test_first_token_counts_tool_calls_but_first_text_only_content():
+    r = TurnResult()
+    last = apply_event(r, chunk(content=""), 0.05, None)  # the role chunk: no delta
+    assert r.ttft_s is None and last is None
+    last = apply_event(r, chunk(tool=True), 0.10, last)
+    last = apply_event(r, chunk(content="Hi"), 0.25, last)
+    last = apply_event(r, chunk(content=" there"), 0.30, last)
+    apply_event(r, chunk(choices=False, usage={"prompt_tokens": 50, "completion_tokens": 3,
+                                               "prompt_tokens_details": {"cached_tokens": 32}}), 0.31, last)
+    assert (r.ttft_s, r.first_text_s, r.text) == (0.10, 0.25, "Hi there")
+    assert r.itl_s == pytest.approx([0.15, 0.05])
+    assert (r.prompt_tokens, r.completion_tokens, r.cached_tokens) == (50, 3, 32)
+
+
+def test_sse_lines():
+    assert parse_sse_line("data: [DONE]") == "[DONE]"
+    assert parse_sse_line(": keep-alive") is None and parse_sse_line("") is None
+    assert parse_sse_line('data: {"a": 1}') == {"a": 1}
+
+
+def sse_body(*events) -> bytes:
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
+async def test_stream_chat_times_a_canned_stream_and_can_abandon_it():
+    events = [chunk(content="")] + [chunk(content=w) for w in ("a", "b", "c", "d")] + [
+        chunk(choices=False, usage={"prompt_tokens": 9, "completion_tokens": 4})]
+    seen = []
+
+    def handler(request):
+        seen.append(json.loads(request.content))
+        return httpx2.Response(200, content=sse_body(*events), headers={"content-type": "text/event-stream"})
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(handler), base_url="http://x/v1") as http:
+        whole = await stream_chat(http, {"model": "m", "messages": []})
+        cut = await stream_chat(http, {"model": "m", "messages": []}, cancel_after_deltas=2)
+    assert seen[0]["stream"] is True and seen[0]["stream_options"] == {"include_usage": True}
+    assert whole.ok and whole.text == "abcd" and whole.completion_tokens == 4 and len(whole.itl_s) == 3
+    assert cut.cancelled and cut.text == "ab" and cut.completion_tokens is None
+
+
+async def test_an_http_error_is_recorded_not_raised():
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(429, json={"error": {"message": "slow down"}}))
+    async with httpx2.AsyncClient(transport=transport, base_url="http://x/v1") as http:
+        r = await stream_chat(http, {"model": "m", "messages": []})
+    assert not r.ok and r.status == 429 and "slow down" in r.error
+
+
+def test_paced_callers_listen_then_speak_and_closed_ones_do_not():
+    reply = TurnResult(first_text_s=0.1, end_s=0.5, text="x" * 30)  # 2 s of speech from 0.1 s
+    assert listen_and_speak_s(CallPlan(pacing="paced"), reply) == pytest.approx(1.6 + 1.5)
+    assert listen_and_speak_s(CallPlan(pacing="closed"), reply) == 0.0
+    long_stream = TurnResult(first_text_s=0.1, end_s=9.0, text="x" * 30)  # speech over before the end
+    assert listen_and_speak_s(CallPlan(pacing="paced"), long_stream) == pytest.approx(1.5)
+    assert start_offsets(CallPlan(calls=3, pacing="paced", stagger_s=1.0)) == [0.0, 1.0, 2.0]
+    assert start_offsets(CallPlan(calls=3, pacing="closed")) == [0.0, 0.0, 0.0]
+
+
+def test_prompts():
+    assert len(system_prompt(450).split()) == 450
+    assert system_prompt(50, "s1") != system_prompt(50, "s2")
+    turn = caller_turn(random.Random(3))
+    assert 8 <= len(turn.split()) <= 20
+
+
+def test_figures_split_turns_and_count_errors():
+    def turn(call, n, ttft, cached, ok=True, spec=False):
+        r = TurnResult(status=200 if ok else 500, ttft_s=ttft, first_text_s=ttft, end_s=ttft + 1.0,
+                       itl_s=[0.05, 0.07], prompt_tokens=100, completion_tokens=21, cached_tokens=cached)
+        return TurnRecord(call, n, r, speculative=spec)
+    records = [turn(0, 0, 1.0, 0), turn(0, 1, 0.2, 90), turn(1, 0, 3.0, 0), turn(1, 1, 0.4, 90),
+               turn(1, 2, 9.9, 0, ok=False), turn(1, 2, 0.1, 0, spec=True)]
+    f = figures(records, wall_s=10.0)
+    assert f["turns"] == 5 and f["errors"] == 1 and f["speculative"] == 1
+    assert f["first_turn"]["ttft_ms"]["p50"] == pytest.approx(2000.0)
+    assert f["later_turns"]["ttft_ms"]["p50"] == pytest.approx(300.0)
+    assert f["all"]["decode_tps"]["p50"] == pytest.approx(20.0)
+    assert f["output_tokens_per_s"] == pytest.approx(8.4) and f["cache_ratio"] == pytest.approx(0.45)
