@@ -36,7 +36,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import tritonclient.grpc.aio as grpcaio
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway import sse  # noqa: E402
 from gateway.app import model_view  # noqa: E402
@@ -60,6 +60,7 @@ from gateway.responses import ResponseShaper  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from gateway.triton_engine import request_inputs  # noqa: E402
 from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+from results_dir import run_meta, write_results  # noqa: E402
 
 log = logging.getLogger("bench_gateway")
 SYSTEM = ("You are the voice agent of a restaurant. Keep answers short and friendly, confirm names, party "
@@ -293,14 +294,8 @@ def main() -> int:
         if triton is not None:
             stop_triton(triton)
     cpu = cpu_per_token(view)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}",
-            "tokens": args.tokens, "rounds": args.rounds}
-    out = args.out / f"{meta['date']}-gateway-{platform.node()}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gateway.json").write_text(json.dumps({"meta": meta, "rows": rows, "cpu": cpu}, indent=1))
-    table = markdown(rows, cpu, meta)
-    (out / "gateway.md").write_text(table)
-    sys.stdout.write(table)
+    meta = run_meta(tokens=args.tokens, rounds=args.rounds)
+    write_results(args.out, "gateway", meta, {"rows": rows, "cpu": cpu}, markdown(rows, cpu, meta))
     return 0
 
 

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import platform
 import statistics
 import sys
 import time
@@ -34,9 +32,11 @@ from tritonclient.grpc import InferInput
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway.settings import Settings  # noqa: E402
 from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+from results_dir import run_meta, write_results  # noqa: E402
 
 log = logging.getLogger("bench_triton")
 WORDS = "the caller wants to change a booking for two people on friday evening near the window and asks about parking".split()
@@ -182,14 +182,8 @@ def main() -> int:
     finally:
         if process is not None:
             stop_triton(process)
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
-            "tokens": args.tokens, "prefix_tokens": args.prefix_tokens, "args": vars(args) | {"out": str(args.out)}}
-    out = args.out / f"{meta['date']}-triton-{platform.node()}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "triton.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    table = markdown(rows, meta)
-    (out / "triton.md").write_text(table)
-    sys.stdout.write(table)
+    meta = run_meta(tokens=args.tokens, prefix_tokens=args.prefix_tokens, args=vars(args) | {"out": str(args.out)})
+    write_results(args.out, "triton", meta, {"rows": rows}, markdown(rows, meta))
     return 0
 
 

@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
-import platform
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -30,6 +27,7 @@ from rich.progress import Progress
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from results_dir import run_meta, write_results  # noqa: E402
 from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
 from voice_load.report import figures  # noqa: E402
 from voice_load.sse_client import stream_chat  # noqa: E402
@@ -114,13 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     rows = asyncio.run(run(args))
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}", "url": args.url}
-    out = args.out / f"{meta['date']}-voice-{platform.node()}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "voice.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    table = markdown(rows, meta)
-    (out / "voice.md").write_text(table)
-    sys.stdout.write(table)
+    meta = run_meta(url=args.url)
+    write_results(args.out, "voice", meta, {"rows": rows}, markdown(rows, meta))
     return 0
 
 
