@@ -1,16 +1,24 @@
-"""Voice-call benchmark against any OpenAI-compatible URL (issue 4, in progress).
+"""Voice-call benchmark: electron side by side with llama.cpp's llama-server.
 
-Scenarios (``--scenario``, several allowed):
-  paced-warm   N calls, staggered ~1 s apart, paced like real calls; the shared
-               system prompt was seen once before the calls start
-  cold-burst   N calls start at the same instant with a never-seen system prompt
-  closed       N calls, each next turn sent at once (saturation)
+Scenarios (``name[:calls]``; ``--calls`` when no number is given):
+  paced-warm   calls staggered ~1 s apart, paced like real calls (the caller listens
+               to the reply, then speaks); the shared system prompt was seen once
+  cold-burst   all calls start at the same instant with a never-seen system prompt
+               (first turn only)
+  closed       every next turn is sent at once (saturation)
   sweep        closed runs at 1, 2, 4, 8, 16, 32 calls
 
-Writes ``perf/results/<date>-voice-<host>/voice.json`` and ``voice.md``.
-The llama-server peer, A/B alternation and plots are not built yet.
+By default the suite starts both servers on this machine (electron with
+``electron-serve``, llama-server built by ``perf/build_llama_server.sh`` on the
+same GGUF, same thread count, one slot per call) and runs every scenario
+against both in alternation (A B A B, ``--rounds`` times). ``--url`` points the
+same harness at any one OpenAI-compatible endpoint instead. Writes
+``perf/results/<date>-voice-<host>/``: voice.json (all figures and TTFT
+samples), voice.md, and PNG plots.
 
-    .venv/bin/python perf/voice_bench.py --url http://127.0.0.1:8000/v1 --scenario paced-warm --calls 8
+    .venv/bin/python perf/voice_bench.py --mode quick      # a few minutes
+    .venv/bin/python perf/voice_bench.py --mode full
+    .venv/bin/python perf/voice_bench.py --url http://gpu-host:8000/v1 --scenario paced-warm:16
 """
 
 from __future__ import annotations
@@ -18,21 +26,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
+import platform
 import sys
 import uuid
 from pathlib import Path
 
+import httpx2
 from rich.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
 from results_dir import run_meta, write_results  # noqa: E402
+from voice_load import plots  # noqa: E402
 from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
 from voice_load.report import figures  # noqa: E402
 from voice_load.sse_client import stream_chat  # noqa: E402
 
-import httpx2  # noqa: E402
+MODES = {
+    "quick": {"scenarios": ["paced-warm:8", "cold-burst:8", "closed:8"], "turns": 3, "rounds": 1},
+    "full": {"scenarios": ["paced-warm:8", "paced-warm:16", "cold-burst:8", "closed:8", "sweep"], "turns": 6,
+             "rounds": 2},
+}
+SWEEP = [1, 2, 4, 8, 16, 32]
 
 
 async def warm(base_url: str, plan: CallPlan, system: str) -> None:
@@ -43,77 +61,140 @@ async def warm(base_url: str, plan: CallPlan, system: str) -> None:
                                               {"role": "user", "content": "Hello."}]})
 
 
-async def scenario(base_url: str, name: str, plan: CallPlan, progress: Progress) -> dict:
-    system = system_prompt(plan.system_words, salt=uuid.uuid4().hex[:8])
-    if name == "paced-warm":
-        await warm(base_url, plan, system)
-    task = progress.add_task(f"{name} x{plan.calls}", total=plan.calls * plan.turns)
-    records, wall = await run_calls(base_url, plan, system, on_turn=lambda: progress.advance(task))
-    return {"scenario": name, "plan": dataclasses.asdict(plan), "figures": figures(records, wall)}
-
-
-def plans(args) -> list[tuple[str, CallPlan]]:
-    base = CallPlan(calls=args.calls, turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens,
-                    tool_fraction=args.tool_fraction, speculative_fraction=args.speculative_fraction,
-                    model=args.model)
+def plans(specs: list[str], base: CallPlan) -> list[tuple[str, CallPlan]]:
     out = []
-    for name in args.scenario:
+    for spec in specs:
+        name, _, calls = spec.partition(":")
+        plan = dataclasses.replace(base, calls=int(calls)) if calls else base
         if name == "paced-warm":
-            out.append((name, dataclasses.replace(base, pacing="paced")))
+            out.append((name, dataclasses.replace(plan, pacing="paced")))
         elif name == "cold-burst":
-            out.append((name, dataclasses.replace(base, pacing="closed", turns=1)))
+            out.append((name, dataclasses.replace(plan, pacing="closed", turns=1)))
         elif name == "closed":
-            out.append((name, dataclasses.replace(base, pacing="closed")))
+            out.append((name, dataclasses.replace(plan, pacing="closed")))
         elif name == "sweep":
-            out += [(name, dataclasses.replace(base, pacing="closed", calls=n)) for n in args.sweep]
+            out += [(name, dataclasses.replace(plan, pacing="closed", calls=n)) for n in SWEEP]
+        else:
+            raise SystemExit(f"unknown scenario {name!r}")
     return out
+
+
+async def run(endpoints: dict[str, str], scenario_plans, rounds: int) -> list[dict]:
+    """Every scenario against every endpoint, alternating endpoints within each round."""
+    rows = []
+    with Progress() as progress:
+        for name, plan in scenario_plans:
+            merged = {server: ([], 0.0) for server in endpoints}
+            for _ in range(rounds):
+                system = system_prompt(plan.system_words, salt=uuid.uuid4().hex[:8])  # same for A and B
+                for server, url in endpoints.items():
+                    if name == "paced-warm":
+                        await warm(url, plan, system)
+                    task = progress.add_task(f"{name} x{plan.calls} {server}", total=plan.calls * plan.turns)
+                    records, wall = await run_calls(url, plan, system, on_turn=lambda t=task: progress.advance(t))
+                    merged[server] = (merged[server][0] + records, merged[server][1] + wall)
+            for server, (records, wall) in merged.items():
+                ttft = [r.result.ttft_s * 1000 for r in records if r.result.ok and r.result.ttft_s is not None
+                        and not r.speculative]
+                rows.append({"scenario": name, "server": server, "plan": dataclasses.asdict(plan),
+                             "figures": figures(records, wall), "samples": {"ttft_ms": ttft}})
+    return rows
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
+def _ratio(a, b) -> str:
+    return "-" if not a or not b else f"{a / b:.2f}"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Voice calls against {meta['url']} - {meta['date']} on {meta['machine']}", "",
-             "| scenario | calls | turns | TTFT p50 / p95 first turn (ms) | TTFT p50 / p95 / p99 later turns (ms) "
-             "| decode tok/s p50 | output tok/s | cache ratio | errors |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Voice calls - {meta['date']} on {meta['machine']} ({meta['servers']})", "",
+             "| scenario | calls | turns | server | TTFT first turn p50 / p95 (ms) | TTFT later turns p50 / p95 / p99 (ms) "
+             "| decode tok/s p50 / min | output tok/s | cache ratio | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         f, p = row["figures"], row["plan"]
-        first, later = f["first_turn"]["ttft_ms"], f["later_turns"]["ttft_ms"]
-        lines.append(f"| {row['scenario']} | {p['calls']} | {p['turns']} | {_fmt(first['p50'])} / {_fmt(first['p95'])} "
+        first, later, tps = f["first_turn"]["ttft_ms"], f["later_turns"]["ttft_ms"], f["all"]["decode_tps"]
+        lines.append(f"| {row['scenario']} | {p['calls']} | {p['turns']} | {row['server']} "
+                     f"| {_fmt(first['p50'])} / {_fmt(first['p95'])} "
                      f"| {_fmt(later['p50'])} / {_fmt(later['p95'])} / {_fmt(later['p99'])} "
-                     f"| {_fmt(f['all']['decode_tps']['p50'])} | {f['output_tokens_per_s']:.1f} "
-                     f"| {f['cache_ratio']:.2f} | {f['errors']} |")
+                     f"| {_fmt(tps['p50'])} / {_fmt(tps['min'])} "
+                     f"| {f['output_tokens_per_s']:.1f} | {f['cache_ratio']:.2f} | {f['errors']} |")
+    pairs = {}
+    for row in rows:
+        pairs.setdefault((row["scenario"], row["plan"]["calls"]), {})[row["server"]] = row["figures"]
+    both = {k: v for k, v in pairs.items() if {"electron", "llama-server"} <= set(v)}
+    if both:
+        lines += ["", "| scenario | calls | TTFT p50 ratio, first / later turns (electron ÷ llama-server) "
+                  "| output tok/s ratio |", "|---|---|---|---|"]
+        for (scenario, calls), servers in both.items():
+            e, ll = servers["electron"], servers["llama-server"]
+            lines.append(f"| {scenario} | {calls} | {_ratio(e['first_turn']['ttft_ms']['p50'], ll['first_turn']['ttft_ms']['p50'])}"
+                         f" / {_ratio(e['later_turns']['ttft_ms']['p50'], ll['later_turns']['ttft_ms']['p50'])} "
+                         f"| {_ratio(e['output_tokens_per_s'], ll['output_tokens_per_s'])} |")
     return "\n".join(lines) + "\n"
 
 
-async def run(args) -> list[dict]:
-    rows = []
-    with Progress() as progress:
-        for name, plan in plans(args):
-            rows.append(await scenario(args.url, name, plan, progress))
-    return rows
+def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
+    from voice_load.servers import ElectronServer, LlamaServer, build_llama_server
+    from gateway.model_artifacts import embedded_gguf_path
+    from gateway.settings import Settings
+
+    settings = Settings.from_env()
+    threads = settings.threads or os.cpu_count() or 1
+    servers = []
+    try:
+        for name in names:
+            if name == "electron":
+                servers.append(ElectronServer(log_path=log_dir / "electron.log"))
+            else:
+                gguf = Path(settings.gguf_path) if settings.gguf_path else embedded_gguf_path()
+                servers.append(LlamaServer(build_llama_server(), gguf, slots=max_calls, threads=threads,
+                                           log_path=log_dir / "llama-server.log"))
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8000/v1", help="OpenAI-compatible base URL")
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--url", help="benchmark this one OpenAI-compatible base URL instead of starting servers")
+    parser.add_argument("--servers", nargs="+", default=["electron", "llama-server"],
+                        choices=["electron", "llama-server"])
     parser.add_argument("--model", default="electron")
-    parser.add_argument("--scenario", nargs="+", default=["paced-warm", "cold-burst", "closed"],
-                        choices=["paced-warm", "cold-burst", "closed", "sweep"])
+    parser.add_argument("--scenario", nargs="+", help="name[:calls] ... (default: the mode's)")
     parser.add_argument("--calls", type=int, default=8)
-    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--turns", type=int, help="default: the mode's")
+    parser.add_argument("--rounds", type=int, help="default: the mode's")
     parser.add_argument("--system-words", type=int, default=450, help="about 600 tokens")
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--tool-fraction", type=float, default=0.0)
     parser.add_argument("--speculative-fraction", type=float, default=0.0)
-    parser.add_argument("--sweep", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
-    rows = asyncio.run(run(args))
-    meta = run_meta(url=args.url)
+    mode = MODES[args.mode]
+    base = CallPlan(calls=args.calls, turns=args.turns or mode["turns"], system_words=args.system_words,
+                    reply_tokens=args.reply_tokens, tool_fraction=args.tool_fraction,
+                    speculative_fraction=args.speculative_fraction, model=args.model)
+    scenario_plans = plans(args.scenario or mode["scenarios"], base)
+    meta = run_meta(mode=args.mode, servers=args.url or " vs ".join(args.servers))
+    out = args.out / f"{meta['date']}-voice-{platform.node()}"
+    out.mkdir(parents=True, exist_ok=True)
+    servers = [] if args.url else start_servers(args.servers, max(p.calls for _, p in scenario_plans), out)
+    endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
+    try:
+        rows = asyncio.run(run(endpoints, scenario_plans, args.rounds or mode["rounds"]))
+    finally:
+        for server in servers:
+            server.stop()
     write_results(args.out, "voice", meta, {"rows": rows}, markdown(rows, meta))
+    plots.ttft_distribution(rows, "paced-warm", out / "ttft_paced_warm.png")
+    plots.by_concurrency(rows, "sweep", out / "sweep.png")
     return 0
 
 

@@ -17,6 +17,6 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def summarize(values: list[float]) -> dict:
-    """n, p50, p95, p99, max of ``values`` (None where there are none)."""
-    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95),
-            "p99": percentile(values, 99), "max": max(values) if values else None}
+    """n, min, p50, p95, p99, max of ``values`` (None where there are none)."""
+    return {"n": len(values), "min": min(values) if values else None, "p50": percentile(values, 50),
+            "p95": percentile(values, 95), "p99": percentile(values, 99), "max": max(values) if values else None}

@@ -18,7 +18,7 @@ def test_percentiles_match_numpy():
     values = [rng.expovariate(1.0) for _ in range(101)]
     for q in (0, 50, 95, 99, 100):
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
-    assert summarize([]) == {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    assert summarize([]) == {"n": 0, "min": None, "p50": None, "p95": None, "p99": None, "max": None}
     assert summarize([3.0])["p99"] == 3.0
 
 
@@ -112,3 +112,40 @@ def test_figures_split_turns_and_count_errors():
     assert f["later_turns"]["ttft_ms"]["p50"] == pytest.approx(300.0)
     assert f["all"]["decode_tps"]["p50"] == pytest.approx(20.0)
     assert f["output_tokens_per_s"] == pytest.approx(8.4) and f["cache_ratio"] == pytest.approx(0.45)
+
+
+def test_scenario_specs_become_plans():
+    from voice_bench import SWEEP, plans
+    base = CallPlan(calls=8, turns=6)
+    got = plans(["paced-warm:16", "cold-burst", "closed:4", "sweep"], base)
+    assert [(n, p.calls, p.turns, p.pacing) for n, p in got[:3]] == [
+        ("paced-warm", 16, 6, "paced"), ("cold-burst", 8, 1, "closed"), ("closed", 4, 6, "closed")]
+    assert [p.calls for n, p in got[3:]] == SWEEP
+
+
+def fake_row(server, calls, later_p50, tps, scenario="sweep"):
+    f = figures([TurnRecord(0, 0, TurnResult(status=200, ttft_s=0.5, first_text_s=0.5, end_s=1.5,
+                                             completion_tokens=11)),
+                 TurnRecord(0, 1, TurnResult(status=200, ttft_s=later_p50 / 1000, end_s=2.0,
+                                             completion_tokens=11))], wall_s=1.0)
+    f["output_tokens_per_s"] = tps
+    return {"scenario": scenario, "server": server, "plan": {"calls": calls, "turns": 2}, "figures": f,
+            "samples": {"ttft_ms": [500.0, later_p50]}}
+
+
+def test_markdown_pairs_the_servers_with_ratios():
+    from voice_bench import markdown
+    rows = [fake_row("electron", 8, 200.0, 60.0, "closed"), fake_row("llama-server", 8, 400.0, 40.0, "closed")]
+    table = markdown(rows, {"date": "d", "machine": "m", "servers": "electron vs llama-server"})
+    assert "| closed | 8 | 2 | electron | 500 / 500 | 200 / 200 / 200 |" in table
+    assert "| closed | 8 | 1.00 / 0.50 | 1.50 |" in table
+
+
+def test_plots_are_written(tmp_path):
+    from voice_load import plots
+    rows = [fake_row(s, n, 100.0 * n, 10.0 * n) for s in ("electron", "llama-server") for n in (1, 2, 4)]
+    rows += [fake_row(s, 8, 150.0, 50.0, "paced-warm") for s in ("electron", "llama-server")]
+    for path in (plots.ttft_distribution(rows, "paced-warm", tmp_path / "a.png"),
+                 plots.by_concurrency(rows, "sweep", tmp_path / "b.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert plots.by_concurrency(rows, "paced-warm", tmp_path / "c.png") is None  # one concurrency only

@@ -1,0 +1,84 @@
+"""The two servers a voice benchmark compares, started on this machine on their own ports.
+
+``ElectronServer``: ``electron-serve`` (Triton + the gateway) with a private run
+directory. ``LlamaServer``: llama.cpp's ``llama-server`` on the same GGUF with the
+same thread count, one slot per concurrent call, prompt caching on (its default).
+Both are stopped with SIGTERM; both are reached at ``base_url``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _wait_for(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode} while starting")
+        try:
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f} s")
+
+
+class _Server:
+    name = ""
+    process: subprocess.Popen
+    base_url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class ElectronServer(_Server):
+    name = "electron"
+
+    def __init__(self, port: int = 18200, log_path: Path | None = None) -> None:
+        self._run_dir = tempfile.mkdtemp(prefix="electron-bench-")
+        env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_TRITON_GRPC_PORT=str(port + 1),
+                   ELECTRON_TRITON_METRICS_PORT=str(port + 2), ELECTRON_TRITON_HTTP_PORT=str(port + 3),
+                   ELECTRON_RUN_DIR=self._run_dir, ELECTRON_LOG_LEVEL="WARNING")
+        log = open(log_path or os.devnull, "w")
+        self.process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env,
+                                        stdout=log, stderr=log)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        _wait_for(f"http://127.0.0.1:{port}/ready", self.process, 300)
+
+
+class LlamaServer(_Server):
+    name = "llama-server"
+
+    def __init__(self, binary: Path, gguf: Path, slots: int, threads: int, ctx_per_slot: int = 2048,
+                 port: int = 18300, log_path: Path | None = None) -> None:
+        command = [str(binary), "-m", str(gguf), "-t", str(threads), "-np", str(slots),
+                   "-c", str(ctx_per_slot * slots), "--host", "127.0.0.1", "--port", str(port)]
+        log = open(log_path or os.devnull, "w")
+        self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
+
+
+def build_llama_server() -> Path:
+    """The cached llama-server binary, built first if needed (several minutes)."""
+    out = subprocess.run(["bash", str(ROOT / "perf" / "build_llama_server.sh")], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+    return ROOT / out
