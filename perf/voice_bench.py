@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_meta(mode=args.mode, servers=args.url or " vs ".join(args.servers))
     out = args.out / f"{meta['date']}-voice-{platform.node()}"
     out.mkdir(parents=True, exist_ok=True)
-    servers = [] if args.url else start_servers(args.servers, max(p.calls for _, p in scenario_plans), out)
+    (out / "raw").mkdir(exist_ok=True)  # server logs; not committed
+    servers = [] if args.url else start_servers(args.servers, max(p.calls for _, p in scenario_plans), out / "raw")
     endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
     try:
         rows = asyncio.run(run(endpoints, scenario_plans, args.rounds or mode["rounds"]))
