@@ -39,6 +39,10 @@ class _Server:
     process: subprocess.Popen
     base_url: str
 
+    def _start(self, command: list[str], log_path: Path | None, **popen) -> None:
+        self._log = open(log_path or os.devnull, "w")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, **popen)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -47,6 +51,7 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._log.close()
 
 
 class ElectronServer(_Server):
@@ -57,9 +62,7 @@ class ElectronServer(_Server):
         env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_TRITON_GRPC_PORT=str(port + 1),
                    ELECTRON_TRITON_METRICS_PORT=str(port + 2), ELECTRON_TRITON_HTTP_PORT=str(port + 3),
                    ELECTRON_RUN_DIR=self._run_dir, ELECTRON_LOG_LEVEL="WARNING")
-        log = open(log_path or os.devnull, "w")
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env,
-                                        stdout=log, stderr=log)
+        self._start([sys.executable, "-m", "gateway.serve"], log_path, cwd=ROOT, env=env)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         _wait_for(f"http://127.0.0.1:{port}/ready", self.process, 300)
 
@@ -71,8 +74,7 @@ class LlamaServer(_Server):
                  port: int = 18300, log_path: Path | None = None) -> None:
         command = [str(binary), "-m", str(gguf), "-t", str(threads), "-np", str(slots),
                    "-c", str(ctx_per_slot * slots), "--host", "127.0.0.1", "--port", str(port)]
-        log = open(log_path or os.devnull, "w")
-        self.process = subprocess.Popen(command, stdout=log, stderr=log)
+        self._start(command, log_path)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
 
