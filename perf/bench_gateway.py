@@ -37,11 +37,9 @@ import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import re
+import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -61,6 +59,7 @@ from gateway.settings import Settings  # noqa: E402
 from gateway.triton_engine import request_inputs  # noqa: E402
 from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
 from results_dir import run_meta, write_results  # noqa: E402
+from voice_load.servers import ElectronServer  # noqa: E402
 
 log = logging.getLogger("bench_gateway")
 SYSTEM = ("You are the voice agent of a restaurant. Keep answers short and friendly, confirm names, party "
@@ -243,24 +242,6 @@ def markdown(rows: list[dict], cpu: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_gateway(settings: Settings, port: int, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, ELECTRON_START_TRITON="false", ELECTRON_GATEWAY_PORT=str(port),
-               ELECTRON_TRITON_GRPC_PORT=str(settings.triton_grpc_port), ELECTRON_LOG_LEVEL="INFO")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env,
-                                   stdout=log_file, stderr=log_file)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2).status == 200:
-                return process
-        except OSError:
-            time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the gateway did not become ready")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--triton", help="gRPC address of a running Triton (default: start one)")
@@ -282,15 +263,16 @@ def main() -> int:
     if args.gateway and not args.gateway_log:
         parser.error("--gateway needs --gateway-log (the engine's TTFT comes from its usage lines)")
     args.gateway_log = args.gateway_log or ROOT / "perf" / ".cache" / "bench_gateway.log"
-    gateway = None if args.gateway else start_gateway(settings, 18100, args.gateway_log)
+    if not args.gateway:
+        args.gateway_log.parent.mkdir(parents=True, exist_ok=True)
+    gateway = None if args.gateway else ElectronServer(18100, args.gateway_log, settings.triton_grpc_port, "INFO")
     args.triton = args.triton or settings.triton_grpc_url
-    args.gateway = args.gateway or "http://127.0.0.1:18100"
+    args.gateway = args.gateway or gateway.root_url
     try:
-        rows = asyncio.run(measure(args, view, limits, gateway.pid if gateway is not None else None))
+        rows = asyncio.run(measure(args, view, limits, gateway.process.pid if gateway is not None else None))
     finally:
         if gateway is not None:
-            gateway.terminate()
-            gateway.wait(20)
+            gateway.stop()
         if triton is not None:
             stop_triton(triton)
     cpu = cpu_per_token(view)

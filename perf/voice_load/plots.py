@@ -24,12 +24,7 @@ def ttft_distribution(rows: list[dict], scenario: str, path: Path) -> Path | Non
     ax.set_xlabel("time to first token (ms, log scale)")
     ax.set_ylabel("fraction of turns")
     ax.set_title(f"Time to first token, {scenario}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, [ax], path)
 
 
 def by_concurrency(rows: list[dict], scenario: str, path: Path) -> Path | None:
@@ -48,7 +43,11 @@ def by_concurrency(rows: list[dict], scenario: str, path: Path) -> Path | None:
              title="Time to first token vs concurrency")
     right.set(xscale="log", xlabel="concurrent calls", ylabel="output tokens/s (all calls)",
               title="Throughput vs concurrency")
-    for ax in (left, right):
+    return _save(fig, [left, right], path)
+
+
+def _save(fig, axes, path: Path) -> Path:
+    for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     fig.tight_layout()

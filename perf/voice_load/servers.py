@@ -3,7 +3,8 @@
 ``ElectronServer``: ``electron-serve`` (Triton + the gateway) with a private run
 directory. ``LlamaServer``: llama.cpp's ``llama-server`` on the same GGUF with the
 same thread count, one slot per concurrent call, prompt caching on (its default).
-Both are stopped with SIGTERM; both are reached at ``base_url``.
+Both are stopped with SIGTERM; both are reached at ``base_url``. The end-to-end
+tests and the gateway benchmark start their gateway with ``ElectronServer`` too.
 """
 
 from __future__ import annotations
@@ -40,10 +41,12 @@ class _Server:
     base_url: str
 
     def _start(self, command: list[str], log_path: Path | None, **popen) -> None:
-        self._log = open(log_path or os.devnull, "w")
+        """Output goes to ``log_path``, or to this process's own output when None."""
+        self._log = open(log_path, "w") if log_path else None
         self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, **popen)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, then the exit code (0: a clean shutdown)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -51,20 +54,29 @@ class _Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
+        return self.process.returncode
 
 
 class ElectronServer(_Server):
+    """``electron-serve`` on ``port`` (Triton on the next three ports), or with
+    ``triton_grpc_port`` the gateway alone in front of a Triton already running there."""
     name = "electron"
 
-    def __init__(self, port: int = 18200, log_path: Path | None = None) -> None:
-        self._run_dir = tempfile.mkdtemp(prefix="electron-bench-")
-        env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_TRITON_GRPC_PORT=str(port + 1),
-                   ELECTRON_TRITON_METRICS_PORT=str(port + 2), ELECTRON_TRITON_HTTP_PORT=str(port + 3),
-                   ELECTRON_RUN_DIR=self._run_dir, ELECTRON_LOG_LEVEL="WARNING")
+    def __init__(self, port: int = 18200, log_path: Path | None = None, triton_grpc_port: int | None = None,
+                 log_level: str = "WARNING") -> None:
+        env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_LOG_LEVEL=log_level)
+        if triton_grpc_port is None:
+            env.update(ELECTRON_TRITON_GRPC_PORT=str(port + 1), ELECTRON_TRITON_METRICS_PORT=str(port + 2),
+                       ELECTRON_TRITON_HTTP_PORT=str(port + 3),
+                       ELECTRON_RUN_DIR=tempfile.mkdtemp(prefix="electron-bench-"))
+        else:
+            env.update(ELECTRON_START_TRITON="false", ELECTRON_TRITON_GRPC_PORT=str(triton_grpc_port))
         self._start([sys.executable, "-m", "gateway.serve"], log_path, cwd=ROOT, env=env)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        _wait_for(f"http://127.0.0.1:{port}/ready", self.process, 300)
+        self.root_url = f"http://127.0.0.1:{port}"
+        self.base_url = self.root_url + "/v1"
+        _wait_for(self.root_url + "/ready", self.process, 300)
 
 
 class LlamaServer(_Server):

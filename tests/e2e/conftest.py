@@ -1,17 +1,11 @@
 """One real tritonserver (the launcher's) and one real gateway for the whole end-to-end session."""
 
-import os
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 from tokenizers import Tokenizer
 
 from gateway.settings import Settings
 from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton
-from paths import ROOT
+from voice_load.servers import ElectronServer
 
 
 @pytest.fixture(scope="session")
@@ -60,20 +54,6 @@ GATEWAY_PORT = 18000
 def gateway(triton):
     """The real gateway process (``electron-serve`` without its own Triton) in front
     of the session's tritonserver; yields its base URL."""
-    env = dict(os.environ, ELECTRON_START_TRITON="false", ELECTRON_GATEWAY_PORT=str(GATEWAY_PORT),
-               ELECTRON_TRITON_GRPC_PORT=str(triton.triton_grpc_port), ELECTRON_LOG_LEVEL="INFO")
-    process = subprocess.Popen([sys.executable, "-m", "gateway.serve"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{GATEWAY_PORT}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert process.poll() is None, "the gateway exited during start-up"
-        try:
-            if urllib.request.urlopen(base + "/ready", timeout=2).status == 200:
-                break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not become ready"
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    assert process.wait(20) == 0, "the gateway did not shut down cleanly"
+    server = ElectronServer(GATEWAY_PORT, triton_grpc_port=triton.triton_grpc_port, log_level="INFO")
+    yield server.root_url
+    assert server.stop() == 0, "the gateway did not shut down cleanly"
