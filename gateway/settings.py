@@ -40,7 +40,7 @@ class Settings:
     triton_ready_timeout_s: float = 180.0
     triton_log_verbose: int = 0
     # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
-    tokens_per_block: int = 16
+    tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
     kv_cells: int = 16384
     max_sequences: int = 64
     max_running: int = 32

@@ -177,7 +177,7 @@ class TritonPythonModel:
             threads=int(p.get("threads", 0)) or os.cpu_count() or 1,
         )
         self.runner = LlamaRunner(runner_config)
-        block = int(p.get("tokens_per_block", 16))
+        block = int(p.get("tokens_per_block", 4))
         cache = PrefixCache(self.runner, KvLedger(runner_config.kv_cells), runner_config.max_sequences, block)
         planner = StepPlanner(SchedulerConfig(
             max_batch_tokens=runner_config.max_batch_tokens,

@@ -88,8 +88,13 @@ class _Sequence:
 
 
 class Engine:
-    def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int):
+    def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
+                 cancel_check_period_s: float = 0.02):
         self.runner = runner
+        # asking Triton whether a request was cancelled is an IPC call per request:
+        # done at most this often (TensorRT-LLM's cancellation_check_period_ms)
+        self.cancel_check_period_s = cancel_check_period_s
+        self._last_cancel_check = 0.0
         self.cache = cache
         self.planner = planner
         self.max_running = max_running
@@ -266,6 +271,10 @@ class Engine:
         self._waiting = still_waiting
 
     def _drop_cancelled(self) -> None:
+        now = time.monotonic()
+        if now - self._last_cancel_check < self.cancel_check_period_s:
+            return
+        self._last_cancel_check = now
         for s in [s for s in self._waiting if s.sink.is_cancelled()]:
             self._waiting.remove(s)
             self.stats.cancellations += 1
