@@ -42,6 +42,7 @@ class Settings:
     # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
     tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
     kv_cells: int = 16384
+    cache_idle_s: float = 60.0  # cached prefix blocks unused this long are evicted
     max_sequences: int = 64
     max_running: int = 32
     max_batch_tokens: int = 512

@@ -28,6 +28,13 @@ def ask(text, system=None):
     return messages + [{"role": "user", "content": text}]
 
 
+def warm(sdk, messages):
+    """One short request first, so that the requests a test compares all read the same
+    cached prefix: at temperature 0, a prompt prefilled cold and one read from the cache
+    can differ in the last bits of attention and flip a near-tie (see README, Sampling)."""
+    sdk.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=1)
+
+
 def collect_stream(stream):
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -36,6 +43,7 @@ def collect_stream(stream):
 
 def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk):
     for question in ("What is the capital of France?", "Give me two tips for a phone interview."):
+        warm(sdk, ask(question))
         whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
         chunks, text = collect_stream(sdk.chat.completions.create(
             model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
@@ -49,6 +57,7 @@ def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk):
 def test_include_usage_chunk_is_present_and_exact(sdk, tokenizer):
     system = "You are a concise assistant."
     question = "Name three colours."
+    warm(sdk, ask(question, system))
     chunks, text = collect_stream(sdk.chat.completions.create(
         model=MODEL, messages=ask(question, system), temperature=0, max_tokens=30, stream=True,
         stream_options={"include_usage": True}))
@@ -71,7 +80,7 @@ def test_cached_tokens_on_the_second_turn_of_a_call_with_a_long_system_prompt(sd
     first = sdk.chat.completions.create(model=MODEL, messages=ask("Hi, I need an appointment.", system),
                                         temperature=0, max_tokens=24)
     assert first.usage.prompt_tokens > 200
-    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert first.usage.prompt_tokens_details.cached_tokens < 16  # "<|im_start|>system\n[" at most
     history = ask("Hi, I need an appointment.", system) + [
         {"role": "assistant", "content": first.choices[0].message.content},
         {"role": "user", "content": "Tomorrow at ten, please."}]
@@ -82,7 +91,7 @@ def test_cached_tokens_on_the_second_turn_of_a_call_with_a_long_system_prompt(sd
     assert cached < second.usage.prompt_tokens
 
 
-def test_an_immediate_end_of_turn_still_reports_cached_tokens(sdk):
+def test_an_immediate_end_of_turn_still_reports_cached_tokens(sdk, settings):
     system = f"[{uuid.uuid4().hex[:8]}] You answer questions about train times. " * 20
     eos_first = {"2": 100}  # <|im_end|>, the end id: the reply ends before its first token
     for turn in range(2):
@@ -91,10 +100,14 @@ def test_an_immediate_end_of_turn_still_reports_cached_tokens(sdk):
         assert r.choices[0].message.content == "" and r.choices[0].finish_reason == "stop"
         assert r.usage.completion_tokens == 0
         cached = r.usage.prompt_tokens_details.cached_tokens
-        assert cached == 0 if turn == 0 else cached >= r.usage.prompt_tokens - 16
+        if turn == 0:  # a new system prompt: at most the template's first tokens are shared
+            assert cached < 16
+        else:
+            assert cached >= r.usage.prompt_tokens - settings.tokens_per_block
 
 
 def test_stop_string_cuts_the_real_output(sdk):
+    warm(sdk, ask("Count from one to ten in words."))
     whole = sdk.chat.completions.create(model=MODEL, messages=ask("Count from one to ten in words."),
                                         temperature=0, max_tokens=60).choices[0].message.content
     words = whole.split()
@@ -118,6 +131,7 @@ def test_length_finish_and_exact_completion_tokens(sdk):
 
 def test_indic_prompt_streams_without_broken_characters(sdk):
     question = "नमस्ते! कृपया मुझे बताइए कि कल मौसम कैसा रहेगा? மழை பெய்யுமா?"
+    warm(sdk, ask(question))
     whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
     chunks, text = collect_stream(sdk.chat.completions.create(
         model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))

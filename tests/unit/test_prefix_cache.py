@@ -124,6 +124,37 @@ def test_eviction_frees_least_recently_used_leaves_and_spares_running():
     assert cache.make_room(30) is False  # the running sequence cannot be evicted
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_idle_blocks_are_evicted_and_recent_or_running_ones_stay():
+    memory = UnifiedCacheModel()
+    clock = FakeClock()
+    cache = PrefixCache(memory, KvLedger(1000), n_seq=8, block_size=4, clock=clock)
+    system = list(range(100, 108))  # 2 blocks shared by every call
+    ended = run(memory, cache, system + [1, 2, 3, 4, 5, 6, 7, 8])
+    cache.release(ended.seq)
+    clock.now += 50
+    recent = run(memory, cache, system + [9, 10, 11, 12])
+    cache.release(recent.seq)
+    running = run(memory, cache, [300, 301, 302, 303, 304])
+    clock.now += 20  # the ended call's own blocks: 70 s idle; the shared ones were reused 20 s ago
+    assert cache.evict_idle(60) == 2
+    assert cache.ledger.used_cells() == len(memory.cells) == 8 + 4 + 5
+    again = cache.admit(system + [9, 10, 11, 12, 13])
+    assert again.reused_tokens == 12  # the recent call's history is still whole
+    cache.release(again.seq)
+    clock.now += 1000
+    assert cache.evict_idle(60) == 3  # everything that is not running
+    assert memory.content(running.seq) == [300, 301, 302, 303, 304]
+    assert cache.ledger.used_cells() == len(memory.cells) == 5
+
+
 def test_sequence_ids_are_recycled_by_evicting_cached_sequences():
     memory, cache = make(n_seq=2, block=4)
     for i in range(5):

@@ -186,7 +186,8 @@ class TritonPythonModel:
         max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
-        self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)))
+        self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)),
+                             cache_idle_s=float(p.get("cache_idle_s", 60.0)))
         self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
         self.engine.start()
         self.metrics.start()

@@ -89,8 +89,9 @@ class _Sequence:
 
 class Engine:
     def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
-                 cancel_check_period_s: float = 0.02):
+                 cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0):
         self.runner = runner
+        self.cache_idle_s = cache_idle_s  # cached blocks unused this long are evicted
         # asking Triton whether a request was cancelled is an IPC call per request:
         # done at most this often (TensorRT-LLM's cancellation_check_period_ms)
         self.cancel_check_period_s = cancel_check_period_s
@@ -125,10 +126,11 @@ class Engine:
 
     # ---- the loop ----------------------------------------------------------------
     def _loop(self) -> None:
-        last_stats = 0.0
+        last_stats = last_trim = 0.0
         while True:
             with self._wake:
                 while not self._stop and not self._inbox and not self._running and not self._waiting:
+                    last_trim = self._trim_idle_cache(last_trim)
                     self._refresh_gauges()
                     self._wake.wait(timeout=0.5)
                 if self._stop:
@@ -145,6 +147,17 @@ class Engine:
             if now - last_stats >= 0.1:
                 last_stats = now
                 self._refresh_gauges()
+            last_trim = self._trim_idle_cache(last_trim)
+
+    def _trim_idle_cache(self, last_trim: float) -> float:
+        """At most once a second, evict cached blocks idle for ``cache_idle_s``."""
+        now = time.monotonic()
+        if now - last_trim < 1.0:
+            return last_trim
+        evicted = self.cache.evict_idle(self.cache_idle_s)
+        if evicted:
+            log.debug("evicted %d prefix-cache blocks idle for over %.0f s", evicted, self.cache_idle_s)
+        return now
 
     def _step(self) -> None:
         step_started = time.perf_counter()

@@ -9,7 +9,10 @@ the rest; blocks computed by a running request are visible to others at once.
 
 Finished sequences stay in llama.cpp's cache as *cached* holders. When cells or
 sequence ids run out, blocks are evicted least recently used first, leaves
-before their parents, and only blocks that no running sequence holds.
+before their parents, and only blocks that no running sequence holds. Blocks
+unused for longer than the engine's idle limit are evicted too (``evict_idle``):
+on CPU every token's attention scans the whole occupied pool, so a pool kept
+full of ended calls' histories slows every stream (see ``perf/bench_llama_raw.py``).
 
 Contract with llama.cpp: every sequence holds positions ``[0, n)``; ``ops`` is
 called with ``seq_cp(src, dst, p0, p1)`` and ``seq_rm(seq, p0, p1)`` (``p1 = -1``:
@@ -19,6 +22,7 @@ to the end), and ``ledger`` mirrors them for cell accounting.
 from __future__ import annotations
 
 from collections import OrderedDict
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -38,6 +42,7 @@ class Block:
     index: int  # block number: positions [index * size, (index + 1) * size)
     holders: set[int] = field(default_factory=set)
     children: int = 0
+    last_used: float = 0.0  # time.monotonic() of its last use
 
 
 @dataclass
@@ -65,8 +70,9 @@ def block_keys(tokens: Sequence[int], size: int) -> list[int]:
 
 
 class PrefixCache:
-    def __init__(self, ops: MemoryOps, ledger: KvLedger, n_seq: int, block_size: int):
+    def __init__(self, ops: MemoryOps, ledger: KvLedger, n_seq: int, block_size: int, clock=time.monotonic):
         self.block_size = block_size
+        self._clock = clock
         self._ops = ops
         self.ledger = ledger
         self._blocks: OrderedDict[int, Block] = OrderedDict()  # oldest use first
@@ -138,15 +144,16 @@ class PrefixCache:
             key = hash((parent.key if parent else 0, *chunk))
             block = self._blocks.get(key)
             if block is None or block.tokens != chunk:
-                block = Block(key, chunk, parent, index)
+                block = Block(key, chunk, parent, index, last_used=self._clock())
                 self._blocks[key] = block
                 if parent is not None:
                     parent.children += 1
             block.holders.add(seq)
             state.blocks.append(block)
             state.planned.discard(key)
-        if state.blocks:
-            self._touch(state.blocks[-1:])
+        # no LRU touch here: blocks a running sequence holds are never evicted, and
+        # ``release`` touches the whole chain (walking it every step would cost more
+        # than the step's sampling)
 
     def release(self, seq: int) -> None:
         """The request on ``seq`` ended; its full blocks stay cached."""
@@ -171,6 +178,22 @@ class PrefixCache:
                 return False
         return True
 
+    def evict_idle(self, max_idle_s: float) -> int:
+        """Evict every evictable block unused for more than ``max_idle_s``; returns
+        how many. Blocks held by a running sequence stay, and so do their parents."""
+        cutoff = self._clock() - max_idle_s
+        evicted = 0
+        while True:
+            for block in self._blocks.values():
+                if block.last_used > cutoff:
+                    return evicted
+                if block.children == 0 and not any(self._seqs[h].active for h in block.holders):
+                    break
+            else:
+                return evicted
+            self._evict(block)
+            evicted += 1
+
     def _take_seq_id(self) -> int:
         while not self._free_ids:
             if not self._evict_one():
@@ -184,6 +207,10 @@ class PrefixCache:
                 break
         else:
             return self._drop_empty_cached_seq()
+        self._evict(block)
+        return True
+
+    def _evict(self, block: Block) -> None:
         del self._blocks[block.key]
         if block.parent is not None:
             block.parent.children -= 1
@@ -197,7 +224,6 @@ class PrefixCache:
                 self.ledger.truncate(holder, start)
             else:
                 self._drop_seq(holder)
-        return True
 
     def _drop_empty_cached_seq(self) -> bool:
         for seq, state in self._seqs.items():
@@ -225,7 +251,9 @@ class PrefixCache:
     def _touch(self, blocks: list[Block]) -> None:
         """Mark a chain used: leaf first, so parents always look more recent."""
         node = blocks[-1] if blocks else None
+        now = self._clock()
         while node is not None:
             if self._blocks.get(node.key) is node:
                 self._blocks.move_to_end(node.key)
+                node.last_used = now
             node = node.parent
