@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -172,6 +173,8 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--prefix-tokens", type=int, default=600)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--perf-analyzer", action="store_true",
+                        help="then run Triton's perf_analyzer --streaming (perf/perf_analyzer.sh) on the same server")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
@@ -179,12 +182,25 @@ def main() -> int:
     process = None if args.url else start_triton(settings)
     try:
         rows = asyncio.run(run_all(args, args.url or settings.triton_grpc_url, args.model, tokenizer))
+        analyzer = run_perf_analyzer(args.url or settings.triton_grpc_url) if args.perf_analyzer else None
     finally:
         if process is not None:
             stop_triton(process)
     meta = run_meta(tokens=args.tokens, prefix_tokens=args.prefix_tokens, args=vars(args) | {"out": str(args.out)})
-    write_results(args.out, "triton", meta, {"rows": rows}, markdown(rows, meta))
+    out = write_results(args.out, "triton", meta, {"rows": rows}, markdown(rows, meta))
+    if analyzer is not None:
+        code, text = analyzer
+        (out / "perf_analyzer.txt").write_text(text)
+        log.info("perf_analyzer exited %d; output in %s", code, out / "perf_analyzer.txt")
+        return code
     return 0
+
+
+def run_perf_analyzer(url: str) -> tuple[int, str]:
+    """perf/perf_analyzer.sh against ``url``, concurrency 1 to 8: exit code and output."""
+    done = subprocess.run(["bash", str(ROOT / "perf" / "perf_analyzer.sh"), url, "1:8:1"], cwd=ROOT,
+                          capture_output=True, text=True)
+    return done.returncode, done.stdout + done.stderr
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""The whole benchmark suite in one command: engine (Triton gRPC, incl. perf_analyzer
+with --streaming), gateway overhead over direct gRPC, and the voice calls side by side
+with llama-server.
+
+    .venv/bin/python perf/suite.py --mode quick    # ~15 minutes on 2 cores
+    .venv/bin/python perf/suite.py --mode full     # ~1 hour
+
+Each step is one of the benchmarks in perf/, run as its own process (they start and
+stop their own servers); their results go to perf/results/<date>-<kind>-<host>/ as
+usual. This command adds perf/results/<date>-suite-<host>/suite.md: every step, its
+command, exit code, duration and result directory. A failing step is reported and
+the suite goes on; the exit code is non-zero if any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "perf"))
+sys.path.insert(0, str(ROOT))
+
+from results_dir import run_meta, write_results  # noqa: E402
+
+PYTHON = sys.executable
+TRITON_URL = "127.0.0.1:8001"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    command: list[str]
+    results: str  # result directory kind: perf/results/<date>-<kind>-<host>/
+
+
+def steps(mode: str) -> list[Step]:
+    quick = mode == "quick"
+    return [
+        Step("engine through Triton gRPC, then perf_analyzer --streaming",
+             [PYTHON, "perf/bench_triton.py", "--rounds", "1" if quick else "2",
+              "--concurrency", *(["1", "8"] if quick else ["1", "4", "8"]), "--perf-analyzer"], "triton"),
+        Step("gateway overhead over direct gRPC",
+             [PYTHON, "perf/bench_gateway.py", "--rounds", "8" if quick else "30"], "gateway"),
+        Step("voice calls, electron vs llama-server", [PYTHON, "perf/voice_bench.py", "--mode", mode], "voice"),
+    ]
+
+
+def run_step(step: Step, log_dir: Path) -> tuple[int, float, Path]:
+    log_file = log_dir / f"{step.results}.log"
+    started = time.monotonic()
+    with log_file.open("w") as log:
+        code = subprocess.call(step.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    return code, time.monotonic() - started, log_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=["quick", "full"], default="quick")
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    meta = run_meta(mode=args.mode)
+    log_dir = args.out / f"{meta['date']}-suite-{platform.node()}" / "raw"  # raw/ is not committed
+    log_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    plan = steps(args.mode)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns) as progress:
+        task = progress.add_task(f"benchmark suite ({args.mode})", total=len(plan))
+        for step in plan:
+            progress.console.print(f"[bold]{step.name}[/]: {' '.join(Path(c).name if c == PYTHON else c for c in step.command)}")
+            code, seconds, log_file = run_step(step, log_dir)
+            results = sorted(args.out.glob(f"{meta['date']}-{step.results}-*"))
+            rows.append({"step": step.name, "command": " ".join(step.command[1:]), "exit_code": code,
+                         "minutes": round(seconds / 60, 1), "results": str(results[-1].relative_to(ROOT))
+                         if results else "-", "log": str(log_file.relative_to(ROOT))})
+            progress.console.print(f"  exit {code} after {seconds / 60:.1f} min; log {log_file.relative_to(ROOT)}")
+            progress.advance(task)
+    lines = [f"Benchmark suite ({args.mode}) - {meta['date']} on {meta['machine']}", "",
+             "| step | command | exit | minutes | results |", "|---|---|---|---|---|"]
+    lines += [f"| {r['step']} | `{r['command']}` | {r['exit_code']} | {r['minutes']} | {r['results']} |" for r in rows]
+    write_results(args.out, "suite", meta, {"steps": rows}, "\n".join(lines) + "\n")
+    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
