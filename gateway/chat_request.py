@@ -17,10 +17,16 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from gateway.chat_template import ChatTemplate
+from gateway.choice_stream import ToolMode
 from gateway.engine import EngineRequest
 from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.filler import choose_filler
+from gateway.guided_request import (
+    check_tool_messages, response_format_guide, tool_plan, tools_guide,
+)
 from gateway.schemas import ChatCompletionRequest, Content
 from gateway.token_codec import TokenCodec
+from gateway.tool_dialect import dialects
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ class ChatLimits:
     max_messages: int
     end_id: int | None
     pad_id: int | None
+    filler_phrases: bool = True  # a filler phrase before tool calls unless the request says "off"
+    tool_dialect: str = "hermes"  # how tools and calls are written (gateway/data/tool_dialects.json)
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class PreparedChat:
     stream: bool
     include_usage: bool
     logprobs: bool
+    tools: ToolMode | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -113,14 +122,6 @@ def _check_unsupported(request: ChatCompletionRequest) -> None:
         raise InvalidRequestError(
             "top_logprobs > 0 is not supported: logprobs gives the sampled tokens' log probabilities only.",
             param="top_logprobs")
-    if request.response_format is not None and request.response_format.type != "text":
-        raise InvalidRequestError(
-            f"response_format type '{request.response_format.type}' is not supported yet.",
-            param="response_format")
-    if request.tool_choice not in (None, "none", "auto"):
-        raise InvalidRequestError(
-            "tool_choice 'required' or a named function is not supported yet; use 'auto' or 'none'.",
-            param="tool_choice")
 
 
 def _check_model(request: ChatCompletionRequest, limits: ChatLimits) -> None:
@@ -218,8 +219,24 @@ def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTe
     _check_model(request, limits)
     stops = _stops(request)
     bias = _logit_bias(request, limits.vocab_size)
-    tools = [tool.model_dump(exclude_none=True) for tool in request.tools] if request.tools else None
-    prompt = codec.encode(template.render(template_messages(request), tools=tools))
+    check_tool_messages(request)
+    plan = tool_plan(request)
+    calling = plan is not None and plan.choice != "none"
+    guide = response_format_guide(request)
+    if calling and guide is not None:
+        raise InvalidRequestError("'response_format' json_object or json_schema together with tools that may be "
+                                  "called is not supported; use tool_choice 'none', or a tool whose parameters "
+                                  "are the schema.", param="response_format")
+    dialect = dialects()[limits.tool_dialect]
+    messages = template_messages(request)
+    tools = plan.tools if plan else None
+    if template.supports_tools:
+        prompt = codec.encode(template.render(messages, tools=tools))
+    else:
+        prompt = codec.encode(template.render(dialect.render_messages(messages, tools)))
+    if plan is not None:
+        guide = tools_guide(plan, dialect)
+    tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits)) if calling else None
     engine_request = EngineRequest(
         prompt=prompt,
         max_tokens=_max_tokens(request, len(prompt), limits.context_window),
@@ -235,6 +252,8 @@ def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTe
         min_tokens=request.min_tokens or 0,
         logit_bias=bias,
         logprobs=bool(request.logprobs),
+        guide_type=guide.type if guide else None,
+        guide=guide.text if guide else None,
     )
     return PreparedChat(
         engine_request=engine_request,
@@ -242,4 +261,17 @@ def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTe
         stream=bool(request.stream),
         include_usage=bool(request.stream and request.stream_options and request.stream_options.include_usage),
         logprobs=bool(request.logprobs),
+        tools=tool_mode,
     )
+
+
+def _filler(request: ChatCompletionRequest, limits: ChatLimits) -> str | None:
+    """The filler phrase this request would say before a tool call, or None."""
+    setting = request.filler
+    if setting == "off" or (setting is None and not limits.filler_phrases):
+        return None
+    user = next((_text(m.content) for m in reversed(request.messages) if m.role == "user"), "")
+    previous = next((_text(m.content) for m in reversed(request.messages) if m.role == "assistant"), "")
+    choice = choose_filler(user, previous, custom=setting if isinstance(setting, list) else None)
+    log.debug("filler phrase (%s): %s", choice.language or "custom", choice.phrase)
+    return choice.phrase

@@ -103,6 +103,8 @@ class ChatService:
                 max_messages=self._settings.max_messages,
                 end_id=artifacts.eos_token_id,
                 pad_id=artifacts.pad_token_id,
+                filler_phrases=self._settings.filler_phrases,
+                tool_dialect=self._settings.tool_dialect,
             )
             log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
         return self._limits

@@ -44,6 +44,8 @@ class ChatTemplate:
         env.globals["strftime_now"] = _strftime_now
         self._template = env.from_string(source)
         self._special_tokens = dict(special_tokens or {})
+        # a template that reads ``tools`` renders them itself; otherwise a tool dialect does
+        self.supports_tools = "tools" in source
 
     def render(self, messages: list[dict], tools: list[dict] | None = None,
                add_generation_prompt: bool = True) -> str:

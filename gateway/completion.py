@@ -33,7 +33,7 @@ class CompletionRun:
         self._request_id = request_id
         self._tokens_per_block = tokens_per_block
         self._choice = ChoiceStream(token_bytes, prepared.stops, prepared.engine_request.max_tokens,
-                                    logprobs=prepared.logprobs)
+                                    logprobs=prepared.logprobs, tools=prepared.tools)
         self._reused_blocks = 0
         self._engine_ttft_ms: float | None = None
         self._first_text_ms: float | None = None
@@ -57,10 +57,20 @@ class CompletionRun:
     def finish_reason(self) -> str | None:
         return self._choice.finish_reason
 
+    @property
+    def complete_calls(self) -> int:
+        """Tool calls the model finished."""
+        return self._choice.complete_calls
+
     async def deltas(self) -> AsyncIterator[Delta]:
         started = time.perf_counter()
         outputs = self._engine.generate(self._prepared.engine_request, self._request_id)
         try:
+            opening = self._choice.opening()  # a forced tool call's filler: before the engine's first token
+            if opening is not None:
+                self._started = True
+                self._first_text_ms = (time.perf_counter() - started) * 1e3
+                yield opening
             async for output in outputs:
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks

@@ -32,6 +32,8 @@ class EngineRequest:
     min_tokens: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: bool = False
+    guide_type: str | None = None  # guided decoding: json, json_schema, regex, ebnf_grammar
+    guide: str | None = None
 
 
 @dataclass(frozen=True)

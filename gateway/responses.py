@@ -15,7 +15,7 @@ from gateway.choice_stream import Delta
 from gateway.completion import CompletionRun
 from gateway.schemas import (
     ChatCompletion, ChatCompletionChunk, Choice, ChoiceDelta, ChoiceLogprobs, ChunkChoice,
-    CompletionTokensDetails, PromptTokensDetails, ResponseMessage, TokenLogprob, Usage,
+    CompletionTokensDetails, FunctionCall, PromptTokensDetails, ResponseMessage, TokenLogprob, ToolCall, Usage,
 )
 
 
@@ -32,6 +32,19 @@ def usage_of(run: CompletionRun) -> Usage:
         completion_tokens_details=CompletionTokensDetails(
             reasoning_tokens=0, audio_tokens=0, accepted_prediction_tokens=0, rejected_prediction_tokens=0),
     )
+
+
+def join_tool_calls(pieces: list[dict], complete: int) -> list[ToolCall]:
+    """Streamed tool-call deltas joined into whole calls; only the first ``complete``."""
+    calls: list[dict] = []
+    for piece in pieces:
+        if piece["index"] >= complete:
+            continue
+        if piece["index"] == len(calls):
+            calls.append({"id": piece["id"], "type": "function", "name": piece["function"]["name"], "arguments": ""})
+        calls[piece["index"]]["arguments"] += piece["function"].get("arguments", "")
+    return [ToolCall(id=c["id"], type="function", function=FunctionCall(name=c["name"], arguments=c["arguments"]))
+            for c in calls]
 
 
 def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
@@ -51,11 +64,16 @@ class ResponseShaper:
         self._want_logprobs = want_logprobs
 
     def completion(self, deltas: list[Delta], run: CompletionRun) -> ChatCompletion:
-        """The non-streaming body: the deltas a stream would have sent, joined."""
+        """The non-streaming body: the deltas a stream would have sent, joined (a
+        tool call the model left unfinished is left out)."""
         content = "".join(d.content for d in deltas)
         logprobs = [entry for d in deltas for entry in d.logprobs] if self._want_logprobs else None
-        choice = Choice(index=0, message=ResponseMessage(role="assistant", content=content, refusal=None),
-                        logprobs=_logprobs(logprobs), finish_reason=run.finish_reason)
+        calls = join_tool_calls([c for d in deltas for c in d.tool_calls], run.complete_calls)
+        message = ResponseMessage(role="assistant", content=content if content or not calls else None,
+                                  refusal=None)
+        if calls:
+            message.tool_calls = calls
+        choice = Choice(index=0, message=message, logprobs=_logprobs(logprobs), finish_reason=run.finish_reason)
         return ChatCompletion(id=self.id, object="chat.completion", created=self.created, model=self._model,
                               choices=[choice], usage=usage_of(run), system_fingerprint=self._fingerprint,
                               service_tier="default")
@@ -90,6 +108,9 @@ class ResponseShaper:
         chunks = []
         if delta.content or (self._want_logprobs and delta.logprobs):
             chunks.append(self.content_chunk(delta))
+        if delta.tool_calls:  # never in the same chunk as content
+            chunks.append(self._chunk([ChunkChoice(index=0, delta=ChoiceDelta(tool_calls=delta.tool_calls),
+                                                   logprobs=None, finish_reason=None)]))
         if delta.finish_reason is not None:
             chunks.append(self.finish_chunk(delta.finish_reason))
         return chunks

@@ -68,7 +68,17 @@ def request_inputs(request: EngineRequest, vocab_size: int) -> list[InferInput]:
         for token_id, value in request.logit_bias.items():
             bias[token_id] = value
         inputs.append(_tensor("embedding_bias", bias, np.float32))
+    if request.guide_type is not None:
+        inputs.append(_text_tensor("guided_decoding_guide_type", request.guide_type))
+        inputs.append(_text_tensor("guided_decoding_guide", request.guide or ""))
     return inputs
+
+
+def _text_tensor(name: str, text: str) -> InferInput:
+    array = np.array([[text.encode("utf-8")]], dtype=np.object_)
+    tensor = InferInput(name, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
 
 
 def _scalar(result, name: str) -> int | None:

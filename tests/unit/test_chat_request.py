@@ -145,7 +145,5 @@ def test_template_errors_are_the_clients():
         prepare(parse_body(body(messages=[{"role": "assistant", "content": "x"}])), LIMITS, strict, CharCodec())
 
 
-def test_not_yet_supported_features_are_refused_clearly():
-    assert refusal(body(response_format={"type": "json_object"})).param == "response_format"
-    assert refusal(body(tool_choice="required")).param == "tool_choice"
-    assert prepared(response_format={"type": "text"}).prompt_tokens > 0
+def test_a_text_response_format_needs_no_guide():
+    assert prepared(response_format={"type": "text"}).engine_request.guide_type is None

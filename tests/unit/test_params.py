@@ -59,12 +59,22 @@ def test_embedding_bias_becomes_sparse_logit_bias():
         ({"runtime_top_p": np.array([[0.0]], np.float32)}, "runtime_top_p"),
         ({"embedding_bias": np.zeros((1, 5), np.float32)}, "embedding_bias"),
         ({"stop_words_list": np.array([[[5, 6], [9, -1]]], np.int32)}, "bad offset"),
-        ({"guided_decoding_guide_type": np.array([[b"json"]], object)}, "guided decoding"),
+        ({"guided_decoding_guide_type": np.array([[b"yaml"]], object)}, "not one of json, json_schema"),
+        ({"guided_decoding_guide_type": np.array([[b"regex"]], object)}, "needs a 'guided_decoding_guide'"),
+        ({"guided_decoding_guide": np.array([[b"[a-z]+"]], object)}, "needs 'guided_decoding_guide_type'"),
     ],
 )
 def test_bad_input_is_rejected_with_a_message_naming_it(extra, message):
     with pytest.raises(InvalidRequest, match=message):
         parse_request(tensors(**extra), LIMITS)
+
+
+def test_guide_inputs_are_read_as_text():
+    req = parse_request(tensors(guided_decoding_guide_type=np.array([[b"json_schema"]], object),
+                                guided_decoding_guide=np.array([['{"type": "object"}'.encode()]], object)), LIMITS)
+    assert req.guide == ("json_schema", '{"type": "object"}')
+    plain = parse_request(tensors(guided_decoding_guide_type=np.array([[b"json"]], object)), LIMITS)
+    assert plain.guide == ("json", "") and parse_request(tensors(), LIMITS).guide is None
 
 
 def test_missing_required_tensor():

@@ -18,6 +18,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from llama_engine.engine import Engine, StepOutput
+from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
 from llama_engine.kv_ledger import KvLedger
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 from llama_engine.params import InvalidRequest, ModelLimits, parse_request
@@ -186,6 +187,7 @@ class TritonPythonModel:
         max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
+        self.guides = GuideCompiler.from_llama_vocab(self.runner.vocab, self.runner.eos_id)
         self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)),
                              cache_idle_s=float(p.get("cache_idle_s", 60.0)))
         self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
@@ -206,7 +208,16 @@ class TritonPythonModel:
                 continue
             if spec.end_id is None:
                 spec = dataclasses.replace(spec, end_id=self.runner.eos_id)
-            self.engine.submit(spec, _TritonSink(request, spec))
+            guide = None
+            if spec.guide is not None:
+                try:  # compiled here, on Triton's thread: the engine loop never waits for it
+                    guide = GuideMask(self.guides.matcher(*spec.guide), self.runner.n_vocab)
+                except InvalidGuide as exc:
+                    log.info("request %s rejected: %s", request.request_id() or "-", exc)
+                    request.get_response_sender().send(
+                        pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+                    continue
+            self.engine.submit(spec, _TritonSink(request, spec), guide)
         return None
 
     def finalize(self):

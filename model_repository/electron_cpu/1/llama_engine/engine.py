@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
 from .prefix_cache import PrefixCache
@@ -75,6 +76,7 @@ class _Sequence:
     log_probs: list[float] = field(default_factory=list)
     sent: int = 0  # generated tokens already sent
     sampler: TokenSampler | None = None
+    guide: GuideMask | None = None
     first_scheduled_ns: int = 0
     first_token_ns: int = 0
     last_token_ns: int = 0
@@ -111,9 +113,10 @@ class Engine:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, request: GenerationRequest, sink: ResponseSink) -> None:
+    def submit(self, request: GenerationRequest, sink: ResponseSink, guide: GuideMask | None = None) -> None:
+        """``guide``: the compiled guide of a guided request (``guides``)."""
         with self._wake:
-            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns()))
+            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns(), guide=guide))
             self._wake.notify()
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -219,7 +222,11 @@ class Engine:
             s.prefilled += take
             s.n_past += take
         for s, index in samplers:
-            token = s.sampler.sample(self.runner.ctx, index)
+            try:
+                token = s.sampler.sample(self.runner.ctx, index)
+            except InvalidGuide as exc:  # this request's guide is stuck: it alone fails
+                self._finish(s, error=str(exc))
+                continue
             self._on_token(s, token, index)
 
     def _pace_slack(self, decoding: list[_Sequence], now_ns: int) -> float:
@@ -273,7 +280,7 @@ class Engine:
                 still_waiting.extend(self._waiting[i:])
                 break
             s.sampler = TokenSampler(
-                s.request.sampling, self.runner.n_vocab, s.request.end_id, s.request.max_new_tokens
+                s.request.sampling, self.runner.n_vocab, s.request.end_id, s.request.max_new_tokens, s.guide
             )
             s.first_scheduled_ns = time.time_ns()
             self._running.append(s)

@@ -70,7 +70,7 @@ class LlamaRunner:
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
-        vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.vocab = vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(vocab)
         self.train_context = llama_cpp.llama_model_n_ctx_train(self.model)

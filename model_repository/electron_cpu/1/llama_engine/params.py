@@ -15,6 +15,9 @@ from typing import Mapping
 import numpy as np
 
 
+GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")  # TensorRT-LLM's guide types
+
+
 class InvalidRequest(ValueError):
     """The request cannot run; the message is sent back to the client as is."""
 
@@ -49,6 +52,7 @@ class GenerationRequest:
     return_num_input_tokens: bool = False
     return_num_output_tokens: bool = False
     return_perf_metrics: bool = False
+    guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,6 @@ def parse_request(tensors: Mapping[str, np.ndarray], limits: ModelLimits) -> Gen
             f"prompt ({len(ids)} tokens) plus request_output_len ({max_new}) is "
             f"{len(ids) + max_new} tokens, over the maximum sequence length of {limits.max_sequence_length}"
         )
-    guide_type = tensors.get("guided_decoding_guide_type")
-    if guide_type is not None and guide_type.size and guide_type.reshape(-1)[0]:
-        raise InvalidRequest("guided decoding is not enforced by the CPU engine yet")
     sampling = _parse_sampling(tensors, limits)
     end_id = _scalar(tensors, "end_id", int)
     return GenerationRequest(
@@ -154,7 +155,37 @@ def parse_request(tensors: Mapping[str, np.ndarray], limits: ModelLimits) -> Gen
         return_num_input_tokens=_scalar(tensors, "return_num_input_tokens", bool, False),
         return_num_output_tokens=_scalar(tensors, "return_num_output_tokens", bool, False),
         return_perf_metrics=_scalar(tensors, "return_perf_metrics", bool, False),
+        guide=parse_guide(tensors),
     )
+
+
+def _text(tensors: Mapping[str, np.ndarray], name: str) -> str | None:
+    value = tensors.get(name)
+    if value is None or not value.size:
+        return None
+    item = value.reshape(-1)[0]
+    if isinstance(item, bytes):
+        try:
+            return item.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"input '{name}' is not UTF-8") from exc
+    return str(item)
+
+
+def parse_guide(tensors: Mapping[str, np.ndarray]) -> tuple[str, str] | None:
+    """``(type, guide)`` from the guided-decoding inputs, or None (no guide). The
+    guide itself is compiled later (``guides``); here only its form is checked."""
+    guide_type = _text(tensors, "guided_decoding_guide_type")
+    guide = _text(tensors, "guided_decoding_guide")
+    if not guide_type:
+        if guide:
+            raise InvalidRequest("input 'guided_decoding_guide' needs 'guided_decoding_guide_type'")
+        return None
+    if guide_type not in GUIDE_TYPES:
+        raise InvalidRequest(f"guided_decoding_guide_type {guide_type!r} is not one of {', '.join(GUIDE_TYPES)}")
+    if guide_type != "json" and not guide:
+        raise InvalidRequest(f"guided_decoding_guide_type {guide_type!r} needs a 'guided_decoding_guide'")
+    return guide_type, guide or ""
 
 
 def _parse_sampling(tensors: Mapping[str, np.ndarray], limits: ModelLimits) -> SamplingParams:

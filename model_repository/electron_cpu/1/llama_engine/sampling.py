@@ -1,6 +1,7 @@
 """Per-request token sampling with llama.cpp's sampler chains.
 
-Chain order: logit bias (``embedding_bias``), the end-token ban while fewer than
+A guided request (``guides``) first has the tokens its guide forbids set to -inf
+in the logits, then goes through the chain. Chain order: logit bias (``embedding_bias``), the end-token ban while fewer than
 ``min_tokens`` were generated, repetition/presence/frequency penalties over the
 generated tokens (OpenAI's semantics: the prompt is not penalised), then greedy,
 or temperature -> top-k -> top-p -> a seeded random draw.
@@ -14,6 +15,7 @@ import random
 import llama_cpp
 import numpy as np
 
+from .guides import GuideMask
 from .params import SamplingParams
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -37,7 +39,10 @@ def _bias_sampler(n_vocab: int, bias: dict[int, float]):
 class TokenSampler:
     """Owns one llama.cpp sampler chain; call ``close`` when the request ends."""
 
-    def __init__(self, params: SamplingParams, n_vocab: int, end_id: int | None, max_new_tokens: int):
+    def __init__(self, params: SamplingParams, n_vocab: int, end_id: int | None, max_new_tokens: int,
+                 guide: GuideMask | None = None):
+        self._guide = guide
+        self._n_vocab = n_vocab
         self._chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         self._eos_ban_at: int | None = None  # chain index of the min_tokens ban
         self._min_tokens = params.min_tokens
@@ -69,8 +74,13 @@ class TokenSampler:
             add(llama_cpp.llama_sampler_init_dist(fold_seed(params.seed)))
 
     def sample(self, ctx, batch_index: int) -> int:
-        """Sample from the logits of ``batch_index`` of the last decode."""
+        """Sample from the logits of ``batch_index`` of the last decode; raises
+        ``InvalidGuide`` if the guide cannot go on."""
+        if self._guide is not None:
+            self._guide.apply(logits_view(ctx, batch_index, self._n_vocab))
         token = llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)
+        if self._guide is not None:
+            self._guide.accept(token)
         self._generated += 1
         if self._eos_ban_at is not None and self._generated >= self._min_tokens:
             llama_cpp.llama_sampler_free(llama_cpp.llama_sampler_chain_remove(self._chain, self._eos_ban_at))
@@ -83,9 +93,15 @@ class TokenSampler:
             self._chain = None
 
 
-def token_logprob(ctx, batch_index: int, token: int, n_vocab: int) -> float:
-    """Log-probability of ``token`` under the model's raw distribution."""
+def logits_view(ctx, batch_index: int, n_vocab: int) -> np.ndarray:
+    """llama.cpp's logits of ``batch_index`` of the last decode, as a writable array (no copy)."""
     pointer = llama_cpp.llama_get_logits_ith(ctx, batch_index)
-    logits = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+    return np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)), shape=(n_vocab,))
+
+
+def token_logprob(ctx, batch_index: int, token: int, n_vocab: int) -> float:
+    """Log-probability of ``token`` under the distribution it was sampled from (for a
+    guided request: after its mask)."""
+    logits = logits_view(ctx, batch_index, n_vocab)
     peak = float(logits.max())
     return float(logits[token]) - peak - float(np.log(np.exp(logits - peak).sum()))

@@ -1,0 +1,158 @@
+"""Tool calls, filler phrases and response_format through the gateway in process
+(real tokenizer, template and dialect; a scripted engine plays the model's text)."""
+
+import json
+
+import openai
+import pytest
+
+from gateway.filler import phrase_bank
+
+from app.test_chat_app import post, sse_events
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pune"}}\n</tool_call>'
+TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+ENGLISH = phrase_bank()["en"]
+
+
+def streamed_message(events):
+    """Rebuild the assistant message from chunks as the OpenAI SDK does, checking
+    that no chunk carries both content and tool calls."""
+    content, calls, finish = "", {}, None
+    for event in events:
+        if event == "[DONE]" or not event["choices"]:
+            continue
+        choice = event["choices"][0]
+        delta = choice["delta"]
+        assert not (delta.get("content") and delta.get("tool_calls")), "content and tool_calls in one chunk"
+        content += delta.get("content") or ""
+        for piece in delta.get("tool_calls") or []:
+            if piece["index"] not in calls:
+                assert set(piece) == {"index", "id", "type", "function"} and piece["function"]["arguments"] == ""
+                assert piece["id"].startswith("call_") and piece["type"] == "function"
+                calls[piece["index"]] = {"id": piece["id"], "name": piece["function"]["name"], "arguments": ""}
+            else:
+                assert set(piece) == {"index", "function"}
+                calls[piece["index"]]["arguments"] += piece["function"]["arguments"]
+        finish = choice.get("finish_reason") or finish
+    return content, [calls[i] for i in sorted(calls)], finish
+
+
+def whole_message(body):
+    message = body["choices"][0]["message"]
+    calls = [{"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+             for c in message.get("tool_calls") or []]
+    return message["content"] or "", calls, body["choices"][0]["finish_reason"]
+
+
+async def both(client, **fields):
+    whole = await post(client, **fields)
+    assert whole.status_code == 200, whole.text
+    stream = await post(client, stream=True, **fields)
+    assert stream.status_code == 200, stream.text
+    return whole_message(whole.json()), sse_events(stream.text)
+
+
+def without_ids(message):
+    content, calls, finish = message
+    return content, [(c["name"], c["arguments"]) for c in calls], finish
+
+
+async def test_a_call_after_some_words_streams_in_openai_shape_and_matches_the_whole(client, say, engine):
+    say("Sure, checking. " + CALL)
+    whole, events = await both(client, tools=[WEATHER])
+    streamed = streamed_message(events)
+    assert without_ids(whole) == without_ids(streamed) == (
+        "Sure, checking. ", [("get_weather", '{"city": "Pune"}')], "tool_calls")
+    argument_chunks = [e for e in events if e != "[DONE]" and e["choices"] and
+                       (e["choices"][0]["delta"].get("tool_calls") or [{}])[0].get("function", {}).get("arguments")]
+    assert len(argument_chunks) > 1  # streamed as generated, not buffered to the end
+    assert json.loads(whole[1][0]["arguments"]) == {"city": "Pune"}
+    assert engine.calls[0].request.guide_type == "ebnf_grammar"
+
+
+async def test_a_call_with_nothing_said_first_gets_a_filler_phrase_before_it(client, say):
+    say(TWO_CALLS)
+    whole, events = await both(client, tools=[WEATHER, TIME])
+    content, calls, finish = streamed_message(events)
+    assert content in ENGLISH and whole[0] in ENGLISH and finish == "tool_calls"
+    assert [c["name"] for c in calls] == ["get_weather", "get_time"] and [c["arguments"] for c in calls] == [
+        '{"city": "Pune"}', "{}"]
+    assert len({c["id"] for c in calls}) == 2
+    first_content = next(i for i, e in enumerate(events) if e["choices"] and e["choices"][0]["delta"].get("content"))
+    first_call = next(i for i, e in enumerate(events) if e["choices"] and e["choices"][0]["delta"].get("tool_calls"))
+    assert first_content < first_call
+
+
+async def test_no_filler_without_a_tool_call(client, say):
+    say("It is sunny in Pune today.")
+    whole, events = await both(client, tools=[WEATHER])
+    assert whole == ("It is sunny in Pune today.", [], "stop") and streamed_message(events)[0] == whole[0]
+
+
+async def test_filler_in_the_callers_language_and_off_on_request(client, say):
+    say(CALL)
+    r = await client.post("/v1/chat/completions", json={
+        "model": "electron", "tools": [WEATHER], "messages": [{"role": "user", "content": "कल पुणे में मौसम कैसा रहेगा?"}]})
+    assert r.json()["choices"][0]["message"]["content"] in phrase_bank()["hi"]
+    r = await post(client, tools=[WEATHER], filler="off")
+    assert r.json()["choices"][0]["message"]["content"] is None
+
+
+async def test_a_call_cut_by_max_tokens_is_length_and_no_broken_call(client, say, model):
+    say(CALL)
+    cut = len(model.codec.encode(CALL)) - 3
+    whole = (await post(client, tools=[WEATHER], max_tokens=cut)).json()["choices"][0]
+    assert whole["finish_reason"] == "length" and "tool_calls" not in whole["message"]
+
+
+async def test_forced_call_sends_its_filler_before_the_engines_first_token(model):
+    from gateway.chat_request import ChatLimits, parse_body, prepare
+    from gateway.completion import CompletionRun
+
+    from app.scripted_engine import Script, ScriptedEngine
+
+    engine = ScriptedEngine(script=Script(tokens=model.codec.encode(CALL)))
+    limits = ChatLimits("electron", 8192, model.artifacts.vocab_size, 50, 2, 2)
+    body = {"model": "electron", "tools": [WEATHER], "tool_choice": "required", "stream": True,
+            "messages": [{"role": "user", "content": "Weather in Pune?"}]}
+    prepared = prepare(parse_body(json.dumps(body).encode()), limits, model.template, model.codec)
+    deltas = CompletionRun(engine, prepared, "req_t", model.codec.token_bytes, 16).deltas()
+    first = await deltas.__anext__()
+    assert first.content in ENGLISH and all(c.responses_sent == 0 for c in engine.calls)  # no token yet
+    rest = [d async for d in deltas]
+    assert not any(d.content for d in rest) and rest[-1].finish_reason == "tool_calls"
+
+
+async def test_the_sdk_reads_streamed_tool_calls(app, say):
+    import httpx2
+
+    say("Let me see. " + CALL)
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gateway")
+    sdk = openai.AsyncOpenAI(base_url="http://gateway/v1", api_key="k", http_client=http)
+    stream = await sdk.chat.completions.create(model="electron", messages=[{"role": "user", "content": "Pune?"}],
+                                               tools=[WEATHER], stream=True)
+    names, args = [], ""
+    async for chunk in stream:
+        for call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if call.function.name:
+                names.append(call.function.name)
+            args += call.function.arguments or ""
+    assert names == ["get_weather"] and json.loads(args) == {"city": "Pune"}
+    whole = await sdk.chat.completions.create(model="electron", messages=[{"role": "user", "content": "Pune?"}],
+                                              tools=[WEATHER])
+    assert whole.choices[0].message.tool_calls[0].function.name == "get_weather"
+    assert whole.choices[0].finish_reason == "tool_calls"
+    await http.aclose()
+
+
+@pytest.mark.parametrize("fmt", [{"type": "json_object"},
+                                 {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object"}}}])
+async def test_response_format_is_sent_to_the_engine_as_a_guide(client, say, engine, fmt):
+    say('{"a": 1}')
+    r = await post(client, response_format=fmt)
+    assert r.status_code == 200 and json.loads(r.json()["choices"][0]["message"]["content"]) == {"a": 1}
+    assert engine.calls[0].request.guide_type == "json_schema"
