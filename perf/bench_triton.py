@@ -49,12 +49,18 @@ def _input(name, array, dtype):
     return t
 
 
-def request_inputs(prompt: list[int], tokens: int) -> list[InferInput]:
-    return [
+def request_inputs(prompt: list[int], tokens: int, guide: tuple[str, str] | None = None) -> list[InferInput]:
+    """``tokens`` tokens exactly (``min_tokens``), or under ``guide`` (type, text), whose
+    end decides (pick a guide longer than ``tokens``)."""
+    guided = [] if guide is None else [
+        _input("guided_decoding_guide_type", np.array([[guide[0].encode()]], np.object_), "BYTES"),
+        _input("guided_decoding_guide", np.array([[guide[1].encode()]], np.object_), "BYTES"),
+    ]
+    return guided + [
         _input("input_ids", np.array([prompt], np.int32), "INT32"),
         _input("input_lengths", np.array([[len(prompt)]], np.int32), "INT32"),
         _input("request_output_len", np.array([[tokens]], np.int32), "INT32"),
-        _input("min_tokens", np.array([[tokens]], np.int32), "INT32"),
+        _input("min_tokens", np.array([[0 if guide else tokens]], np.int32), "INT32"),
         _input("streaming", np.array([[True]]), "BOOL"),
         _input("exclude_input_in_output", np.array([[True]]), "BOOL"),
         _input("temperature", np.array([[0.0]], np.float32), "FP32"),
@@ -71,9 +77,10 @@ class Sample:
     seconds: float
 
 
-async def one_request(url: str, model: str, prompt: list[int], tokens: int) -> Sample:
+async def one_request(url: str, model: str, prompt: list[int], tokens: int,
+                      guide: tuple[str, str] | None = None) -> Sample:
     client = grpcaio.InferenceServerClient(url)
-    inputs = request_inputs(prompt, tokens)
+    inputs = request_inputs(prompt, tokens, guide)
 
     async def requests():
         yield {"model_name": model, "inputs": inputs, "request_id": uuid.uuid4().hex[:12]}

@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command: engine (Triton gRPC, incl. perf_analyzer
-with --streaming), gateway overhead over direct gRPC, and the voice calls side by side
-with llama-server.
+with --streaming), the cost of guided decoding, gateway overhead over direct gRPC, and
+the voice calls side by side with llama-server.
 
     .venv/bin/python perf/suite.py --mode quick    # ~15 minutes on 2 cores
     .venv/bin/python perf/suite.py --mode full     # ~1 hour
@@ -47,6 +47,8 @@ def steps(mode: str) -> list[Step]:
         Step("engine through Triton gRPC, then perf_analyzer --streaming",
              [PYTHON, "perf/bench_triton.py", "--rounds", "1" if quick else "2",
               "--concurrency", *(["1", "8"] if quick else ["1", "4", "8"]), "--perf-analyzer"], "triton"),
+        Step("guided decoding cost (JSON schema) at 1 and 8 streams",
+             [PYTHON, "perf/bench_guided.py", "--rounds", "2" if quick else "3"], "guided"),
         Step("gateway overhead over direct gRPC",
              [PYTHON, "perf/bench_gateway.py", "--rounds", "8" if quick else "30"], "gateway"),
         Step("voice calls, electron vs llama-server", [PYTHON, "perf/voice_bench.py", "--mode", mode], "voice"),

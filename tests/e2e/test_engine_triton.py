@@ -1,9 +1,12 @@
 """The CPU engine through a real tritonserver, driven with tritonclient.grpc.aio."""
 
 import asyncio
+import json
+import re
 import time
 import uuid
 
+import jsonschema
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as grpcaio
@@ -200,3 +203,39 @@ def test_bad_input_gets_an_error_and_the_server_keeps_serving(triton, chat, case
     assert bad.error is not None and message.lower() in bad.error.lower(), (case, bad.error)
     good = gen(triton, chat(PROMPTS[0]), 4)
     assert good.error is None and good.finals == 1
+
+
+def test_guided_decoding_holds_every_output_to_its_guide(triton, chat, tokenizer):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+              "required": ["city", "days"], "additionalProperties": False}
+    prompt = chat("Give me a weather forecast request as JSON.")
+    structured = gen(triton, prompt, 60, guided_decoding_guide_type="json_schema",
+                     guided_decoding_guide=json.dumps(schema), end_id=EOS)
+    assert structured.error is None and EOS not in structured.tokens
+    jsonschema.validate(json.loads(tokenizer.decode(structured.tokens)), schema)
+    digits = gen(triton, prompt, 30, guided_decoding_guide_type="regex", guided_decoding_guide=r"[0-9]{3}-[0-9]{4}",
+                 end_id=EOS)
+    assert re.fullmatch(r"[0-9]{3}-[0-9]{4}", tokenizer.decode(digits.tokens))
+    grammar = gen(triton, prompt, 30, guided_decoding_guide_type="ebnf_grammar",
+                  guided_decoding_guide='root ::= ("yes" | "no") "!"', end_id=EOS)
+    assert tokenizer.decode(grammar.tokens) in ("yes!", "no!")
+    anything = gen(triton, prompt, 40, guided_decoding_guide_type="json", end_id=EOS)
+    json.loads(tokenizer.decode(anything.tokens))
+    cut = gen(triton, prompt, 5, guided_decoding_guide_type="json_schema", guided_decoding_guide=json.dumps(schema),
+              end_id=EOS)
+    assert len(cut.tokens) == 5 and cut.error is None  # cut by the length: a prefix of valid JSON
+
+
+def test_a_guide_that_does_not_compile_fails_only_its_request(triton, chat):
+    prompt = chat("Count to three.")
+
+    async def together():
+        bad = generate(url(triton), MODEL, request_inputs(prompt, 8, guided_decoding_guide_type="regex",
+                                                          guided_decoding_guide="[a-"))
+        good = generate(url(triton), MODEL, request_inputs(prompt, 8, end_id=EOS))
+        return await asyncio.gather(bad, good)
+
+    bad, good = run(together())
+    assert bad.error and "cannot be compiled" in bad.error and not bad.tokens
+    assert good.error is None and good.tokens

@@ -42,7 +42,10 @@ def request_inputs(prompt, max_tokens, streaming=True, **extra) -> list[InferInp
              "repetition_penalty": np.float32, "stop_words_list": np.int32, "embedding_bias": np.float32,
              "return_log_probs": np.bool_}
     for name, value in extra.items():
-        inputs.append(tensor(name, value, kinds[name]))
+        if name.startswith("guided_decoding_"):
+            inputs.append(tensor(name, [[value.encode()]], np.object_))
+        else:
+            inputs.append(tensor(name, value, kinds[name]))
     return inputs
 
 

@@ -59,3 +59,22 @@ def test_once_complete_only_the_end_token_is_allowed(compiler):
 def test_a_guide_that_does_not_compile_is_a_clear_error(compiler, guide_type, guide, message):
     with pytest.raises(InvalidGuide, match=message):
         compiler.matcher(guide_type, guide)
+
+
+def test_the_mask_sets_every_forbidden_logit_to_minus_infinity(compiler):
+    import numpy as np
+
+    from llama_engine.guides import GuideMask
+
+    vocab = compiler.tokenizer.vocab_size
+    mask = GuideMask(compiler.matcher("regex", "(yes|no)"), vocab)
+    logits = np.zeros(vocab, np.float32)
+    mask.apply(logits)
+    allowed = np.flatnonzero(np.isfinite(logits))
+    texts = {compiler.tokenizer.decode_str([int(t)]) for t in allowed}
+    assert allowed.size and all("yes".startswith(t) or "no".startswith(t) for t in texts)
+    yes = compiler.tokenizer.tokenize_str("yes")
+    for token in yes:
+        mask.accept(token)
+    with pytest.raises(InvalidGuide):
+        mask.accept(compiler.tokenizer.tokenize_str("x")[0])
