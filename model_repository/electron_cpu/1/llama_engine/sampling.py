@@ -50,7 +50,8 @@ class TokenSampler:
         add = lambda s: llama_cpp.llama_sampler_chain_add(self._chain, s)  # noqa: E731
         if params.logit_bias:
             add(_bias_sampler(n_vocab, params.logit_bias))
-        if params.min_tokens > 0 and end_id is not None:
+        # under a guide the guide decides where the output ends: no min_tokens ban
+        if params.min_tokens > 0 and end_id is not None and guide is None:
             self._eos_ban_at = 1 if params.logit_bias else 0
             add(_bias_sampler(n_vocab, {end_id: float("-inf")}))
         if params.repetition_penalty != 1.0 or params.presence_penalty or params.frequency_penalty:
