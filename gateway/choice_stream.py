@@ -25,7 +25,7 @@ from typing import Callable
 
 from gateway.detokenizer import GraphemeGate, IncrementalDetokenizer
 from gateway.stop_strings import StopMatcher
-from gateway.tool_calls import Arguments, CallEnd, CallStart, Text, ToolCallParser
+from gateway.tool_calls import Arguments, CallEnd, CallOpen, CallStart, Text, ToolCallParser
 from gateway.tool_dialect import ToolDialect
 
 _ID_CHARS = string.ascii_letters + string.digits
@@ -117,11 +117,12 @@ class ChoiceStream:
         for event in events:
             if isinstance(event, Text):
                 content += self._gate.push(event.content)
-            elif isinstance(event, CallStart):
+            elif isinstance(event, CallOpen):  # the call marker: the filler goes now, if it is due
                 content += self._gate.flush()
                 if not self._filler_said and not (self._said_something or content.strip()) and self._tools.filler:
                     content = self._tools.filler + content
                 self._filler_said = True
+            elif isinstance(event, CallStart):
                 calls.append({"index": event.index, "id": tool_call_id(), "type": "function",
                               "function": {"name": event.name, "arguments": ""}})
             elif isinstance(event, Arguments):

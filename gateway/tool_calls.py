@@ -4,6 +4,7 @@
 
 - ``Text(content)``: text outside any call (content for the caller); a possible
   beginning of the call marker at the end is held back until it is decided;
+- ``CallOpen(index)``: the call marker was written (a call is coming);
 - ``CallStart(index, name)``: a call's name is known (the first streamed tool-call
   delta: index, id, type, name, empty arguments);
 - ``Arguments(index, piece)``: the next piece of the call's arguments JSON, as soon
@@ -30,6 +31,11 @@ _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\
 @dataclass(frozen=True)
 class Text:
     content: str
+
+
+@dataclass(frozen=True)
+class CallOpen:
+    index: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class ToolCallParser:
         if at >= 0:
             if at:
                 events.append(Text(self._buffer[:at]))
+            events.append(CallOpen(self.calls))
             self._buffer = self._buffer[at + len(marker):]
             self._state = "head"
             return
@@ -161,6 +168,7 @@ class ToolCallParser:
         next_call = self.dialect.call_separator + self.dialect.call_begin
         if self._buffer.startswith(next_call):
             self._buffer = self._buffer[len(next_call):]
+            events.append(CallOpen(self.calls))
             self._state = "head"
         elif self._buffer.strip() and not next_call.startswith(self._buffer):
             self._buffer = ""  # anything else after the calls is not part of any call

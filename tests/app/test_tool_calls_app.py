@@ -156,3 +156,17 @@ async def test_response_format_is_sent_to_the_engine_as_a_guide(client, say, eng
     r = await post(client, response_format=fmt)
     assert r.status_code == 200 and json.loads(r.json()["choices"][0]["message"]["content"]) == {"a": 1}
     assert engine.calls[0].request.guide_type == "json_schema"
+
+
+def test_with_auto_the_filler_goes_out_as_soon_as_the_call_marker_is_written(model):
+    from gateway.choice_stream import ChoiceStream, ToolMode
+    from gateway.tool_dialect import dialects
+
+    choice = ChoiceStream(model.codec.token_bytes, [], 100, tools=ToolMode(dialects()["hermes"], False, "One moment."))
+    marker = len(model.codec.encode("<tool_call>\n"))
+    for fed, token in enumerate(model.codec.encode(CALL), start=1):
+        delta = choice.feed([token])
+        if delta is not None and delta.content:
+            assert delta.content == "One moment." and not delta.tool_calls
+            break
+    assert fed <= marker + 1  # before the call's name is known

@@ -7,7 +7,7 @@ import llguidance
 import pytest
 
 from gateway.settings import Settings
-from gateway.tool_calls import Arguments, CallEnd, CallStart, Text, ToolCallParser
+from gateway.tool_calls import Arguments, CallEnd, CallOpen, CallStart, Text, ToolCallParser
 from gateway.tool_dialect import dialects
 from gateway.triton_launcher import prepare_artifacts
 
@@ -40,6 +40,8 @@ def rebuild(events):
         elif isinstance(e, CallEnd):
             assert e.index == open_index
             open_index = None
+        elif isinstance(e, CallOpen):
+            assert open_index is None and e.index == len(calls)
     return content, [tuple(c) for c in calls]
 
 
@@ -67,7 +69,8 @@ def test_calls_are_the_same_whether_fed_whole_or_piece_by_piece(pieces):
 
 def test_arguments_stream_before_the_call_ends():
     parser = ToolCallParser(HERMES)
-    events = parser.push('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pu')
+    assert parser.push("Sure. <tool_call>\n") == [Text("Sure. "), CallOpen(0)]  # the marker alone opens it
+    events = parser.push('{"name": "get_weather", "arguments": {"city": "Pu')
     assert [type(e) for e in events] == [CallStart, Arguments] and events[1].piece == '{"city": "Pu'
     assert parser.in_call
 
