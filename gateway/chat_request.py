@@ -234,7 +234,7 @@ def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTe
         prompt = codec.encode(template.render(messages, tools=tools))
     else:
         prompt = codec.encode(template.render(dialect.render_messages(messages, tools)))
-    if plan is not None:
+    if calling or (plan is not None and guide is None):  # tool_choice none: text that never opens a call
         guide = tools_guide(plan, dialect)
     tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits)) if calling else None
     engine_request = EngineRequest(

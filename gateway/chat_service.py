@@ -30,6 +30,7 @@ from gateway.request_context import current_request_id
 from gateway.responses import ResponseShaper
 from gateway.schemas import ErrorResponse
 from gateway.settings import Settings
+from gateway.tool_dialect import dialects
 from gateway.token_codec import TokenCodec
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class ModelView:
 
 class ChatService:
     def __init__(self, settings: Settings, engine: Engine, model: ModelView) -> None:
+        if settings.tool_dialect not in dialects():
+            raise ValueError(f"ELECTRON_TOOL_DIALECT={settings.tool_dialect!r} is not one of {', '.join(dialects())}")
         self._settings = settings
         self._engine = engine
         self._model = model

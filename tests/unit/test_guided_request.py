@@ -70,6 +70,11 @@ def test_tool_choice_shapes_the_guide(choice, forced, grammar_has):
         assert "get_weather" not in chat.engine_request.guide
 
 
+def test_tool_choice_none_keeps_a_json_response_format():
+    chat, _ = run(tools=[WEATHER], tool_choice="none", response_format={"type": "json_object"})
+    assert chat.engine_request.guide_type == "json_schema" and chat.tools is None
+
+
 def test_parallel_tool_calls_false_allows_one_call():
     more_calls = 'body ("\\n<tool_call>" body)*'
     assert more_calls in run(tools=[WEATHER])[0].engine_request.guide
