@@ -126,7 +126,11 @@ class ChoiceStream:
                 calls.append({"index": event.index, "id": tool_call_id(), "type": "function",
                               "function": {"name": event.name, "arguments": ""}})
             elif isinstance(event, Arguments):
-                calls.append({"index": event.index, "function": {"arguments": event.piece}})
+                last = calls[-1] if calls else None
+                if last is not None and last["index"] == event.index and "id" not in last:
+                    last["function"]["arguments"] += event.piece  # one piece per call per delta
+                else:
+                    calls.append({"index": event.index, "function": {"arguments": event.piece}})
             elif isinstance(event, CallEnd):
                 self.complete_calls = event.index + 1
         return content, calls

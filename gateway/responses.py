@@ -108,8 +108,8 @@ class ResponseShaper:
         chunks = []
         if delta.content or (self._want_logprobs and delta.logprobs):
             chunks.append(self.content_chunk(delta))
-        if delta.tool_calls:  # never in the same chunk as content
-            chunks.append(self._chunk([ChunkChoice(index=0, delta=ChoiceDelta(tool_calls=delta.tool_calls),
+        for call in delta.tool_calls:  # never in the same chunk as content; one call entry per chunk
+            chunks.append(self._chunk([ChunkChoice(index=0, delta=ChoiceDelta(tool_calls=[call]),
                                                    logprobs=None, finish_reason=None)]))
         if delta.finish_reason is not None:
             chunks.append(self.finish_chunk(delta.finish_reason))

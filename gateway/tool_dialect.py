@@ -25,6 +25,8 @@ from pathlib import Path
 
 DIALECTS_FILE = Path(__file__).resolve().parent / "data" / "tool_dialects.json"
 NO_PARAMETERS = {"type": "object", "properties": {}}
+# arguments on one line, as the dialect's examples write them (no free whitespace to wander into)
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,10 @@ class ToolDialect:
 
     def grammar(self, tools: list[dict], choice: str, parallel: bool) -> str:
         """The guide for ``choice``: ``auto``, ``required``, ``none`` or a tool's name
-        (then only that tool). ``parallel``: more than one call allowed."""
+        (then that tool, once). ``parallel``: more than one call allowed."""
         if choice == "none":
             return "%llguidance {}\nstart: PLAIN\n" + self._text_terminals()
+        parallel = parallel and choice in ("auto", "required")  # a named tool is called once
         allowed = [t for t in tools if choice in ("auto", "required") or t["function"]["name"] == choice]
         trigger, after_trigger = self.trigger, self.call_begin[self.call_begin.index(self.trigger) + len(self.trigger):]
         lines = ["%llguidance {}"]
@@ -99,7 +102,7 @@ class ToolDialect:
         for i, tool in enumerate(allowed):
             function = tool["function"]
             head = f'{{"name": {json.dumps(function["name"])}, "arguments": '
-            schema = function.get("parameters") or NO_PARAMETERS
+            schema = {**(function.get("parameters") or NO_PARAMETERS), "x-guidance": JSON_STYLE}
             lines.append(f"call_{i}: {_lit(head)} args_{i} {_lit('}')}")
             lines.append(f"args_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
         return "\n".join(lines) + "\n" + self._text_terminals()

@@ -29,6 +29,7 @@ def streamed_message(events):
         delta = choice["delta"]
         assert not (delta.get("content") and delta.get("tool_calls")), "content and tool_calls in one chunk"
         content += delta.get("content") or ""
+        assert len(delta.get("tool_calls") or []) <= 1, "one tool-call entry per chunk"
         for piece in delta.get("tool_calls") or []:
             if piece["index"] not in calls:
                 assert set(piece) == {"index", "id", "type", "function"} and piece["function"]["arguments"] == ""

@@ -220,7 +220,9 @@ def test_guided_decoding_holds_every_output_to_its_guide(triton, chat, tokenizer
     grammar = gen(triton, prompt, 30, guided_decoding_guide_type="ebnf_grammar",
                   guided_decoding_guide='root ::= ("yes" | "no") "!"', end_id=EOS)
     assert tokenizer.decode(grammar.tokens) in ("yes!", "no!")
-    anything = gen(triton, prompt, 40, guided_decoding_guide_type="json", end_id=EOS)
+    anything = gen(triton, chat('Reply with the JSON {"ok": true} and nothing else.'), 150,
+                   guided_decoding_guide_type="json", end_id=EOS)
+    assert len(anything.tokens) < 150  # ended by the guide, not cut
     json.loads(tokenizer.decode(anything.tokens))
     cut = gen(triton, prompt, 5, guided_decoding_guide_type="json_schema", guided_decoding_guide=json.dumps(schema),
               end_id=EOS)
