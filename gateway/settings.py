@@ -48,6 +48,7 @@ class Settings:
     max_batch_tokens: int = 512
     max_sequence_length: int = 0  # 0: the model's training context
     min_stream_rate: float = 12.0
+    busy_stream_rate: float = 6.0
     threads: int = 0  # 0: all cores
     # OpenAI gateway
     gateway_host: str = "127.0.0.1"

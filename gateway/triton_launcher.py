@@ -62,6 +62,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "max_batch_tokens": str(settings.max_batch_tokens),
         "max_sequence_length": str(effective_max_sequence_length(settings, artifacts)),
         "min_stream_rate": str(settings.min_stream_rate),
+        "busy_stream_rate": str(settings.busy_stream_rate),
         "threads": str(settings.threads),
     }
 

@@ -192,3 +192,25 @@ def test_random_workload_keeps_ledger_and_contents_exact(seed):
         assert cache.ledger.used_cells() == len(memory.cells)
         for seq, tokens in running.items():
             assert memory.content(seq) == tokens
+
+
+def test_a_call_of_many_turns_keeps_one_cached_sequence_and_its_whole_history():
+    memory, cache = make(n_seq=3, block=4, cells=1000)
+    history = list(range(100, 112))
+    for turn in range(10):  # more turns than sequence ids: ids are recycled, history kept
+        adm = run(memory, cache, history, generated=[500 + turn, 600 + turn, 700 + turn, 800 + turn])
+        assert turn == 0 or adm.reused_tokens >= len(history) - 4
+        cache.release(adm.seq)
+        history = history + [500 + turn, 600 + turn, 700 + turn, 800 + turn] + [900 + turn] * 4
+    assert cache.ledger.used_cells() == len(memory.cells)
+    assert sum(1 for s in cache._seqs.values() if not s.active) == 1
+
+
+def test_a_redundant_finished_sequence_gives_its_id_before_any_block_is_evicted():
+    memory, cache = make(n_seq=2, block=4, cells=1000)
+    a = run(memory, cache, list(range(1, 9)))
+    cache.release(a.seq)
+    b = run(memory, cache, list(range(1, 9)) + [20, 21, 22, 23, 24])  # holds a's blocks too; a is dropped
+    c = run(memory, cache, [40, 41, 42, 43, 44])  # needs an id: there is one, nothing evicted
+    assert memory.content(b.seq)[:8] == list(range(1, 9)) and cache.cached_blocks >= 3
+    assert memory.content(c.seq) == [40, 41, 42, 43, 44]

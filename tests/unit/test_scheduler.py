@@ -12,14 +12,15 @@ def test_no_stream_decoding_prefills_a_whole_batch():
     assert planner().prefill_budget(decodes=0) == 512
 
 
-def test_prefill_chunk_keeps_every_stream_above_the_rate_floor():
-    p = planner()
+def test_prefill_chunk_keeps_every_stream_above_the_busy_floor_and_uses_the_room():
+    p = planner()  # busy floor 6 tok/s: a step carrying prefill may take 0.8 / 6 = 133 ms
     for decodes in (1, 4, 8):
         budget = p.prefill_budget(decodes)
         step = p.cost.predict(decodes + budget)
-        assert step <= 0.8 / 12.0 + 1e-9
-        assert p.cost.predict(decodes + budget + 1) > 0.8 / 12.0 - 0.004  # and uses the room
+        assert step <= 0.8 / 6.0 + 1e-9
+        assert p.cost.predict(decodes + budget + 1) > 0.8 / 6.0 - 0.004  # and uses the room
         assert budget >= p.config.min_prefill_chunk  # a waiting prompt always progresses
+    assert p.prefill_budget(8) >= 20  # a later turn's new tokens fit in one or two steps
 
 
 def test_saturated_decode_still_gets_minimum_prefill_chunk():
@@ -61,13 +62,14 @@ def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
     slack = pace_slack_s(tokens=20, since_first_token_s=1.0, min_rate=12.0)
     assert abs(slack - (20 / 12 - 1)) < 1e-9
     loose = p.prefill_budget(decodes=7, slack_s=slack)
-    assert tight < 20 <= loose
+    assert tight < 30 <= loose
     assert p.cost.predict(7 + loose) <= 0.8 / 12 + p.config.max_slack_s + 1e-9  # slack is capped
     assert p.prefill_budget(decodes=7, slack_s=-0.3) == tight  # behind pace: no borrowing
 
 
-def test_new_streams_wait_when_one_more_would_break_the_floor():
-    p = planner()  # 6 ms + 4 ms per token; deadline 66.7 ms
+def test_new_streams_wait_when_one_more_would_break_the_admission_floor():
+    p = planner()  # 6 ms + 4 ms per token; admission deadline 0.8 / 6 = 133 ms
     assert p.admits_stream(0)
-    assert p.admits_stream(5)  # 6 + 4 * (6 + 4) = 46 ms
-    assert not p.admits_stream(12)  # 6 + 4 * (13 + 4) = 74 ms
+    assert p.admits_stream(12)  # 6 + 4 * (13 + 4) = 74 ms: slower than 12 tok/s, still admitted
+    assert p.admits_stream(26)  # 6 + 4 * (27 + 4) = 130 ms
+    assert not p.admits_stream(27)  # 6 + 4 * (28 + 4) = 134 ms

@@ -183,6 +183,7 @@ class TritonPythonModel:
         planner = StepPlanner(SchedulerConfig(
             max_batch_tokens=runner_config.max_batch_tokens,
             min_stream_rate=float(p.get("min_stream_rate", 12.0)),
+            busy_stream_rate=float(p.get("busy_stream_rate", 6.0)),
         ))
         max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)

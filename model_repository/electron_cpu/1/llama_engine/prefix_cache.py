@@ -125,6 +125,9 @@ class PrefixCache:
                 block.holders.add(seq)
                 state.blocks.append(block)
             self._touch(blocks)
+            source_state = self._seqs[source]
+            if not source_state.active and len(source_state.blocks) <= len(state.blocks):
+                self._drop_seq(source)  # a finished turn whose history the new turn now holds whole
         state.planned = set(block_keys(prompt, self.block_size)[len(state.blocks) :])
         full_blocks = len(prompt) // self.block_size
         self.hits += reused // self.block_size
@@ -196,9 +199,18 @@ class PrefixCache:
 
     def _take_seq_id(self) -> int:
         while not self._free_ids:
-            if not self._evict_one():
+            if not self._drop_redundant_cached_seq() and not self._evict_one():
                 raise RuntimeError("no free sequence id: every sequence is running")
         return self._free_ids.pop()
+
+    def _drop_redundant_cached_seq(self) -> bool:
+        """Free the id of a finished sequence whose blocks all have other holders
+        (nothing is lost: the cells stay with them)."""
+        for seq, state in self._seqs.items():
+            if not state.active and all(len(b.holders) > 1 for b in state.blocks):
+                self._drop_seq(seq)
+                return True
+        return False
 
     def _evict_one(self) -> bool:
         """Evict the least recently used leaf block held by cached sequences only."""

@@ -14,10 +14,16 @@ Policy (documented in the README):
    ``max_slack_s``): a stream that ran fast absorbs a longer step, so a short
    prompt is prefilled whole instead of trickling in. With no stream decoding,
    the chunk is the whole batch.
-4. A new request is admitted only while one more stream (plus a minimal prefill
-   chunk) still fits the step deadline; otherwise it waits: admitting it would
-   pull every running stream below the floor. With nothing running, it is
-   always admitted.
+4. Callers waiting for a first token come before stream speed above a lower
+   *busy* floor (``busy_stream_rate``, 6 tokens/s: still well above the pace
+   of speech, ~3.5 tokens/s): a step may always take ``safety /
+   busy_stream_rate`` seconds, so a later turn's few dozen new tokens are
+   prefilled in one or two steps even when every stream is at the floor, and
+   a new request is admitted while one more stream (plus a minimal prefill
+   chunk) fits that step. Measured on 2 cores: holding prefill and admission
+   to the 12 tokens/s floor left later turns waiting 6-20 s once more than ~8
+   calls were talking, while the streams' audio was far ahead of speech
+   anyway. With nothing running, a request is always admitted.
 5. Prompts are prefilled shortest-remaining first (a later turn whose history is
    cached needs a few dozen tokens and gets its first token almost at once),
    except that a prompt waiting longer than ``starvation_s`` goes first.
@@ -68,7 +74,8 @@ class StepCostModel:
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch_tokens: int = 512
-    min_stream_rate: float = 12.0  # tokens/s every running stream keeps
+    min_stream_rate: float = 12.0  # tokens/s every running stream keeps while prompts are prefilled
+    busy_stream_rate: float = 6.0  # tokens/s every stream keeps while callers wait for a first token
     safety: float = 0.8  # fraction of the step deadline the plan may use
     min_prefill_chunk: int = 4  # a waiting prompt always progresses
     starvation_s: float = 2.0
@@ -103,7 +110,10 @@ class StepPlanner:
         return max(min(tokens, room), min(self.config.min_prefill_chunk, room), 0)
 
     def step_deadline_s(self, slack_s: float = 0.0) -> float:
-        return self.config.safety / self.config.min_stream_rate + min(max(slack_s, 0.0), self.config.max_slack_s)
+        """How long a step carrying prefill may take: the floor pace plus the slack
+        of the slowest stream, and never less than the busy floor allows."""
+        paced = self.config.safety / self.config.min_stream_rate + min(max(slack_s, 0.0), self.config.max_slack_s)
+        return max(paced, self.config.safety / self.config.busy_stream_rate)
 
     def admits_stream(self, running: int, slack_s: float = 0.0) -> bool:
         """May a new stream join ``running`` ones without breaking the floor?
