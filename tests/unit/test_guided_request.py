@@ -147,3 +147,13 @@ def test_the_filler_does_not_repeat_the_previous_turns_and_can_be_set_per_reques
     quiet = ChatLimits(**{**LIMITS.__dict__, "filler_phrases": False})
     assert run(limits=quiet, tools=[WEATHER])[0].tools.filler is None
     assert run(limits=quiet, tools=[WEATHER], filler="on")[0].tools.filler in english
+
+
+def test_a_template_that_reads_tools_renders_them_itself():
+    native = ChatTemplate("{% if tools %}[tools]{% for t in tools %}{{ t.function.name }};{% endfor %}{% endif %}"
+                          "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]")
+    codec = PromptCodec()
+    body = {"model": "electron", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER, TIME]}
+    chat = prepare(parse_body(json.dumps(body).encode()), LIMITS, native, codec)
+    assert codec.text == "[tools]get_weather;get_time;[user]Weather?[assistant]"  # no dialect system block
+    assert chat.engine_request.guide_type == "ebnf_grammar"  # calls are still guided (the dialect's form)
