@@ -106,7 +106,8 @@ class ChoiceStream:
             content += self._gate.flush()
         if not content and not calls:
             return None
-        self._said_something = self._said_something or bool(content.strip())
+        if self._tools is not None and not self._said_something:
+            self._said_something = bool(content.strip())
         delta = Delta(content, self._pending_logprobs, tool_calls=calls)
         self._pending_logprobs = []
         return delta

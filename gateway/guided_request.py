@@ -18,10 +18,8 @@ import llguidance
 
 from gateway.errors import InvalidRequestError
 from gateway.schemas import ChatCompletionRequest
-from gateway.tool_dialect import ToolDialect
+from gateway.tool_dialect import JSON_STYLE, ToolDialect  # the engine's JSON options too
 
-# the engine's JSON options (llama_engine.guides.JSON_OPTIONS): checked with the same
-JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,7 @@ def _check_schema(schema, param: str) -> None:
         where = "/".join(str(p) for p in exc.path)
         raise InvalidRequestError(f"Invalid schema for '{param}': {exc.message}" + (f" (at {where})" if where else "")
                                   + ".", param=param) from exc
-    error = _compile_error(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS))
+    error = _compile_error(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE))
     if error:
         raise InvalidRequestError(f"The schema for '{param}' uses a feature that cannot be enforced while "
                                   f"decoding: {error}", param=param)

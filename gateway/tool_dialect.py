@@ -25,7 +25,8 @@ from pathlib import Path
 
 DIALECTS_FILE = Path(__file__).resolve().parent / "data" / "tool_dialects.json"
 NO_PARAMETERS = {"type": "object", "properties": {}}
-# arguments on one line, as the dialect's examples write them (no free whitespace to wander into)
+# JSON on one line, as the dialect's examples write it (no free whitespace to wander into); the
+# same options as the engine's JSON guides (llama_engine.guides.JSON_OPTIONS)
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
