@@ -236,7 +236,8 @@ def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTe
         prompt = codec.encode(template.render(dialect.render_messages(messages, tools)))
     if calling or (plan is not None and guide is None):  # tool_choice none: text that never opens a call
         guide = tools_guide(plan, dialect)
-    tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits)) if calling else None
+    tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits),
+                         {t["function"]["name"]: t["function"].get("parameters") for t in plan.tools}) if calling else None
     engine_request = EngineRequest(
         prompt=prompt,
         max_tokens=_max_tokens(request, len(prompt), limits.context_window),

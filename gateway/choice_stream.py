@@ -9,15 +9,19 @@ engine request and calls ``finish``. Tokens that arrive after it still count
 for usage (the engine generated them) but add no text.
 
 With tools (``ToolMode``), the text also goes through a ``ToolCallParser``: text
-outside calls is content, calls become ``tool_calls`` deltas in OpenAI's streaming
-shape (first ``index``, ``id``, ``type``, ``name``, ``arguments: ""``, then argument
-pieces as they are generated). A filler phrase is said before the first call when
-nothing else was said: at once (``opening``) when the call is forced, else the
-moment the call starts. A call left unfinished ends the choice as ``length``.
+outside calls is content; each call goes out whole, in one ``tool_calls`` delta
+(``index``, ``id``, ``type``, ``name`` and the full ``arguments``), as soon as it
+closes and passes ``CallCheck`` (arguments parse and match the schema). A call
+that repeats an earlier one ends the choice like a stop string (``stopped``).
+A filler phrase is said before the first call when nothing else was said: at
+once (``opening``) when the call is forced, else the moment the call marker is
+written. A call left unfinished (cut by ``max_tokens``) is never sent: the choice
+ends as ``tool_calls`` when a complete call went out before it, else ``length``.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import string
 from dataclasses import dataclass, field
@@ -25,9 +29,11 @@ from typing import Callable
 
 from gateway.detokenizer import GraphemeGate, IncrementalDetokenizer
 from gateway.stop_strings import StopMatcher
-from gateway.tool_calls import Arguments, CallEnd, CallOpen, CallStart, Text, ToolCallParser
+from gateway.tool_call_check import CallCheck, Verdict
+from gateway.tool_calls import Call, CallOpen, Text, ToolCallParser
 from gateway.tool_dialect import ToolDialect
 
+log = logging.getLogger(__name__)
 _ID_CHARS = string.ascii_letters + string.digits
 
 
@@ -48,6 +54,7 @@ class ToolMode:
     dialect: ToolDialect
     forced: bool  # tool_choice "required" or a named tool: a call from the first token
     filler: str | None = None  # said before the first call, unless something was said
+    schemas: dict[str, dict | None] = field(default_factory=dict)  # each tool's parameters schema
 
 
 def token_logprob(token_bytes: bytes, logprob: float) -> dict:
@@ -73,9 +80,11 @@ class ChoiceStream:
         self.finish_reason: str | None = None
         self._tools = tools
         self._parser = ToolCallParser(tools.dialect) if tools else None
+        self._check = CallCheck(tools.schemas) if tools else None
         self._said_something = False  # content other than whitespace went out
         self._filler_said = False
-        self.complete_calls = 0  # calls whose block was closed
+        self._repeated = False  # a call repeated an earlier one: the choice ended there
+        self.complete_calls = 0  # calls sent
 
     def opening(self) -> Delta | None:
         """The filler phrase of a forced call, to send before the engine's first token."""
@@ -86,8 +95,9 @@ class ChoiceStream:
 
     @property
     def stopped(self) -> bool:
-        """A stop string was found: no more text will come."""
-        return self._stops.matched is not None
+        """A stop string was found, or a call repeated an earlier one: no more
+        output will be used (the caller cancels the engine request)."""
+        return self._stops.matched is not None or self._repeated
 
     def feed(self, token_ids: list[int], logprobs: list[float] | None = None) -> Delta | None:
         """A delta to send now, or None when everything is held back."""
@@ -116,6 +126,8 @@ class ChoiceStream:
         """Content text and tool-call deltas of parser events."""
         content, calls = "", []
         for event in events:
+            if self._repeated:
+                break
             if isinstance(event, Text):
                 content += self._gate.push(event.content)
             elif isinstance(event, CallOpen):  # the call marker: the filler goes now, if it is due
@@ -123,22 +135,19 @@ class ChoiceStream:
                 if not self._filler_said and not (self._said_something or content.strip()) and self._tools.filler:
                     content = self._tools.filler + content
                 self._filler_said = True
-            elif isinstance(event, CallStart):
-                calls.append({"index": event.index, "id": tool_call_id(), "type": "function",
-                              "function": {"name": event.name, "arguments": ""}})
-            elif isinstance(event, Arguments):
-                last = calls[-1] if calls else None
-                if last is not None and last["index"] == event.index and "id" not in last:
-                    last["function"]["arguments"] += event.piece  # one piece per call per delta
-                else:
-                    calls.append({"index": event.index, "function": {"arguments": event.piece}})
-            elif isinstance(event, CallEnd):
-                self.complete_calls = event.index + 1
+            elif isinstance(event, Call):
+                verdict = self._check.judge(event)
+                if verdict is Verdict.SEND:
+                    calls.append({"index": self.complete_calls, "id": tool_call_id(), "type": "function",
+                                  "function": {"name": event.name, "arguments": event.arguments}})
+                    self.complete_calls += 1
+                self._repeated = verdict is Verdict.REPEAT
         return content, calls
 
     def finish(self) -> Delta:
-        """The last delta, with ``finish_reason``: ``stop`` for a stop string or the
-        end token, ``length`` when ``max_tokens`` ran out."""
+        """The last delta, with ``finish_reason``: ``tool_calls`` once a call went
+        out, ``stop`` for a stop string or the end token, ``length`` when
+        ``max_tokens`` ran out (or cut the only call)."""
         if self.finish_reason is not None:
             raise RuntimeError("finish() called twice")
         self._detokenizer.finish()
@@ -148,14 +157,19 @@ class ChoiceStream:
         else:
             content, calls = self._gate.push(rest), []
         content += self._gate.flush()
-        if self._parser is not None and self._parser.in_call:
-            self.finish_reason = "length"  # the model left a call unfinished
-        elif self.complete_calls:
-            self.finish_reason = "tool_calls"
-        elif self.stopped:
-            self.finish_reason = "stop"
-        else:
-            self.finish_reason = "length" if self.completion_tokens >= self._max_tokens else "stop"
+        self.finish_reason = self._finish_reason()
         delta = Delta(content, self._pending_logprobs, self.finish_reason, calls)
         self._pending_logprobs = []
         return delta
+
+    def _finish_reason(self) -> str:
+        cut_call = self._parser is not None and self._parser.in_call
+        if self.complete_calls:
+            if cut_call:
+                log.info("a tool call cut by max_tokens after %d complete call(s) was dropped", self.complete_calls)
+            return "tool_calls"
+        if cut_call:
+            return "length"
+        if self.stopped:
+            return "stop"
+        return "length" if self.completion_tokens >= self._max_tokens else "stop"

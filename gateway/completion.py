@@ -57,11 +57,6 @@ class CompletionRun:
     def finish_reason(self) -> str | None:
         return self._choice.finish_reason
 
-    @property
-    def complete_calls(self) -> int:
-        """Tool calls the model finished."""
-        return self._choice.complete_calls
-
     async def deltas(self) -> AsyncIterator[Delta]:
         started = time.perf_counter()
         outputs = self._engine.generate(self._prepared.engine_request, self._request_id)

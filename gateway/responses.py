@@ -34,17 +34,11 @@ def usage_of(run: CompletionRun) -> Usage:
     )
 
 
-def join_tool_calls(pieces: list[dict], complete: int) -> list[ToolCall]:
-    """Streamed tool-call deltas joined into whole calls; only the first ``complete``."""
-    calls: list[dict] = []
-    for piece in pieces:
-        if piece["index"] >= complete:
-            continue
-        if piece["index"] == len(calls):
-            calls.append({"id": piece["id"], "type": "function", "name": piece["function"]["name"], "arguments": ""})
-        calls[piece["index"]]["arguments"] += piece["function"].get("arguments", "")
-    return [ToolCall(id=c["id"], type="function", function=FunctionCall(name=c["name"], arguments=c["arguments"]))
-            for c in calls]
+def whole_tool_calls(pieces: list[dict]) -> list[ToolCall]:
+    """The streamed tool-call deltas as the message's calls (each delta is a whole call)."""
+    return [ToolCall(id=p["id"], type="function",
+                     function=FunctionCall(name=p["function"]["name"], arguments=p["function"]["arguments"]))
+            for p in pieces]
 
 
 def _logprobs(entries: list[dict] | None) -> ChoiceLogprobs | None:
@@ -64,11 +58,10 @@ class ResponseShaper:
         self._want_logprobs = want_logprobs
 
     def completion(self, deltas: list[Delta], run: CompletionRun) -> ChatCompletion:
-        """The non-streaming body: the deltas a stream would have sent, joined (a
-        tool call the model left unfinished is left out)."""
+        """The non-streaming body: the deltas a stream would have sent, joined."""
         content = "".join(d.content for d in deltas)
         logprobs = [entry for d in deltas for entry in d.logprobs] if self._want_logprobs else None
-        calls = join_tool_calls([c for d in deltas for c in d.tool_calls], run.complete_calls)
+        calls = whole_tool_calls([c for d in deltas for c in d.tool_calls])
         message = ResponseMessage(role="assistant", content=content if content or not calls else None,
                                   refusal=None)
         if calls:

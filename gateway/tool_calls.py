@@ -5,16 +5,16 @@
 - ``Text(content)``: text outside any call (content for the caller); a possible
   beginning of the call marker at the end is held back until it is decided;
 - ``CallOpen(index)``: the call marker was written (a call is coming);
-- ``CallStart(index, name)``: a call's name is known (the first streamed tool-call
-  delta: index, id, type, name, empty arguments);
-- ``Arguments(index, piece)``: the next piece of the call's arguments JSON, as soon
-  as it is generated;
-- ``CallEnd(index)``: the call's block is closed.
+- ``Call(index, name, arguments)``: the call's block is closed; ``arguments`` is
+  the arguments JSON exactly as generated.
 
-The text comes from a guided decode (``ToolDialect.grammar``), so a call always has
-the dialect's form; ``finish`` reports a call the model left unfinished (cut by
-``max_tokens``). Fed one character or one token at a time, or whole, the parser
-gives the same calls.
+A call is reported only once it is whole: voice clients run a tool only after
+the whole call anyway, and a client must never receive a broken one (LiveKit
+drops every collected call when a stream ends in ``length``; Pipecat fails to
+parse a cut one). The text comes from a guided decode (``ToolDialect.grammar``),
+so a call always has the dialect's form; ``in_call`` tells of a call the model
+left unfinished (cut by ``max_tokens``). Fed one character or one token at a
+time, or whole, the parser gives the same calls.
 """
 
 from __future__ import annotations
@@ -39,20 +39,10 @@ class CallOpen:
 
 
 @dataclass(frozen=True)
-class CallStart:
+class Call:
     index: int
     name: str
-
-
-@dataclass(frozen=True)
-class Arguments:
-    index: int
-    piece: str
-
-
-@dataclass(frozen=True)
-class CallEnd:
-    index: int
+    arguments: str
 
 
 @dataclass
@@ -91,10 +81,12 @@ class _JsonScanner:
 @dataclass
 class ToolCallParser:
     dialect: ToolDialect
-    calls: int = 0  # calls started
+    calls: int = 0  # calls closed
     _state: str = "text"  # text, head, args, tail, between
     _buffer: str = ""
     _scanner: _JsonScanner = field(default_factory=_JsonScanner)
+    _name: str = ""  # of the open call
+    _arguments: str = ""  # of the open call, so far
 
     @property
     def in_call(self) -> bool:
@@ -139,7 +131,8 @@ class ToolCallParser:
         match = _HEAD.match(self._buffer)
         if match is None:
             return
-        events.append(CallStart(self.calls, json.loads(f'"{match.group(1)}"')))
+        self._name = json.loads(f'"{match.group(1)}"')
+        self._arguments = ""
         self._buffer = self._buffer[match.end():]
         self._scanner = _JsonScanner()
         self._state = "args"
@@ -147,20 +140,19 @@ class ToolCallParser:
     def _args(self, events: list) -> None:
         for i, char in enumerate(self._buffer):
             if self._scanner.feed(char):
-                events.append(Arguments(self.calls, self._buffer[: i + 1]))
+                self._arguments += self._buffer[: i + 1]
                 self._buffer = self._buffer[i + 1:]
                 self._state = "tail"
                 return
-        if self._buffer:
-            events.append(Arguments(self.calls, self._buffer))
-            self._buffer = ""
+        self._arguments += self._buffer
+        self._buffer = ""
 
     def _tail(self, events: list) -> None:
         end = "}" + self.dialect.call_end
         stripped = self._buffer.lstrip()
         if stripped.startswith(end):
             self._buffer = stripped[len(end):]
-            events.append(CallEnd(self.calls))
+            events.append(Call(self.calls, self._name, self._arguments))
             self.calls += 1
             self._state = "between"
 

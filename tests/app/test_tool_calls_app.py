@@ -20,7 +20,7 @@ ENGLISH = phrase_bank()["en"]
 
 def streamed_message(events):
     """Rebuild the assistant message from chunks as the OpenAI SDK does, checking
-    that no chunk carries both content and tool calls."""
+    that no chunk carries both content and tool calls and that each call comes whole."""
     content, calls, finish = "", {}, None
     for event in events:
         if event == "[DONE]" or not event["choices"]:
@@ -30,14 +30,12 @@ def streamed_message(events):
         assert not (delta.get("content") and delta.get("tool_calls")), "content and tool_calls in one chunk"
         content += delta.get("content") or ""
         assert len(delta.get("tool_calls") or []) <= 1, "one tool-call entry per chunk"
-        for piece in delta.get("tool_calls") or []:
-            if piece["index"] not in calls:
-                assert set(piece) == {"index", "id", "type", "function"} and piece["function"]["arguments"] == ""
-                assert piece["id"].startswith("call_") and piece["type"] == "function"
-                calls[piece["index"]] = {"id": piece["id"], "name": piece["function"]["name"], "arguments": ""}
-            else:
-                assert set(piece) == {"index", "function"}
-                calls[piece["index"]]["arguments"] += piece["function"]["arguments"]
+        for piece in delta.get("tool_calls") or []:  # each call whole, in one delta, once
+            assert piece["index"] == len(calls) and set(piece) == {"index", "id", "type", "function"}
+            assert piece["id"].startswith("call_") and piece["type"] == "function"
+            json.loads(piece["function"]["arguments"])
+            calls[piece["index"]] = {"id": piece["id"], "name": piece["function"]["name"],
+                                     "arguments": piece["function"]["arguments"]}
         finish = choice.get("finish_reason") or finish
     return content, [calls[i] for i in sorted(calls)], finish
 
@@ -62,15 +60,14 @@ def without_ids(message):
     return content, [(c["name"], c["arguments"]) for c in calls], finish
 
 
-async def test_a_call_after_some_words_streams_in_openai_shape_and_matches_the_whole(client, say, engine):
+async def test_a_call_after_some_words_goes_out_whole_and_matches_the_non_streamed_message(client, say, engine):
     say("Sure, checking. " + CALL)
     whole, events = await both(client, tools=[WEATHER])
     streamed = streamed_message(events)
     assert without_ids(whole) == without_ids(streamed) == (
         "Sure, checking. ", [("get_weather", '{"city": "Pune"}')], "tool_calls")
-    argument_chunks = [e for e in events if e != "[DONE]" and e["choices"] and
-                       (e["choices"][0]["delta"].get("tool_calls") or [{}])[0].get("function", {}).get("arguments")]
-    assert len(argument_chunks) > 1  # streamed as generated, not buffered to the end
+    call_chunks = [e for e in events if e != "[DONE]" and e["choices"] and e["choices"][0]["delta"].get("tool_calls")]
+    assert len(call_chunks) == 1  # the call goes out whole, once it is complete
     assert json.loads(whole[1][0]["arguments"]) == {"city": "Pune"}
     assert engine.calls[0].request.guide_type == "ebnf_grammar"
 
@@ -108,6 +105,34 @@ async def test_a_call_cut_by_max_tokens_is_length_and_no_broken_call(client, say
     cut = len(model.codec.encode(CALL)) - 3
     whole = (await post(client, tools=[WEATHER], max_tokens=cut)).json()["choices"][0]
     assert whole["finish_reason"] == "length" and "tool_calls" not in whole["message"]
+
+
+async def test_a_complete_call_then_one_cut_by_max_tokens_ends_as_tool_calls(client, say, model):
+    # LiveKit runs collected calls only on finish_reason tool_calls/stop; Pipecat fails on cut arguments.
+    ids = say(CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+    cut = len(model.codec.encode(CALL)) + 6  # inside the second call
+    whole, events = await both(client, tools=[WEATHER, TIME], max_tokens=cut, stream_options={"include_usage": True})
+    streamed = streamed_message(events)
+    assert without_ids(whole)[1:] == without_ids(streamed)[1:] == ([("get_weather", '{"city": "Pune"}')], "tool_calls")
+    usage = [e for e in events if e != "[DONE]" and e.get("usage")][-1]["usage"]
+    assert usage["completion_tokens"] == cut < len(ids)  # every generated token is billed
+
+
+async def test_a_call_that_repeats_an_earlier_one_ends_the_choice(client, say, engine):
+    say(CALL + "\n" + CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>')
+    whole, events = await both(client, tools=[WEATHER, TIME], stream_options={"include_usage": True})
+    assert without_ids(whole)[1:] == without_ids(streamed_message(events))[1:] == (
+        [("get_weather", '{"city": "Pune"}')], "tool_calls")
+    assert engine.calls[-1].abandoned  # the engine request is cancelled at the repeat
+    usage = [e for e in events if e != "[DONE]" and e.get("usage")][-1]["usage"]
+    assert usage["completion_tokens"] == engine.calls[-1].responses_sent  # one token per response
+
+
+async def test_a_call_whose_arguments_break_its_schema_is_never_sent(client, say):
+    say('<tool_call>\n{"name": "get_weather", "arguments": {"town": "Pune"}}\n</tool_call>\n' + CALL)
+    whole, events = await both(client, tools=[WEATHER])
+    assert without_ids(whole)[1:] == without_ids(streamed_message(events))[1:] == (
+        [("get_weather", '{"city": "Pune"}')], "tool_calls")
 
 
 async def test_forced_call_sends_its_filler_before_the_engines_first_token(model):

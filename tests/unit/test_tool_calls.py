@@ -7,7 +7,7 @@ import llguidance
 import pytest
 
 from gateway.settings import Settings
-from gateway.tool_calls import Arguments, CallEnd, CallOpen, CallStart, Text, ToolCallParser
+from gateway.tool_calls import Call, CallOpen, Text, ToolCallParser
 from gateway.tool_dialect import dialects
 from gateway.triton_launcher import prepare_artifacts
 
@@ -30,19 +30,14 @@ def rebuild(events):
         if isinstance(e, Text):
             assert open_index is None, "text inside a call"
             content += e.content
-        elif isinstance(e, CallStart):
-            assert open_index is None and e.index == len(calls)
-            calls.append([e.name, ""])
-            open_index = e.index
-        elif isinstance(e, Arguments):
-            assert e.index == open_index
-            calls[e.index][1] += e.piece
-        elif isinstance(e, CallEnd):
-            assert e.index == open_index
-            open_index = None
         elif isinstance(e, CallOpen):
             assert open_index is None and e.index == len(calls)
-    return content, [tuple(c) for c in calls]
+            open_index = e.index
+        elif isinstance(e, Call):
+            assert e.index == open_index == len(calls)
+            calls.append((e.name, e.arguments))
+            open_index = None
+    return content, calls
 
 
 def parse_in_pieces(text, sizes):
@@ -67,12 +62,13 @@ def test_calls_are_the_same_whether_fed_whole_or_piece_by_piece(pieces):
     assert not parser.in_call and parser.calls == 2
 
 
-def test_arguments_stream_before_the_call_ends():
+def test_a_call_is_reported_only_once_its_block_closes():
     parser = ToolCallParser(HERMES)
     assert parser.push("Sure. <tool_call>\n") == [Text("Sure. "), CallOpen(0)]  # the marker alone opens it
-    events = parser.push('{"name": "get_weather", "arguments": {"city": "Pu')
-    assert [type(e) for e in events] == [CallStart, Arguments] and events[1].piece == '{"city": "Pu'
-    assert parser.in_call
+    assert parser.push('{"name": "get_weather", "arguments": {"city": "Pu') == []
+    assert parser.push('ne", "unit": null}}') == [] and parser.in_call
+    assert parser.push("\n</tool_call>") == [Call(0, "get_weather", '{"city": "Pune", "unit": null}')]
+    assert not parser.in_call and parser.calls == 1
 
 
 def test_plain_text_with_angle_brackets_passes_and_a_partial_marker_is_held():
