@@ -114,9 +114,12 @@ def assemble_backends(settings: Settings) -> Path:
     return python_dir.parent
 
 
-def triton_environment() -> dict[str, str]:
-    """Environment for tritonserver and its python stub."""
+def triton_environment(settings: Settings) -> dict[str, str]:
+    """Environment for tritonserver and its python stub (where llama.cpp's OpenMP
+    runtime reads its spin count when it loads)."""
     env = dict(os.environ)
+    env["GOMP_SPINCOUNT"] = str(settings.engine_spin_count)
+    env.pop("OMP_WAIT_POLICY", None)  # it would override the spin count
     lib_dirs = [str(_libs_dir())]
     base_lib = Path(sys.base_prefix) / "lib"
     if (base_lib / f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0").exists():
@@ -179,7 +182,7 @@ def start_triton(settings: Settings) -> subprocess.Popen:
     log.info("starting %s", " ".join(command))
     # A process group of its own: python backend stubs left behind by an unclean
     # Triton exit are killed with it (see stop_triton).
-    process = subprocess.Popen(command, env=triton_environment(), stdout=sys.stderr, stderr=sys.stderr,
+    process = subprocess.Popen(command, env=triton_environment(settings), stdout=sys.stderr, stderr=sys.stderr,
                                start_new_session=True)
     try:
         wait_until_ready(settings, process)

@@ -52,6 +52,9 @@ def steps(mode: str) -> list[Step]:
         Step("gateway overhead over direct gRPC",
              [PYTHON, "perf/bench_gateway.py", "--rounds", "8" if quick else "30"], "gateway"),
         Step("voice calls, electron vs llama-server", [PYTHON, "perf/voice_bench.py", "--mode", mode], "voice"),
+        Step("busy processes beside the stack (0, 1, 2)",
+             [PYTHON, "perf/contention.py", "--replies", "4" if quick else "8", "--turns", "2" if quick else "3"],
+             "contention"),
     ]
 
 

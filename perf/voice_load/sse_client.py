@@ -26,6 +26,7 @@ class TurnResult:
     first_text_s: float | None = None
     end_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
+    text_deltas: list[tuple[float, int]] = field(default_factory=list)  # (seconds since send, characters)
     text: str = ""
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -76,6 +77,8 @@ def apply_event(result: TurnResult, event: dict, now_s: float, last_delta_s: flo
         if last_delta_s is not None:
             result.itl_s.append(now_s - last_delta_s)
         result.text += content or ""
+        if content:
+            result.text_deltas.append((now_s, len(content)))
         last_delta_s = now_s
     return last_delta_s
 

@@ -5,6 +5,7 @@ import json
 import re
 import time
 import uuid
+from pathlib import Path
 
 import jsonschema
 import numpy as np
@@ -241,3 +242,20 @@ def test_a_guide_that_does_not_compile_fails_only_its_request(triton, chat):
     bad, good = run(together())
     assert bad.error and "cannot be compiled" in bad.error and not bad.tokens
     assert good.error is None and good.tokens
+
+
+def test_the_engine_process_runs_with_the_short_openmp_spin(triton):
+    # llama.cpp's OpenMP runtime reads GOMP_SPINCOUNT when the python stub loads it: the
+    # stub serving this session's model must have it (README: CPU contention)
+    stubs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = dict(item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+        except (OSError, ValueError):
+            continue
+        if cmdline and cmdline[0].endswith(b"triton_python_backend_stub") and \
+                str(triton.run_dir).encode() in b" ".join(cmdline):
+            stubs.append(environ)
+    assert stubs, "no python backend stub of this session's Triton found"
+    assert all(env.get(b"GOMP_SPINCOUNT") == str(triton.engine_spin_count).encode() for env in stubs)

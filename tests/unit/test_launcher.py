@@ -29,3 +29,12 @@ def test_triton_http_port_is_off_the_gateway_port():
     command = " ".join(triton_command(s, "/repo", "/backends"))
     assert "--http-port=8003" in command and "--grpc-port=8001" in command and "--metrics-port=8002" in command
     assert "--grpc-address=127.0.0.1" in command
+
+
+def test_the_engine_spin_count_reaches_tritonserver_and_overrides_a_wait_policy(monkeypatch):
+    from gateway.triton_launcher import triton_environment
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # would make OpenMP threads spin without end
+    env = triton_environment(Settings.from_env({"ELECTRON_ENGINE_SPIN_COUNT": "150"}))
+    assert env["GOMP_SPINCOUNT"] == "150" and "OMP_WAIT_POLICY" not in env
+    assert triton_environment(Settings())["GOMP_SPINCOUNT"] == "200"

@@ -149,3 +149,15 @@ def test_plots_are_written(tmp_path):
                  plots.by_concurrency(rows, "sweep", tmp_path / "b.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert plots.by_concurrency(rows, "paced-warm", tmp_path / "c.png") is None  # one concurrency only
+
+
+def test_playback_stalls_only_when_the_player_runs_out_of_text():
+    from voice_load.playback import longest_stall, stalls
+
+    # 15 chars/s: 30 characters at t=0 last until t=2.0; text at 1.5 s extends it by 1 s to 3.0
+    assert stalls([(0.0, 30), (1.5, 15), (2.9, 15)]) == []
+    # the next text arrives at 3.5 s, 0.5 s after the player fell silent at 3.0
+    waits = stalls([(0.0, 30), (1.5, 15), (3.5, 15), (4.0, 3)])
+    assert waits == pytest.approx([0.5])
+    assert longest_stall([(0.2, 3), (0.5, 3)]) == pytest.approx(0.1)  # 3 chars spoken by 0.4, next at 0.5
+    assert longest_stall([]) == 0.0 and stalls([(1.0, 5)], chars_per_s=5) == []

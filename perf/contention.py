@@ -1,0 +1,193 @@
+"""Contention benchmark: the stack beside busy processes that take CPU cores.
+
+For each server variant (``--variant NAME[:ENV=VALUE,...]``: electron started
+with those settings, e.g. ``before:ELECTRON_THREADS=2``) and each number of busy
+processes (``--busy``, default 0 1 2; each is ``python -c "while True: pass"``):
+
+  single   one streamed reply at a time (``--replies``, 48 tokens with
+           ``min_tokens`` 48, a ~40-token prompt): reply time, TTFT, largest
+           gap between streamed tokens, playback stalls
+  paced-8  8 paced voice calls (``voice_load``, ~600-token shared system prompt):
+           TTFT p50/p95, inter-token gap p99, playback stall p95 and the share of
+           turns with a stall over 100 ms
+
+A stall is time a text-to-speech player speaking at 15 characters/s from the
+first text would wait for text that has not arrived (``voice_load.playback``).
+Writes ``perf/results/<date>-contention-<host>/``.
+
+    .venv/bin/python perf/contention.py --variant before:ELECTRON_THREADS=2 --variant after
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from results_dir import run_meta, write_results  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.playback import longest_stall  # noqa: E402
+from voice_load.servers import ElectronServer  # noqa: E402
+from voice_load.sse_client import stream_chat  # noqa: E402
+from voice_load.stats import percentile  # noqa: E402
+
+SINGLE_PROMPT = ("I am calling about my order from last week. It has not arrived yet and the tracking page has not "
+                 "changed for four days. Can you tell me what is going on and when it will arrive?")
+
+
+@contextmanager
+def busy_processes(n: int):
+    """``n`` processes that each keep one core busy, for as long as the block runs."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if n else 0)  # let the scheduler see them
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _ms(value) -> float | None:
+    return None if value is None else value * 1000
+
+
+async def single_replies(base_url: str, replies: int) -> dict:
+    rows = []
+    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:
+        await stream_chat(http, {"model": "electron", "max_tokens": 8,  # untimed: first-request costs
+                                 "messages": [{"role": "user", "content": SINGLE_PROMPT}]})
+        salt = uuid.uuid4().hex[:6]  # a prompt no earlier case has cached
+        for i in range(replies):
+            body = {"model": "electron", "max_tokens": 48, "min_tokens": 48, "temperature": 0.7, "seed": i,
+                    "messages": [{"role": "system", "content": "You are a helpful phone agent."},
+                                 {"role": "user", "content": f"({salt}-{i}) {SINGLE_PROMPT}"}]}
+            r = await stream_chat(http, body)
+            print(f"[contention]   reply {i}: {r.end_s:.2f} s, largest gap {max(r.itl_s, default=0) * 1e3:.0f} ms",
+                  file=sys.stderr, flush=True)
+            rows.append({"ok": r.ok, "reply_s": r.end_s, "ttft_ms": _ms(r.ttft_s),
+                         "max_gap_ms": _ms(max(r.itl_s, default=0.0)), "stall_ms": _ms(longest_stall(r.text_deltas))})
+    ok = [r for r in rows if r["ok"]]
+    return {
+        "errors": len(rows) - len(ok),
+        "reply_s": {"p50": percentile([r["reply_s"] for r in ok], 50), "max": max(r["reply_s"] for r in ok)},
+        "ttft_ms": {"p50": percentile([r["ttft_ms"] for r in ok], 50), "max": max(r["ttft_ms"] for r in ok)},
+        "max_gap_ms": max(r["max_gap_ms"] for r in ok),
+        "stall_ms": {"p95": percentile([r["stall_ms"] for r in ok], 95), "max": max(r["stall_ms"] for r in ok)},
+        "replies": rows,
+    }
+
+
+async def paced_calls(base_url: str, calls: int, turns: int) -> dict:
+    plan = CallPlan(calls=calls, turns=turns, pacing="paced")
+    system = system_prompt(plan.system_words, salt=uuid.uuid4().hex[:8])
+    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:  # the shared prompt, seen once
+        await stream_chat(http, {"model": "electron", "max_tokens": 1,
+                                 "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi."}]})
+    records, _ = await run_calls(base_url, plan, system)
+    ok = [r.result for r in records if r.result.ok and not r.speculative]
+    stalls = [longest_stall(r.text_deltas) * 1000 for r in ok]
+    return {
+        "errors": len(records) - len(ok),
+        "ttft_ms": {"p50": percentile([_ms(r.ttft_s) for r in ok], 50),
+                    "p95": percentile([_ms(r.ttft_s) for r in ok], 95)},
+        "itl_p99_ms": percentile([gap * 1000 for r in ok for gap in r.itl_s], 99),
+        "stall_ms": {"p95": percentile(stalls, 95), "max": max(stalls, default=0.0)},
+        "stalled_share": sum(s > 100 for s in stalls) / len(stalls) if stalls else 0.0,
+    }
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, str]]:
+    name, _, settings = spec.partition(":")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return name, env
+
+
+@contextmanager
+def electron(env: dict[str, str], log_path: Path):
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        server = ElectronServer(log_path=log_path)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _f(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Contention - {meta['date']} on {meta['machine']}, {os.cpu_count()} cores", "",
+             "Single reply (48 tokens, one at a time):", "",
+             "| variant | busy | reply p50 / max (s) | TTFT p50 / max (ms) | largest token gap (ms) "
+             "| stall p95 / max (ms) | errors |", "|---|---|---|---|---|---|---|"]
+    for row in (r for r in rows if "single" in r):
+        s = row["single"]
+        lines.append(f"| {row['variant']} | {row['busy']} | {_f(s['reply_s']['p50'], 2)} / {_f(s['reply_s']['max'], 2)} "
+                     f"| {_f(s['ttft_ms']['p50'])} / {_f(s['ttft_ms']['max'])} | {_f(s['max_gap_ms'])} "
+                     f"| {_f(s['stall_ms']['p95'])} / {_f(s['stall_ms']['max'])} | {s['errors']} |")
+    lines += ["", "Paced calls:", "",
+              "| variant | busy | calls | TTFT p50 / p95 (ms) | token gap p99 (ms) | stall p95 / max (ms) "
+              "| turns stalled > 100 ms | errors |", "|---|---|---|---|---|---|---|---|"]
+    for row in (r for r in rows if "paced" in r):
+        p = row["paced"]
+        lines.append(f"| {row['variant']} | {row['busy']} | {row['calls']} | {_f(p['ttft_ms']['p50'])} / "
+                     f"{_f(p['ttft_ms']['p95'])} | {_f(p['itl_p99_ms'])} | {_f(p['stall_ms']['p95'])} / "
+                     f"{_f(p['stall_ms']['max'])} | {p['stalled_share']:.0%} | {p['errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", default=None,
+                        help="NAME[:ENV=VALUE,...] (repeatable; default: one variant with the current settings)")
+    parser.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--replies", type=int, default=12)
+    parser.add_argument("--calls", type=int, default=8)
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--cases", nargs="+", choices=["single", "paced"], default=["single", "paced"])
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    variants = [parse_variant(v) for v in (args.variant or ["current"])]
+    meta = run_meta(variants={name: env for name, env in variants}, busy=args.busy, replies=args.replies,
+                    calls=args.calls, turns=args.turns)
+    raw = args.out / f"{meta['date']}-contention-{os.uname().nodename}" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, env in variants:
+        with electron(env, raw / f"electron-{name}.log") as server:
+            for busy in args.busy:
+                row = {"variant": name, "busy": busy, "calls": args.calls}
+                with busy_processes(busy):
+                    if "single" in args.cases:
+                        print(f"[contention] {name}: {busy} busy, single replies", file=sys.stderr, flush=True)
+                        row["single"] = asyncio.run(single_replies(server.base_url, args.replies))
+                    if "paced" in args.cases:
+                        print(f"[contention] {name}: {busy} busy, {args.calls} paced calls", file=sys.stderr,
+                              flush=True)
+                        row["paced"] = asyncio.run(paced_calls(server.base_url, args.calls, args.turns))
+                rows.append(row)
+    write_results(args.out, "contention", meta, {"rows": rows}, markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
