@@ -51,7 +51,7 @@ class Settings:
     busy_stream_rate: float = 6.0
     threads: int = 0  # 0: all cores
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
-    # in spin iterations, ~20 µs here): short, so that a thread whose partner lost its core to
+    # in spin iterations: tens of microseconds): short, so that a thread whose partner lost its core to
     # another process frees its own core instead of spinning a whole time slice (see README)
     engine_spin_count: int = 200
     # OpenAI gateway
