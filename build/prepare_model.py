@@ -1,12 +1,12 @@
 """Prepare the model artifacts (tokenizer.json, model.json) from a GGUF file.
 
 Usage: python build/prepare_model.py [--gguf PATH] [--artifacts-dir DIR]
-See gateway/model_artifacts.py for what is written and why.
+See gateway/server/model_artifacts.py for what is written and why.
 """
 
 import sys
 
-from gateway.model_artifacts import main
+from gateway.server.model_artifacts import main
 
 if __name__ == "__main__":
     sys.exit(main())

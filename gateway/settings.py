@@ -61,7 +61,7 @@ class Settings:
     context_window: int = 0  # prompt + output tokens; 0: the engine's max_sequence_length, else the model's
     max_messages: int = 200
     filler_phrases: bool = True  # a spoken filler phrase before tool calls (per request: "filler")
-    tool_dialect: str = "hermes"  # how tools and calls are written in the prompt (gateway/data/tool_dialects.json)
+    tool_dialect: str = "hermes"  # how tools and calls are written in the prompt (gateway/tools/data/tool_dialects.json)
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413 before they are read whole
     engine_timeout_s: float = 2.0  # gRPC calls other than generation (readiness, model config)
     start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one

@@ -51,13 +51,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway import sse  # noqa: E402
-from gateway.app import model_view  # noqa: E402
-from gateway.chat_request import ChatLimits, parse_body, prepare  # noqa: E402
-from gateway.choice_stream import ChoiceStream  # noqa: E402
-from gateway.responses import ResponseShaper  # noqa: E402
+from gateway.api.app import model_view  # noqa: E402
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare  # noqa: E402
+from gateway.chat.choice_stream import ChoiceStream  # noqa: E402
+from gateway.api.responses import ResponseShaper  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from gateway.triton_engine import request_inputs  # noqa: E402
-from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+from gateway.engine.triton_engine import request_inputs  # noqa: E402
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
 from results_dir import run_meta, write_results  # noqa: E402
 from voice_load.servers import ElectronServer  # noqa: E402
 

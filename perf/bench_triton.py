@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway.settings import Settings  # noqa: E402
-from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
 from results_dir import run_meta, write_results  # noqa: E402
 
 log = logging.getLogger("bench_triton")

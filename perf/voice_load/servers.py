@@ -73,7 +73,7 @@ class ElectronServer(_Server):
                        ELECTRON_RUN_DIR=tempfile.mkdtemp(prefix="electron-bench-"))
         else:
             env.update(ELECTRON_START_TRITON="false", ELECTRON_TRITON_GRPC_PORT=str(triton_grpc_port))
-        self._start([sys.executable, "-m", "gateway.serve"], log_path, cwd=ROOT, env=env)
+        self._start([sys.executable, "-m", "gateway.server.serve"], log_path, cwd=ROOT, env=env)
         self.root_url = f"http://127.0.0.1:{port}"
         self.base_url = self.root_url + "/v1"
         _wait_for(self.root_url + "/ready", self.process, 300)

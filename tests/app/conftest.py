@@ -3,9 +3,9 @@
 import httpx2
 import pytest
 
-from gateway.app import create_app, model_view
+from gateway.api.app import create_app, model_view
 from gateway.settings import Settings
-from gateway.triton_launcher import prepare_artifacts
+from gateway.server.triton_launcher import prepare_artifacts
 
 from app.scripted_engine import Script, ScriptedEngine
 

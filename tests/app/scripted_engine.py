@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from gateway.engine import EngineInfo, EngineOutput, EngineRequest
-from gateway.errors import APIError
+from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
+from gateway.api.errors import APIError
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """CompletionRun: when the stream starts, and usage whichever way the run ends."""
 
-from gateway.chat_request import PreparedChat
-from gateway.completion import CompletionRun
-from gateway.engine import EngineRequest
+from gateway.chat.chat_request import PreparedChat
+from gateway.chat.completion import CompletionRun
+from gateway.engine.protocol import EngineRequest
 
 from app.scripted_engine import Script, ScriptedEngine
 

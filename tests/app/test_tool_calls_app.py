@@ -6,7 +6,7 @@ import json
 import openai
 import pytest
 
-from gateway.filler import phrase_bank
+from gateway.tools.filler import phrase_bank
 
 from app.test_chat_app import post, sse_events
 
@@ -136,8 +136,8 @@ async def test_a_call_whose_arguments_break_its_schema_is_never_sent(client, say
 
 
 async def test_forced_call_sends_its_filler_before_the_engines_first_token(model):
-    from gateway.chat_request import ChatLimits, parse_body, prepare
-    from gateway.completion import CompletionRun
+    from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+    from gateway.chat.completion import CompletionRun
 
     from app.scripted_engine import Script, ScriptedEngine
 
@@ -145,7 +145,7 @@ async def test_forced_call_sends_its_filler_before_the_engines_first_token(model
     limits = ChatLimits("electron", 8192, model.artifacts.vocab_size, 50, 2, 2)
     body = {"model": "electron", "tools": [WEATHER], "tool_choice": "required", "stream": True,
             "messages": [{"role": "user", "content": "Weather in Pune?"}]}
-    prepared = prepare(parse_body(json.dumps(body).encode()), limits, model.template, model.codec)
+    prepared = prepare_chat(parse_body(json.dumps(body).encode()), limits, model.template, model.codec)
     deltas = CompletionRun(engine, prepared, "req_t", model.codec.token_bytes, 16).deltas()
     first = await deltas.__anext__()
     assert first.content in ENGLISH and all(c.responses_sent == 0 for c in engine.calls)  # no token yet
@@ -185,8 +185,8 @@ async def test_response_format_is_sent_to_the_engine_as_a_guide(client, say, eng
 
 
 def test_with_auto_the_filler_goes_out_as_soon_as_the_call_marker_is_written(model):
-    from gateway.choice_stream import ChoiceStream, ToolMode
-    from gateway.tool_dialect import dialects
+    from gateway.chat.choice_stream import ChoiceStream, ToolMode
+    from gateway.tools.tool_dialect import dialects
 
     choice = ChoiceStream(model.codec.token_bytes, [], 100, tools=ToolMode(dialects()["hermes"], False, "One moment."))
     marker = len(model.codec.encode("<tool_call>\n"))

@@ -5,9 +5,9 @@ import time
 
 import httpx2
 
-from gateway.app import create_app
+from gateway.api.app import create_app
 from gateway.settings import Settings
-from gateway.triton_engine import TritonEngine
+from gateway.engine.triton_engine import TritonEngine
 
 
 def free_port() -> int:

@@ -4,7 +4,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from gateway.settings import Settings
-from gateway.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from voice_load.servers import ElectronServer
 
 

@@ -9,7 +9,7 @@ import jsonschema
 import openai
 import pytest
 
-from gateway.filler import phrase_bank
+from gateway.tools.filler import phrase_bank
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from gateway.filler import phrase_bank
+from gateway.tools.filler import phrase_bank
 from paths import ROOT
 
 pytestmark = pytest.mark.e2e

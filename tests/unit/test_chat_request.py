@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from gateway.chat_request import ChatLimits, parse_body, prepare, template_messages
-from gateway.chat_template import ChatTemplate
-from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat, template_messages
+from gateway.chat.chat_template import ChatTemplate
+from gateway.api.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 
 LIMITS = ChatLimits(served_model="electron", context_window=100, vocab_size=1000, max_messages=3,
                     end_id=2, pad_id=2)
@@ -28,12 +28,12 @@ def body(**fields):
 
 
 def prepared(**fields):
-    return prepare(parse_body(body(**fields)), LIMITS, TEMPLATE, CharCodec())
+    return prepare_chat(parse_body(body(**fields)), LIMITS, TEMPLATE, CharCodec())
 
 
 def refusal(raw: bytes, kind=InvalidRequestError):
     with pytest.raises(kind) as info:
-        prepare(parse_body(raw), LIMITS, TEMPLATE, CharCodec())
+        prepare_chat(parse_body(raw), LIMITS, TEMPLATE, CharCodec())
     return info.value
 
 
@@ -142,7 +142,7 @@ def test_developer_and_mid_conversation_system_messages_render_as_system():
 def test_template_errors_are_the_clients():
     strict = ChatTemplate("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}")
     with pytest.raises(InvalidRequestError, match="first must be user"):
-        prepare(parse_body(body(messages=[{"role": "assistant", "content": "x"}])), LIMITS, strict, CharCodec())
+        prepare_chat(parse_body(body(messages=[{"role": "assistant", "content": "x"}])), LIMITS, strict, CharCodec())
 
 
 def test_a_text_response_format_needs_no_guide():

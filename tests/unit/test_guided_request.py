@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from gateway.chat_request import ChatLimits, parse_body, prepare
-from gateway.chat_template import ChatTemplate
-from gateway.errors import InvalidRequestError
-from gateway.filler import phrase_bank
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+from gateway.chat.chat_template import ChatTemplate
+from gateway.api.errors import InvalidRequestError
+from gateway.tools.filler import phrase_bank
 
 LIMITS = ChatLimits(served_model="electron", context_window=100_000, vocab_size=1000, max_messages=20,
                     end_id=2, pad_id=2)
@@ -36,7 +36,7 @@ class PromptCodec(CharCodec):
 def run(limits=LIMITS, **fields):
     data = {"model": "electron", "messages": [{"role": "user", "content": "Weather in Pune?"}], **fields}
     codec = PromptCodec()
-    return prepare(parse_body(json.dumps(data).encode()), limits, TEMPLATE, codec), codec.text
+    return prepare_chat(parse_body(json.dumps(data).encode()), limits, TEMPLATE, codec), codec.text
 
 
 def refused(**fields):
@@ -154,6 +154,6 @@ def test_a_template_that_reads_tools_renders_them_itself():
                           "{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}[assistant]")
     codec = PromptCodec()
     body = {"model": "electron", "messages": [{"role": "user", "content": "Weather?"}], "tools": [WEATHER, TIME]}
-    chat = prepare(parse_body(json.dumps(body).encode()), LIMITS, native, codec)
+    chat = prepare_chat(parse_body(json.dumps(body).encode()), LIMITS, native, codec)
     assert codec.text == "[tools]get_weather;get_time;[user]Weather?[assistant]"  # no dialect system block
     assert chat.engine_request.guide_type == "ebnf_grammar"  # calls are still guided (the dialect's form)

@@ -7,7 +7,7 @@ import llguidance
 import pytest
 
 from gateway.settings import Settings
-from gateway.triton_launcher import prepare_artifacts
+from gateway.server.triton_launcher import prepare_artifacts
 from llama_engine.guides import GuideCompiler, InvalidGuide
 
 

@@ -3,7 +3,7 @@
 import pytest
 
 from gateway.settings import Settings
-from gateway.triton_launcher import render_config, triton_command
+from gateway.server.triton_launcher import render_config, triton_command
 
 
 def test_settings_from_environment_are_typed_and_frozen():
@@ -32,7 +32,7 @@ def test_triton_http_port_is_off_the_gateway_port():
 
 
 def test_the_engine_spin_count_reaches_tritonserver_and_overrides_a_wait_policy(monkeypatch):
-    from gateway.triton_launcher import triton_environment
+    from gateway.server.triton_launcher import triton_environment
 
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # would make OpenMP threads spin without end
     env = triton_environment(Settings.from_env({"ELECTRON_ENGINE_SPIN_COUNT": "150"}))

@@ -9,9 +9,9 @@ from llama_cpp import Llama
 from tokenizers import Tokenizer
 
 from paths import DATA_DIR
-from gateway.model_artifacts import ModelArtifacts, embedded_gguf_path, prepare
+from gateway.server.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
 from gateway.settings import Settings
-from gateway.triton_launcher import prepare_artifacts
+from gateway.server.triton_launcher import prepare_artifacts
 
 CORPUS = json.loads((DATA_DIR / "multilingual_corpus.json").read_text())
 SCRIPTS = {  # script -> a character range that must appear in the corpus
@@ -25,7 +25,7 @@ SCRIPTS = {  # script -> a character range that must appear in the corpus
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    return ModelArtifacts.load(prepare(embedded_gguf_path(), tmp_path_factory.mktemp("artifacts")))
+    return ModelArtifacts.load(write_artifacts(embedded_gguf_path(), tmp_path_factory.mktemp("artifacts")))
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,9 @@ def test_metadata_from_gguf(artifacts, llama_vocab):
 
 
 def test_prepare_is_idempotent_and_fast_when_done(tmp_path):
-    out = prepare(embedded_gguf_path(), tmp_path)
+    out = write_artifacts(embedded_gguf_path(), tmp_path)
     stamp = (out / "tokenizer.json").stat().st_mtime_ns
-    assert prepare(embedded_gguf_path(), tmp_path) == out
+    assert write_artifacts(embedded_gguf_path(), tmp_path) == out
     assert (out / "tokenizer.json").stat().st_mtime_ns == stamp
 
 

@@ -1,6 +1,6 @@
 """Stop strings matched on text across token boundaries."""
 
-from gateway.stop_strings import StopMatcher
+from gateway.chat.stop_strings import StopMatcher
 
 
 def feed(stops, pieces):

@@ -7,8 +7,8 @@ from tokenizers import Tokenizer
 
 from paths import DATA_DIR
 from gateway.settings import Settings
-from gateway.token_codec import TokenCodec
-from gateway.triton_launcher import prepare_artifacts
+from gateway.chat.token_codec import TokenCodec
+from gateway.server.triton_launcher import prepare_artifacts
 
 CORPUS = json.loads((DATA_DIR / "multilingual_corpus.json").read_text())
 

@@ -7,9 +7,9 @@ import llguidance
 import pytest
 
 from gateway.settings import Settings
-from gateway.tool_calls import Call, CallOpen, Text, ToolCallParser
-from gateway.tool_dialect import dialects
-from gateway.triton_launcher import prepare_artifacts
+from gateway.tools.tool_calls import Call, CallOpen, Text, ToolCallParser
+from gateway.tools.tool_dialect import dialects
+from gateway.server.triton_launcher import prepare_artifacts
 
 HERMES = dialects()["hermes"]
 WEATHER = {"type": "function", "function": {

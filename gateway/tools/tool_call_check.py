@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import jsonschema
 
-from gateway.tool_calls import Call
+from gateway.tools.tool_calls import Call
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from gateway.language import detect_language
+from gateway.tools.language import detect_language
 
 PHRASES_FILE = Path(__file__).resolve().parent / "data" / "filler_phrases.json"
 

@@ -18,16 +18,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.chat_service import ChatService, ModelView
-from gateway.chat_template import ChatTemplate
-from gateway.engine import Engine
-from gateway.errors import APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError
-from gateway.model_artifacts import ModelArtifacts
-from gateway.openapi import openapi_document
-from gateway.request_context import RequestIdMiddleware, current_request_id
-from gateway.schemas import Model, ModelList
+from gateway.api.chat_service import ChatService, ModelView
+from gateway.chat.chat_template import ChatTemplate
+from gateway.engine.protocol import Engine
+from gateway.api.errors import APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from gateway.server.model_artifacts import ModelArtifacts
+from gateway.api.openapi import openapi_document
+from gateway.api.request_context import RequestIdMiddleware, current_request_id
+from gateway.api.schemas import Model, ModelList
 from gateway.settings import Settings
-from gateway.token_codec import TokenCodec
+from gateway.chat.token_codec import TokenCodec
 
 log = logging.getLogger(__name__)
 OWNER = "electron"
@@ -136,8 +136,8 @@ def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlett
 
 def build_app(settings: Settings) -> Starlette:
     """The real gateway: artifacts of the configured GGUF, Triton over gRPC."""
-    from gateway.triton_engine import TritonEngine
-    from gateway.triton_launcher import prepare_artifacts
+    from gateway.engine.triton_engine import TritonEngine
+    from gateway.server.triton_launcher import prepare_artifacts
 
     artifacts = prepare_artifacts(settings)
     engine = TritonEngine(settings.triton_grpc_url, settings.triton_model, artifacts.vocab_size,

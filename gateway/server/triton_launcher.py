@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from .model_artifacts import ModelArtifacts, embedded_gguf_path, prepare
-from .settings import Settings
+from gateway.server.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
+from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _libs_dir() -> Path:
 
 def prepare_artifacts(settings: Settings) -> ModelArtifacts:
     gguf = Path(settings.gguf_path) if settings.gguf_path else embedded_gguf_path()
-    return ModelArtifacts.load(prepare(gguf, Path(settings.artifacts_dir)))
+    return ModelArtifacts.load(write_artifacts(gguf, Path(settings.artifacts_dir)))
 
 
 def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts) -> int:

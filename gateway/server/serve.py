@@ -14,10 +14,10 @@ import sys
 
 import uvicorn
 
-from gateway.app import build_app
-from gateway.request_context import configure_logging
+from gateway.api.app import build_app
+from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
-from gateway.triton_launcher import start_triton, stop_triton
+from gateway.server.triton_launcher import start_triton, stop_triton
 
 log = logging.getLogger(__name__)
 

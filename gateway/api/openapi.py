@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, Model, ModelList
+from gateway.api.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, Model, ModelList
 
 _REF = "#/components/schemas/{model}"
 

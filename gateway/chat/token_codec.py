@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from gateway.model_artifacts import ModelArtifacts
+from gateway.server.model_artifacts import ModelArtifacts
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -1,6 +1,6 @@
 """How tools and tool calls are written in a model's prompt and output.
 
-A dialect is data (``gateway/data/tool_dialects.json``): the system-prompt block that
+A dialect is data (``gateway/tools/data/tool_dialects.json``): the system-prompt block that
 lists the tools, the markers around one call and around one tool result, and the
 role tool results are given. The embedded model's chat template knows no tools, so
 the gateway renders them with the ``hermes`` dialect:

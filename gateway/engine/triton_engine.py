@@ -23,8 +23,8 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
-from gateway.engine import EngineInfo, EngineOutput, EngineRequest
-from gateway.errors import EngineError, EngineUnavailableError
+from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
+from gateway.api.errors import EngineError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 

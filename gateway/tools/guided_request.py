@@ -16,9 +16,9 @@ from functools import lru_cache
 import jsonschema
 import llguidance
 
-from gateway.errors import InvalidRequestError
-from gateway.schemas import ChatCompletionRequest
-from gateway.tool_dialect import JSON_STYLE, ToolDialect  # the engine's JSON options too
+from gateway.api.errors import InvalidRequestError
+from gateway.api.schemas import ChatCompletionRequest
+from gateway.tools.tool_dialect import JSON_STYLE, ToolDialect  # the engine's JSON options too
 
 
 

@@ -19,19 +19,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import sse
-from gateway.chat_request import ChatLimits, parse_body, prepare
-from gateway.chat_template import ChatTemplate
-from gateway.choice_stream import Delta
-from gateway.completion import CompletionRun
-from gateway.engine import Engine
-from gateway.errors import APIError, EngineError, RequestTooLargeError
-from gateway.model_artifacts import ModelArtifacts
-from gateway.request_context import current_request_id
-from gateway.responses import ResponseShaper
-from gateway.schemas import ErrorResponse
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+from gateway.chat.chat_template import ChatTemplate
+from gateway.chat.choice_stream import Delta
+from gateway.chat.completion import CompletionRun
+from gateway.engine.protocol import Engine
+from gateway.api.errors import APIError, EngineError, RequestTooLargeError
+from gateway.server.model_artifacts import ModelArtifacts
+from gateway.api.request_context import current_request_id
+from gateway.api.responses import ResponseShaper
+from gateway.api.schemas import ErrorResponse
 from gateway.settings import Settings
-from gateway.tool_dialect import dialects
-from gateway.token_codec import TokenCodec
+from gateway.tools.tool_dialect import dialects
+from gateway.chat.token_codec import TokenCodec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -114,7 +114,7 @@ class ChatService:
 
     async def complete(self, request: Request) -> Response:
         chat = parse_body(await read_body(request, self._settings.max_body_bytes))
-        prepared = prepare(chat, await self.limits(), self._model.template, self._model.codec)
+        prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
         request_id = current_request_id.get()
         run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
                             self._tokens_per_block)

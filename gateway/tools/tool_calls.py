@@ -23,7 +23,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from gateway.tool_dialect import ToolDialect
+from gateway.tools.tool_dialect import ToolDialect
 
 _HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*(?=\S)')
 

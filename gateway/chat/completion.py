@@ -18,9 +18,9 @@ import logging
 import time
 from typing import AsyncIterator
 
-from gateway.chat_request import PreparedChat
-from gateway.choice_stream import ChoiceStream, Delta
-from gateway.engine import Engine
+from gateway.chat.chat_request import PreparedChat
+from gateway.chat.choice_stream import ChoiceStream, Delta
+from gateway.engine.protocol import Engine
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A Chat Completions request, from raw body to the engine request it becomes.
 
 ``parse_body`` turns bytes into a ``ChatCompletionRequest`` (a body that is not
-JSON, or that breaks the schema, is a 400 naming the field). ``prepare`` checks
+JSON, or that breaks the schema, is a 400 naming the field). ``prepare_chat`` checks
 what needs the served model (its id, context window, vocabulary, message
 limit), renders the chat template, tokenizes, and returns a ``PreparedChat``:
 the ``EngineRequest`` plus what the gateway itself does with the output (stop
@@ -16,17 +16,17 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from gateway.chat_template import ChatTemplate
-from gateway.choice_stream import ToolMode
-from gateway.engine import EngineRequest
-from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
-from gateway.filler import choose_filler
-from gateway.guided_request import (
+from gateway.chat.chat_template import ChatTemplate
+from gateway.chat.choice_stream import ToolMode
+from gateway.engine.protocol import EngineRequest
+from gateway.api.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.tools.filler import choose_filler
+from gateway.tools.guided_request import (
     check_tool_messages, response_format_guide, tool_plan, tools_guide,
 )
-from gateway.schemas import ChatCompletionRequest, Content
-from gateway.token_codec import TokenCodec
-from gateway.tool_dialect import dialects
+from gateway.api.schemas import ChatCompletionRequest, Content
+from gateway.chat.token_codec import TokenCodec
+from gateway.tools.tool_dialect import dialects
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class ChatLimits:
     end_id: int | None
     pad_id: int | None
     filler_phrases: bool = True  # a filler phrase before tool calls unless the request says "off"
-    tool_dialect: str = "hermes"  # how tools and calls are written (gateway/data/tool_dialects.json)
+    tool_dialect: str = "hermes"  # how tools and calls are written (gateway/tools/data/tool_dialects.json)
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, context_wind
     return asked
 
 
-def prepare(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTemplate,
+def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTemplate,
             codec: TokenCodec) -> PreparedChat:
     """Checks, renders and tokenizes; raises ``InvalidRequestError`` for anything refused."""
     _check_unsupported(request)

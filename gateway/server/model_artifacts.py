@@ -130,7 +130,7 @@ def artifacts_dir_for(gguf_path: Path, artifacts_root: Path) -> Path:
     return artifacts_root / gguf_path.stem
 
 
-def prepare(gguf_path: Path, artifacts_root: Path) -> Path:
+def write_artifacts(gguf_path: Path, artifacts_root: Path) -> Path:
     """Build (or reuse) the artifacts of ``gguf_path``; returns their directory."""
     gguf_path = gguf_path.resolve()
     out = artifacts_dir_for(gguf_path, artifacts_root)
@@ -172,7 +172,7 @@ def prepare(gguf_path: Path, artifacts_root: Path) -> Path:
 
 @dataclass(frozen=True)
 class ModelArtifacts:
-    """What ``prepare`` wrote, read back."""
+    """What ``write_artifacts`` wrote, read back."""
 
     directory: Path
     gguf_path: Path
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = prepare(args.gguf or embedded_gguf_path(), args.artifacts_dir)
+    out = write_artifacts(args.gguf or embedded_gguf_path(), args.artifacts_dir)
     print(out)  # the one line of output: where the artifacts are, for scripts
     return 0
 

@@ -2,7 +2,7 @@
 
 ``ResponseShaper`` holds what every chunk of one response repeats (``id``,
 ``created``, ``model``, ``system_fingerprint``) and builds the schema objects of
-``gateway.schemas``; it knows nothing of SSE framing (``gateway.sse``) or of the
+``gateway.api.schemas``; it knows nothing of SSE framing (``gateway.api.sse``) or of the
 engine.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from gateway.choice_stream import Delta
-from gateway.completion import CompletionRun
-from gateway.schemas import (
+from gateway.chat.choice_stream import Delta
+from gateway.chat.completion import CompletionRun
+from gateway.api.schemas import (
     ChatCompletion, ChatCompletionChunk, Choice, ChoiceDelta, ChoiceLogprobs, ChunkChoice,
     CompletionTokensDetails, FunctionCall, PromptTokensDetails, ResponseMessage, TokenLogprob, ToolCall, Usage,
 )

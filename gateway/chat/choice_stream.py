@@ -27,11 +27,11 @@ import string
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gateway.detokenizer import GraphemeGate, IncrementalDetokenizer
-from gateway.stop_strings import StopMatcher
-from gateway.tool_call_check import CallCheck, Verdict
-from gateway.tool_calls import Call, CallOpen, Text, ToolCallParser
-from gateway.tool_dialect import ToolDialect
+from gateway.chat.detokenizer import GraphemeGate, IncrementalDetokenizer
+from gateway.chat.stop_strings import StopMatcher
+from gateway.tools.tool_call_check import CallCheck, Verdict
+from gateway.tools.tool_calls import Call, CallOpen, Text, ToolCallParser
+from gateway.tools.tool_dialect import ToolDialect
 
 log = logging.getLogger(__name__)
 _ID_CHARS = string.ascii_letters + string.digits

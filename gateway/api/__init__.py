@@ -1,0 +1,1 @@
+"""The HTTP side: the Starlette app, wire schemas, SSE, errors, response bodies, OpenAPI."""

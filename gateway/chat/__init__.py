@@ -1,0 +1,1 @@
+"""One chat completion: request preparation, template, token codec, detokenizer, stop strings, choice stream, the run."""

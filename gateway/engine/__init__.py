@@ -1,0 +1,1 @@
+"""The engine behind a narrow interface (protocol) and its Triton gRPC client."""

@@ -1,0 +1,1 @@
+"""The process side: model artifacts, the Triton launcher, electron-serve."""

@@ -1,0 +1,1 @@
+"""Tools and output form: dialects, tool-call parsing and checks, guides, filler phrases, language."""
