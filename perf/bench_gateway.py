@@ -50,9 +50,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from gateway import sse  # noqa: E402
+from gateway.api import sse  # noqa: E402
 from gateway.api.app import model_view  # noqa: E402
-from gateway.chat.chat_request import ChatLimits, parse_body, prepare  # noqa: E402
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat  # noqa: E402
 from gateway.chat.choice_stream import ChoiceStream  # noqa: E402
 from gateway.api.responses import ResponseShaper  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
@@ -109,7 +109,7 @@ def process_cpu_s(pid: int) -> float:
 async def direct(client: grpcaio.InferenceServerClient, model: str, body: dict, view, limits: ChatLimits) -> dict:
     """One request on its own stream of a long-lived client, as the gateway does. The
     clock starts before the tensors are built: a direct client has to build them too."""
-    prepared = prepare(parse_body(json.dumps(body).encode()), limits, view.template, view.codec)
+    prepared = prepare_chat(parse_body(json.dumps(body).encode()), limits, view.template, view.codec)
     choice = ChoiceStream(view.codec.token_bytes, [], prepared.engine_request.max_tokens)
     timing = Timing(time.perf_counter())
     inputs = request_inputs(prepared.engine_request, view.artifacts.vocab_size)
@@ -217,7 +217,7 @@ def cpu_per_token(view, repeats: int = 20) -> dict:
     raw = json.dumps(chat_body(32)).encode()
     started = time.perf_counter()
     for _ in range(repeats * 10):
-        prepare(parse_body(raw), limits, view.template, view.codec)
+        prepare_chat(parse_body(raw), limits, view.template, view.codec)
     per_request_us = (time.perf_counter() - started) / (repeats * 10) * 1e6
     return {"per_token_us": per_token_us, "prepare_request_us": per_request_us, "tokens": len(ids)}
 

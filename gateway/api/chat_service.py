@@ -18,7 +18,7 @@ from typing import AsyncIterator, Awaitable, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway import sse
+from gateway.api import sse
 from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
 from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta

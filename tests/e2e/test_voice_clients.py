@@ -18,6 +18,8 @@ pytestmark = pytest.mark.e2e
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"
 DRIVERS = ROOT / "tests" / "clients"
 ENGLISH_FILLERS = phrase_bank()["en"]
+# a first call takes ~30 tokens; below this limit a run may cut the first call itself (then no call is due)
+ROOM_FOR_ONE_CALL = 44
 
 
 @pytest.fixture(scope="module", params=["pipecat", "livekit"])
@@ -75,9 +77,11 @@ def test_a_call_cut_by_the_token_limit_after_a_complete_one_runs_the_complete_ca
     name, report = client
     runs = report["cutoff"]
     for turn in runs:
-        assert turn["ran"], turn  # LiveKit dropped every call when the stream ended in "length"
         assert len({json.dumps(args, sort_keys=True) for args in turn["ran"]}) == len(turn["ran"])  # no repeats
         assert all({"city", "unit"} <= set(args) and args["unit"] in ("c", "f") for args in turn["ran"]), turn
         assert not [w for w in turn.get("warnings", []) if "Failed to parse" in w], turn["warnings"]
-    cut = [turn for turn in runs if turn["usage"]["completion"] == turn["limit"]]
-    assert cut, f"{name}: no run reached its token limit: {[(t['limit'], t['usage']) for t in runs]}"
+        if turn["limit"] >= ROOM_FOR_ONE_CALL:  # LiveKit dropped every call when the stream ended in "length"
+            assert turn["ran"], turn
+    # the case of the issue: the limit cut the output after a complete call, and the agent ran that call
+    cut = [turn for turn in runs if turn["usage"]["completion"] == turn["limit"] and turn["ran"]]
+    assert cut, f"{name}: no run was cut after a complete call: {[(t['limit'], t['usage'], t['ran']) for t in runs]}"
