@@ -37,7 +37,7 @@ def _validator(schema_json: str):
 class CallCheck:
     def __init__(self, schemas: dict[str, dict | None]) -> None:
         """``schemas``: each tool's name and its parameters schema (None: any object)."""
-        self._schemas = {name: None if schema is None else json.dumps(schema, sort_keys=True)
+        self._schemas = {name: json.dumps(schema or {"type": "object"}, sort_keys=True)
                          for name, schema in schemas.items()}
         self._sent: list[tuple[str, object]] = []
 
@@ -50,12 +50,10 @@ class CallCheck:
         if call.name not in self._schemas:
             log.warning("tool call %d dropped: no tool is named %r", call.index, call.name)
             return Verdict.DROP
-        schema = self._schemas[call.name]
-        error = (jsonschema.exceptions.best_match(_validator(schema).iter_errors(arguments))
-                 if schema is not None else None)
-        if error is not None or (schema is None and not isinstance(arguments, dict)):
+        error = jsonschema.exceptions.best_match(_validator(self._schemas[call.name]).iter_errors(arguments))
+        if error is not None:
             log.warning("tool call %d to %s dropped: its arguments do not match the schema (%s)", call.index,
-                        call.name, error.message if error is not None else "not an object")
+                        call.name, error.message)
             return Verdict.DROP
         if (call.name, arguments) in self._sent:
             log.info("tool call %d to %s repeats an earlier call: the choice ends", call.index, call.name)
