@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Both install whatever is missing first.
-.PHONY: install install-clients serve test
+.PHONY: install install-clients install-services serve test
 
 install:
 	bash build/install.sh
@@ -8,10 +8,14 @@ install:
 install-clients:
 	bash build/install_clients.sh
 
+# redis-server and PostgreSQL for the accounts tests (Debian's packages, when missing)
+install-services:
+	bash build/install_services.sh
+
 ## make serve: install, then serve the embedded CPU stack until Ctrl-C
 serve: install
 	.venv/bin/electron-serve
 
 ## make test: install, then run the whole test suite
-test: install install-clients
+test: install install-clients install-services
 	.venv/bin/python -m pytest -p no:cacheprovider

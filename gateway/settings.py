@@ -66,6 +66,20 @@ class Settings:
     engine_timeout_s: float = 2.0  # gRPC calls other than generation (readiness, model config)
     start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one
     log_level: str = "INFO"
+    # accounts: API keys, limits, usage ledger (gateway/accounts/)
+    data_dir: str = str(REPO_ROOT / ".data")  # the embedded SQLite store and the local limiter's lock
+    database_url: str = ""  # empty: SQLite in data_dir; e.g. postgresql+asyncpg://user:pw@host/db
+    redis_url: str = ""  # empty: limits kept in this process; redis://host:port/0 to share them
+    limits_fail_open: bool = False  # Redis unreachable: admit without caps (default: 503)
+    default_concurrency: int = 20  # per account, unless set with electron-keys limits; 0: no cap
+    default_rpm: int = 200
+    default_tpm: int = 0
+    concurrency_lease_s: float = 30.0  # a Redis slot not renewed this long is given back (dead replica)
+    accounts_refresh_s: float = 2.0  # keys and limits are re-read this often
+    ledger_flush_s: float = 1.0  # usage rows are written in batches this often (a crash loses at most this)
+    price_input_per_million: str = "0.40"  # USD per million uncached prompt tokens
+    price_cached_input_per_million: str = "0.10"  # USD per million cached prompt tokens
+    price_output_per_million: str = "1.60"  # USD per million completion tokens
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -81,6 +95,10 @@ class Settings:
             except ValueError as exc:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)
+
+    @property
+    def store_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{Path(self.data_dir) / 'electron.db'}"
 
     @property
     def triton_grpc_url(self) -> str:

@@ -11,3 +11,35 @@ PERF_DIR = TESTS.parent / "perf"
 for path in (ENGINE_DIR, TESTS, PERF_DIR):  # the engine package; tests/paths.py; voice_load
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+import itertools  # noqa: E402
+
+import pytest  # noqa: E402
+
+from services import PostgresServer, RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """An empty accounts store: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'electron.db'}"
+    return request.getfixturevalue("postgres_server").create_database(f"electron_{next(_databases)}")

@@ -18,10 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.accounts.service import AccountService
+from gateway.accounts.usage_report import costs_page, parse_query, usage_page
 from gateway.api.chat_service import ChatService, ModelView
 from gateway.chat.chat_template import ChatTemplate
 from gateway.engine.protocol import Engine
-from gateway.api.errors import APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError
+from gateway.api.errors import (
+    APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError, PermissionDeniedError,
+)
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
 from gateway.api.request_context import RequestIdMiddleware, current_request_id
@@ -57,7 +61,7 @@ def model_view(artifacts: ModelArtifacts, triton_model: str) -> ModelView:
 
 
 def _error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.envelope(current_request_id.get()), status_code=exc.status)
+    return JSONResponse(exc.envelope(current_request_id.get()), status_code=exc.status, headers=exc.headers)
 
 
 async def _api_error(request: Request, exc: APIError) -> Response:
@@ -78,8 +82,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return _error_response(APIError("The server had an error while processing your request."))
 
 
-def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlette:
-    chat = ChatService(settings, engine, model)
+def create_app(settings: Settings, engine: Engine, model: ModelView,
+               accounts: AccountService | None = None) -> Starlette:
+    accounts = accounts or AccountService(settings)
+    chat = ChatService(settings, engine, model, accounts)
     created = int(model.artifacts.gguf_path.stat().st_mtime) if model.artifacts.gguf_path.exists() else 0
     served = Model(id=settings.served_model, object="model", created=created, owned_by=OWNER)
     document = openapi_document(_version())
@@ -94,9 +100,11 @@ def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlett
             raise APIError("The server had an error while processing your request.") from exc
 
     async def list_models(request: Request) -> Response:
+        await accounts.authenticate(request.headers.get("authorization"))
         return JSONResponse(ModelList(object="list", data=[served]).model_dump())
 
     async def retrieve_model(request: Request) -> Response:
+        await accounts.authenticate(request.headers.get("authorization"))
         if request.path_params["model"] != settings.served_model:
             raise NotFoundError(f"The model '{request.path_params['model']}' does not exist.",
                                 param="model", code="model_not_found")
@@ -113,16 +121,40 @@ def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlett
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
 
+    async def admin_caller(request: Request):
+        caller = await accounts.authenticate(request.headers.get("authorization"))
+        if not caller.admin:
+            raise PermissionDeniedError("The usage and costs endpoints need an admin key "
+                                        "(electron-keys create --admin).")
+        await accounts.ledger.flush()  # rows of this process's finished requests are in the answer
+        return caller
+
+    async def usage_completions(request: Request) -> Response:
+        caller = await admin_caller(request)
+        query = parse_query(request.query_params, ("api_key_id", "model"))
+        return JSONResponse(await usage_page(accounts.store, caller.account_id, query))
+
+    async def costs(request: Request) -> Response:
+        caller = await admin_caller(request)
+        query = parse_query(request.query_params, ("line_item", "api_key_id", "model", "project_id"))
+        return JSONResponse(await costs_page(accounts.store, caller.account_id, query))
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        yield
-        await engine.close()
+        await accounts.start()
+        try:
+            yield
+        finally:
+            await accounts.close()
+            await engine.close()
 
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+            Route("/v1/organization/usage/completions", usage_completions, methods=["GET"]),
+            Route("/v1/organization/costs", costs, methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
@@ -131,6 +163,7 @@ def create_app(settings: Settings, engine: Engine, model: ModelView) -> Starlett
         lifespan=lifespan,
     )
     app.add_middleware(RequestIdMiddleware)
+    app.state.accounts = accounts
     return app
 
 

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from gateway.accounts.limits import Admission
+from gateway.accounts.service import AccountService, Caller, Outcome
 from gateway.api import sse
 from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
 from gateway.chat.chat_template import ChatTemplate
@@ -80,13 +83,82 @@ class ModelView:
     system_fingerprint: str
 
 
+class Bill:
+    """Settles one admitted request exactly once: releases its concurrency slot and
+    records its usage row, whichever way it ends. ``settle`` does no I/O, so it
+    also completes inside a cancelled task."""
+
+    def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
+                 model: str) -> None:
+        self._accounts = accounts
+        self._caller = caller
+        self._admission = admission
+        self._request_id = request_id
+        self._model = model
+        self._started_at = time.time()
+        self.run: CompletionRun | None = None
+        self.prompt_tokens = 0
+        self.failed = False
+
+    def settle(self, status: str | None = None) -> None:
+        run = self.run
+        if status is None:
+            status = "error" if self.failed else (run.finish_reason if run is not None and run.completed
+                                                  else "cancelled")
+        outcome = Outcome(
+            status=status,
+            prompt_tokens=run.prompt_tokens if run else self.prompt_tokens,
+            cached_tokens=run.cached_tokens if run else 0,
+            completion_tokens=run.completion_tokens if run else 0,
+            engine_produced=bool(run and run.engine_outputs),
+            ttft_ms=run.first_token_ms if run else None,
+        )
+        self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
+                              self._started_at)
+
+
+class SettlingStreamingResponse(StreamingResponse):
+    """A stream that settles its bill when the response ends, however it ends
+    (finished, failed, client gone before or during the body, server shutdown),
+    then closes its generators in a task of their own."""
+
+    def __init__(self, content, bill: Bill, deltas: AsyncIterator[Delta], **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self._bill = bill
+        self._generators = (content, deltas)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._bill.settle()
+            _close_later(*self._generators)
+
+
+_closing: set[asyncio.Task] = set()
+
+
+def _close_later(*generators) -> None:
+    async def close() -> None:
+        for generator in generators:
+            try:
+                await generator.aclose()
+            except Exception:  # noqa: BLE001 - already closed or running: nothing left to release
+                pass
+
+    task = asyncio.get_running_loop().create_task(close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 class ChatService:
-    def __init__(self, settings: Settings, engine: Engine, model: ModelView) -> None:
+    def __init__(self, settings: Settings, engine: Engine, model: ModelView, accounts: AccountService) -> None:
         if settings.tool_dialect not in dialects():
             raise ValueError(f"ELECTRON_TOOL_DIALECT={settings.tool_dialect!r} is not one of {', '.join(dialects())}")
         self._settings = settings
         self._engine = engine
         self._model = model
+        self._accounts = accounts
         self._limits: ChatLimits | None = None
         self._tokens_per_block = 0
 
@@ -113,24 +185,43 @@ class ChatService:
         return self._limits
 
     async def complete(self, request: Request) -> Response:
+        """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
+        caller = await self._accounts.authenticate(request.headers.get("authorization"))
         chat = parse_body(await read_body(request, self._settings.max_body_bytes))
         prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
+        admission = await self._accounts.admit(caller)
+        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model)
+        bill.prompt_tokens = prepared.prompt_tokens
+        try:
+            return await self._respond(request, prepared, bill, self._accounts.headers(admission))
+        except ClientGone:
+            log.info("client disconnected before the response started")
+            bill.settle("cancelled")
+            return Response(status_code=CLIENT_GONE)
+        except Exception:
+            bill.settle("error")
+            raise
+        except BaseException:  # cancelled: server shutdown
+            bill.settle("cancelled")
+            raise
+
+    async def _respond(self, request: Request, prepared, bill: Bill, headers: dict[str, str]) -> Response:
         request_id = current_request_id.get()
         run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
                             self._tokens_per_block)
+        bill.run = run
         shaper = ResponseShaper(self._settings.served_model, self._model.system_fingerprint,
                                 include_usage=prepared.include_usage, want_logprobs=prepared.logprobs)
         deltas = run.deltas()
-        try:
-            if not prepared.stream:
-                collected = await until_disconnect(request, _collect(deltas))
-                return JSONResponse(shaper.completion(collected, run).model_dump(exclude_unset=True))
-            first = await until_disconnect(request, deltas.__anext__())
-        except ClientGone:
-            log.info("client disconnected before the response started")
-            return Response(status_code=CLIENT_GONE)
-        return StreamingResponse(_events(shaper, run, first, deltas), media_type=sse.MEDIA_TYPE,
-                                 headers=sse.HEADERS)
+        if not prepared.stream:
+            collected = await until_disconnect(request, _collect(deltas))
+            body = shaper.completion(collected, run).model_dump(exclude_unset=True)
+            bill.settle()
+            return JSONResponse(body, headers=headers)
+        first = await until_disconnect(request, deltas.__anext__())
+        events = _events(shaper, run, first, deltas, bill)
+        return SettlingStreamingResponse(events, bill, deltas, media_type=sse.MEDIA_TYPE,
+                                         headers={**sse.HEADERS, **headers})
 
 
 async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
@@ -138,7 +229,7 @@ async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
 
 
 async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
-                  deltas: AsyncIterator[Delta]) -> AsyncIterator[bytes]:
+                  deltas: AsyncIterator[Delta], bill: Bill) -> AsyncIterator[bytes]:
     try:
         yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
         async for delta in deltas:
@@ -149,9 +240,11 @@ async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
             yield sse.event(shaper.usage_chunk(run))
     except APIError as exc:
         log.warning("error after the stream started: %s", exc.message)
+        bill.failed = True
         yield _error_event(exc)
     except Exception:  # noqa: BLE001 - the stream must still end with an error event
         log.exception("unexpected error in the stream")
+        bill.failed = True
         yield _error_event(EngineError("The server failed while streaming the response."))
     finally:
         await deltas.aclose()

@@ -12,10 +12,12 @@ class APIError(Exception):
     type = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}  # sent with the error response (retry-after, rate-limit state)
         if code is not None:
             self.code = code
 
@@ -54,6 +56,31 @@ class MethodNotAllowedError(APIError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class AuthenticationError(APIError):
+    """No API key, or one that is unknown or disabled (401); never says which."""
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(APIError):
+    """A valid key that may not do this (403): the usage endpoints need an admin key."""
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_permissions"
+
+
+class RateLimitError(APIError):
+    """Over one of the account's caps (429); ``type`` is OpenAI's: ``requests`` or ``tokens``."""
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, type: str = "requests", headers: dict[str, str] | None = None):
+        super().__init__(message, headers=headers)
+        self.type = type
 
 
 class EngineUnavailableError(APIError):

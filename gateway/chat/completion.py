@@ -37,6 +37,8 @@ class CompletionRun:
         self._reused_blocks = 0
         self._engine_ttft_ms: float | None = None
         self._first_text_ms: float | None = None
+        self.first_token_ms: float | None = None  # the engine's first output, as the gateway saw it
+        self.engine_outputs = 0  # outputs the engine delivered (0: it never produced anything)
         self._started = False  # a delta has gone out
         self.completed = False  # the last delta (with finish_reason) was produced
 
@@ -67,6 +69,9 @@ class CompletionRun:
                 self._first_text_ms = (time.perf_counter() - started) * 1e3
                 yield opening
             async for output in outputs:
+                self.engine_outputs += 1
+                if self.first_token_ms is None:
+                    self.first_token_ms = (time.perf_counter() - started) * 1e3
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks
                 if output.engine_ttft_ms is not None:

@@ -8,12 +8,16 @@ drains, then Triton stops.
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
+from gateway.accounts.service import ProtectedModeError, check_protected_mode
 from gateway.api.app import build_app
 from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
@@ -22,9 +26,32 @@ from gateway.server.triton_launcher import start_triton, stop_triton
 log = logging.getLogger(__name__)
 
 
+def claim_local_limits(settings: Settings):
+    """Without Redis the caps live in this process: a second gateway on the same data
+    directory would double them, so it is refused. Returns the lock (held until exit)."""
+    path = Path(settings.data_dir) / "local-limits.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise ProtectedModeError(
+            f"Another gateway process keeps its limits in {settings.data_dir} already. Per-account caps would "
+            "multiply with a second process: set ELECTRON_REDIS_URL on every gateway to share them, "
+            "or give this one its own ELECTRON_DATA_DIR and database.") from None
+    return lock
+
+
 def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level)
+    try:
+        limits_lock = None if settings.redis_url else claim_local_limits(settings)
+        asyncio.run(check_protected_mode(settings))
+    except ProtectedModeError as exc:
+        log.error("%s", exc)
+        return 2
     # While Triton starts, SIGTERM interrupts like Ctrl-C (start_triton cleans up).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
@@ -46,6 +73,8 @@ def main() -> int:
     finally:
         if triton is not None:
             stop_triton(triton)
+        if limits_lock is not None:
+            limits_lock.close()
     return 0
 
 

@@ -65,8 +65,11 @@ class ElectronServer(_Server):
     name = "electron"
 
     def __init__(self, port: int = 18200, log_path: Path | None = None, triton_grpc_port: int | None = None,
-                 log_level: str = "WARNING") -> None:
-        env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_LOG_LEVEL=log_level)
+                 log_level: str = "WARNING", env: dict[str, str] | None = None) -> None:
+        """``env``: more ``ELECTRON_*`` settings; without ``ELECTRON_DATA_DIR`` the gateway gets
+        an empty data directory of its own (no keys: it serves on loopback without them)."""
+        env = dict(os.environ, ELECTRON_GATEWAY_PORT=str(port), ELECTRON_LOG_LEVEL=log_level, **(env or {}))
+        env.setdefault("ELECTRON_DATA_DIR", tempfile.mkdtemp(prefix="electron-data-"))
         if triton_grpc_port is None:
             env.update(ELECTRON_TRITON_GRPC_PORT=str(port + 1), ELECTRON_TRITON_METRICS_PORT=str(port + 2),
                        ELECTRON_TRITON_HTTP_PORT=str(port + 3),

@@ -15,7 +15,7 @@ class Exchange:
 
 
 async def post_and_hang_up(app, path: str, body: dict, hang_up_after_body_messages: int,
-                           timeout_s: float = 5.0) -> Exchange:
+                           timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> Exchange:
     """POST ``body``; after that many response body messages (0: before the
     response starts), every further ``receive`` answers ``http.disconnect``."""
     exchange = Exchange()
@@ -45,7 +45,8 @@ async def post_and_hang_up(app, path: str, body: dict, hang_up_after_body_messag
 
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
              "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "headers": [(b"content-type", b"application/json")],
+             "root_path": "", "headers": [(b"content-type", b"application/json"),
+                                          *[(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]],
              "client": ("127.0.0.1", 1), "server": ("gateway", 80)}
     try:
         await asyncio.wait_for(app(scope, receive, send), timeout_s)

@@ -22,8 +22,8 @@ def engine():
 
 
 @pytest.fixture
-def settings():
-    return Settings(served_model="electron", max_messages=200)
+def settings(tmp_path):
+    return Settings(served_model="electron", max_messages=200, data_dir=str(tmp_path / "data"))
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ async def client(app):
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as c:
         yield c
+    await app.state.accounts.close()
 
 
 @pytest.fixture
