@@ -126,7 +126,8 @@ class RedisLimiter:
                 log.error("Redis unreachable (%s): admitting without caps (ELECTRON_LIMITS_FAIL_OPEN)", exc)
                 return Admission(account, token, None)
             log.error("Redis unreachable (%s): refusing with 503 (caps and billing must hold)", exc)
-            raise LimiterUnavailable("The rate limiter is unavailable; try again shortly.") from None
+            raise LimiterUnavailable("The rate limiter is unavailable; try again shortly.",
+                                     headers={"retry-after": "1", "retry-after-ms": "1000"}) from None
         window = WindowState(limits.rpm, int(used), max(0.0, reset_ms / 1000), limits.tpm, int(tokens),
                              max(0.0, tokens_reset_ms / 1000))
         if refused:
@@ -141,9 +142,10 @@ class RedisLimiter:
         if admission.released:
             return
         admission.released = True
-        key = self._held.pop(admission.token, None)
-        if key is not None:  # never blocks the caller, and survives its cancellation
-            self._spawn(self._redis.zrem(key, admission.token), "release")
+        self._held.pop(admission.token, None)
+        if admission.window is not None:  # never blocks the caller, and survives its cancellation
+            inflight_key = _keys(self._prefix, admission.account)[0]
+            self._spawn(self._redis.zrem(inflight_key, admission.token), "release")
 
     def record_tokens(self, admission: Admission, tokens: int) -> None:
         if tokens > 0:

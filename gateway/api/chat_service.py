@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.accounts.limits import Admission
@@ -67,10 +67,13 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
 
 async def read_body(request: Request, limit: int) -> bytes:
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
+    except ClientDisconnect:
+        raise ClientGone() from None
     return bytes(body)
 
 
@@ -187,7 +190,12 @@ class ChatService:
     async def complete(self, request: Request) -> Response:
         """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
         caller = await self._accounts.authenticate(request.headers.get("authorization"))
-        chat = parse_body(await read_body(request, self._settings.max_body_bytes))
+        try:
+            body = await read_body(request, self._settings.max_body_bytes)
+        except ClientGone:
+            log.info("client disconnected while sending the request body")
+            return Response(status_code=CLIENT_GONE)
+        chat = parse_body(body)
         prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
         admission = await self._accounts.admit(caller)
         bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model)
