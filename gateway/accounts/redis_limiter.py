@@ -97,9 +97,13 @@ def _keys(prefix: str, account: str) -> tuple[str, str, str]:
 
 class RedisLimiter:
     def __init__(self, url: str, lease_s: float = 30.0, fail_open: bool = False, prefix: str = "electron:limits",
-                 timeout_s: float = 0.5) -> None:
-        self._redis = redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                     health_check_interval=10)
+                 timeout_s: float = 0.5, connections: int = 16) -> None:
+        # A bounded pool: a burst of requests queues for a connection (each call takes ~0.1 ms)
+        # instead of opening hundreds of sockets at once, which overflows the server's accept backlog.
+        pool = redis.BlockingConnectionPool.from_url(url, max_connections=connections, timeout=2 * timeout_s + 1,
+                                                     socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                                     health_check_interval=10)
+        self._redis = redis.Redis(connection_pool=pool)
         self._url = url
         self._lease_ms = int(lease_s * 1000)
         self._fail_open = fail_open
@@ -184,4 +188,4 @@ class RedisLimiter:
             self._renewer.cancel()
         if self._background:
             await asyncio.wait(list(self._background), timeout=2)
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)

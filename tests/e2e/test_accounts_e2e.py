@@ -376,3 +376,19 @@ async def test_two_replicas_share_caps_through_redis_and_a_killed_one_gives_its_
         assert again.http_response.status_code == 200
     finally:
         stack.stop()
+
+
+def _serve(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "electron-serve")], env={**os.environ, "ELECTRON_START_TRITON": "false",
+                                                               "ELECTRON_GATEWAY_PORT": str(free_port()), **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_gateway_refuses_to_start_open_off_loopback_or_beside_another_local_limiter(stack, tmp_path):
+    exposed = _serve({"ELECTRON_DATA_DIR": str(tmp_path / "exposed"), "ELECTRON_GATEWAY_HOST": "0.0.0.0"})
+    assert exposed.returncode == 2
+    assert "No API key exists" in exposed.stderr and "electron-keys create" in exposed.stderr
+
+    stack.start()  # holds the data directory's local limits
+    second = _serve(stack.env)
+    assert second.returncode == 2 and "ELECTRON_REDIS_URL" in second.stderr

@@ -1,0 +1,173 @@
+"""What keys, limits and the usage ledger add to a request.
+
+    .venv/bin/python perf/bench_accounts.py [--requests 3000]
+
+1. The account layer alone, per request: ``authenticate`` (hash + lookup) + ``admit``
+   (limiter) before the engine, ``settle`` (release + ledger row) after it, with the
+   embedded stores (in-process limiter, SQLite) and with Redis + PostgreSQL (real
+   servers started here), at concurrency 1 and 32. Reported: median and p99 of the
+   time added to each request, and this process's CPU per request including the
+   batched ledger writes and Redis's lease renewals (the Redis and PostgreSQL
+   servers' own CPU is not counted).
+2. Nothing per token: the gateway in process (real app, tokenizer, template; an
+   instant scripted engine) answering 1-token and 256-token streams, with the real
+   account layer and with a null one; the difference per request must not grow
+   with the number of tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for extra in (ROOT, ROOT / "tests", ROOT / "perf"):
+    sys.path.insert(0, str(extra))
+
+from gateway.accounts.limits import UNLIMITED, Admission  # noqa: E402
+from gateway.accounts.service import AccountService, Caller  # noqa: E402
+from gateway.accounts.service import Outcome  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+from results_dir import run_meta, write_results  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def layer_run(settings: Settings, requests: int, concurrency: int) -> dict:
+    accounts = AccountService(settings)
+    await accounts.start()
+    key = (await accounts.store.create_key(f"bench-{concurrency}-{time.time_ns()}", "k")).key
+    record = await accounts.store.find_key(key[:12])
+    await accounts.store.set_limits(record.account_id, 100_000, 100_000_000, 0)
+    await accounts.refresh()
+    header = f"Bearer {key}"
+    added: list[float] = []
+    outcome = Outcome("stop", 600, 560, 48, True, 30.0)
+    queue = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in queue:
+            t0 = time.perf_counter()
+            caller = await accounts.authenticate(header)
+            admission = await accounts.admit(caller)
+            t1 = time.perf_counter()
+            await asyncio.sleep(0)  # the request runs here
+            t2 = time.perf_counter()
+            accounts.settle(caller, admission, "req", "electron", outcome, time.time())
+            added.append((t1 - t0) + (time.perf_counter() - t2))
+
+    cpu0 = time.process_time()
+    wall0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    await accounts.ledger.flush()
+    cpu = time.process_time() - cpu0
+    wall = time.perf_counter() - wall0
+    written = accounts.ledger.written
+    await accounts.close()
+    assert written == requests, (written, requests)
+    return {"median_ms": statistics.median(added) * 1e3, "p99_ms": pct(added, 0.99) * 1e3,
+            "cpu_ms_per_request": cpu / requests * 1e3, "requests_per_s": requests / wall}
+
+
+class NullAccounts(AccountService):
+    """The baseline of part 2: no hashing, no limiter, no ledger."""
+
+    async def authenticate(self, authorization):
+        return Caller("null", None, True, UNLIMITED)
+
+    async def admit(self, caller):
+        return Admission("null", "t", None)
+
+    def settle(self, caller, admission, request_id, model, outcome, started_at):
+        admission.released = True
+
+
+async def per_token_run(settings: Settings, tokens: int, requests: int, null: bool) -> float:
+    import httpx2
+    from app.scripted_engine import Script, ScriptedEngine
+    from gateway.api.app import create_app, model_view
+    from gateway.server.triton_launcher import prepare_artifacts
+
+    model = model_view(prepare_artifacts(settings), settings.triton_model)
+    engine = ScriptedEngine()
+    engine.max_sequence_length = 4096
+    engine.script = Script(tokens=(model.codec.encode(" hello") * tokens)[:tokens])
+    accounts = (NullAccounts if null else AccountService)(settings)
+    app = create_app(settings, engine, model, accounts)
+    body = {"model": "electron", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+            "max_tokens": tokens}
+    times = []
+    async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://g") as client:
+        for _ in range(requests):
+            t0 = time.perf_counter()
+            r = await client.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200
+            times.append(time.perf_counter() - t0)
+    await accounts.close()
+    return statistics.median(times) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--token-requests", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    from services import PostgresServer, RedisServer
+
+    meta = run_meta(requests=args.requests)
+    layer = []
+    redis_server, postgres = RedisServer(), PostgresServer()
+    try:
+        stores = {
+            "embedded (in-process limiter, SQLite)": {},
+            "Redis + PostgreSQL": {"redis_url": redis_server.url,
+                                   "database_url": postgres.create_database("bench")},
+        }
+        for name, changes in stores.items():
+            for concurrency in (1, 32):
+                settings = dataclasses.replace(Settings(), data_dir=tempfile.mkdtemp(prefix="electron-bench-"),
+                                               **changes)
+                figures = asyncio.run(layer_run(settings, args.requests, concurrency))
+                layer.append({"stores": name, "concurrency": concurrency, **figures})
+                print(layer[-1], flush=True)
+    finally:
+        redis_server.stop()
+        postgres.stop()
+
+    per_token = []
+    for tokens in (1, 256):
+        settings = dataclasses.replace(Settings(), data_dir=tempfile.mkdtemp(prefix="electron-bench-"))
+        rounds = {"real": [], "null": []}
+        for _ in range(3):  # alternated: the machine is noisy
+            for kind in ("null", "real"):
+                rounds[kind].append(asyncio.run(per_token_run(settings, tokens, args.token_requests, kind == "null")))
+        real, null = statistics.median(rounds["real"]), statistics.median(rounds["null"])
+        per_token.append({"tokens": tokens, "with_accounts_ms": real, "null_accounts_ms": null, "added_ms": real - null})
+        print(per_token[-1], flush=True)
+
+    lines = [f"Account layer overhead - {meta['date']} on {meta['machine']}, {args.requests} requests per row", "",
+             "| stores | concurrency | added per request, median (ms) | p99 (ms) | CPU per request (ms) | requests/s |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['stores']} | {r['concurrency']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
+              f"{r['cpu_ms_per_request']:.3f} | {r['requests_per_s']:.0f} |" for r in layer]
+    lines += ["", "Per token: streamed requests through the app in process (instant engine), median of "
+              f"{args.token_requests} requests x 3 alternated rounds", "",
+              "| tokens | with accounts (ms) | null accounts (ms) | added (ms) |", "|---|---|---|---|"]
+    lines += [f"| {r['tokens']} | {r['with_accounts_ms']:.2f} | {r['null_accounts_ms']:.2f} | {r['added_ms']:+.2f} |"
+              for r in per_token]
+    write_results(args.out, "accounts", meta, {"layer": layer, "per_token": per_token}, "\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
