@@ -5,10 +5,12 @@
 1. The account layer alone, per request: ``authenticate`` (hash + lookup) + ``admit``
    (limiter) before the engine, ``settle`` (release + ledger row) after it, with the
    embedded stores (in-process limiter, SQLite) and with Redis + PostgreSQL (real
-   servers started here), at concurrency 1 and 32. Reported: median and p99 of the
-   time added to each request, and this process's CPU per request including the
-   batched ledger writes and Redis's lease renewals (the Redis and PostgreSQL
-   servers' own CPU is not counted).
+   servers started here), with 1 and 32 requests in flight. Latency: each request
+   holds its slot for ``--hold-ms`` (as a short reply would); median and p99 of the
+   time the layer adds to it. CPU: the same requests back to back (no hold), so
+   that fixed per-second work (key refresh, ledger timer) is spread over many
+   requests: this process's CPU per request, batched ledger writes included (the
+   Redis and PostgreSQL servers' own CPU is not counted).
 2. Nothing per token: the gateway in process (real app, tokenizer, template; an
    instant scripted engine) answering 1-token and 256-token streams, with the real
    account layer and with a null one; the difference per request must not grow
@@ -42,7 +44,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def layer_run(settings: Settings, requests: int, concurrency: int) -> dict:
+async def layer_run(settings: Settings, requests: int, concurrency: int, hold_s: float = 0.0) -> dict:
     accounts = AccountService(settings)
     await accounts.start()
     key = (await accounts.store.create_key(f"bench-{concurrency}-{time.time_ns()}", "k")).key
@@ -60,7 +62,7 @@ async def layer_run(settings: Settings, requests: int, concurrency: int) -> dict
             caller = await accounts.authenticate(header)
             admission = await accounts.admit(caller)
             t1 = time.perf_counter()
-            await asyncio.sleep(0)  # the request runs here
+            await asyncio.sleep(hold_s)  # the request runs here
             t2 = time.perf_counter()
             accounts.settle(caller, admission, "req", "electron", outcome, time.time())
             added.append((t1 - t0) + (time.perf_counter() - t2))
@@ -119,12 +121,13 @@ async def per_token_run(settings: Settings, tokens: int, requests: int, null: bo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--hold-ms", type=float, default=50.0, help="how long each request holds its slot")
     parser.add_argument("--token-requests", type=int, default=150)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     from services import PostgresServer, RedisServer
 
-    meta = run_meta(requests=args.requests)
+    meta = run_meta(requests=args.requests, hold_ms=args.hold_ms)
     layer = []
     redis_server, postgres = RedisServer(), PostgresServer()
     try:
@@ -137,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in (1, 32):
                 settings = dataclasses.replace(Settings(), data_dir=tempfile.mkdtemp(prefix="electron-bench-"),
                                                **changes)
-                figures = asyncio.run(layer_run(settings, args.requests, concurrency))
-                layer.append({"stores": name, "concurrency": concurrency, **figures})
+                held = asyncio.run(layer_run(settings, args.requests, concurrency, args.hold_ms / 1000))
+                busy = asyncio.run(layer_run(settings, args.requests, concurrency, 0.0))
+                layer.append({"stores": name, "concurrency": concurrency, "median_ms": held["median_ms"],
+                              "p99_ms": held["p99_ms"], "cpu_ms_per_request": busy["cpu_ms_per_request"],
+                              "requests_per_s": busy["requests_per_s"]})
                 print(layer[-1], flush=True)
     finally:
         redis_server.stop()
@@ -148,20 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     for tokens in (1, 256):
         settings = dataclasses.replace(Settings(), data_dir=tempfile.mkdtemp(prefix="electron-bench-"))
         rounds = {"real": [], "null": []}
-        for _ in range(3):  # alternated: the machine is noisy
+        for _ in range(5):  # alternated: the machine is noisy
             for kind in ("null", "real"):
                 rounds[kind].append(asyncio.run(per_token_run(settings, tokens, args.token_requests, kind == "null")))
         real, null = statistics.median(rounds["real"]), statistics.median(rounds["null"])
-        per_token.append({"tokens": tokens, "with_accounts_ms": real, "null_accounts_ms": null, "added_ms": real - null})
+        paired = statistics.median(r - n for r, n in zip(rounds["real"], rounds["null"]))
+        per_token.append({"tokens": tokens, "with_accounts_ms": real, "null_accounts_ms": null, "added_ms": paired})
         print(per_token[-1], flush=True)
 
-    lines = [f"Account layer overhead - {meta['date']} on {meta['machine']}, {args.requests} requests per row", "",
-             "| stores | concurrency | added per request, median (ms) | p99 (ms) | CPU per request (ms) | requests/s |",
+    lines = [f"Account layer overhead - {meta['date']} on {meta['machine']}, {args.requests} requests per row, "
+             f"each holding its slot {args.hold_ms:g} ms", "",
+             "| stores | in flight | added per request, median (ms) | p99 (ms) | CPU per request, back to back (ms) "
+             "| requests/s the layer sustains |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['stores']} | {r['concurrency']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
               f"{r['cpu_ms_per_request']:.3f} | {r['requests_per_s']:.0f} |" for r in layer]
     lines += ["", "Per token: streamed requests through the app in process (instant engine), median of "
-              f"{args.token_requests} requests x 3 alternated rounds", "",
+              f"{args.token_requests} requests x 5 alternated rounds; added = median of the rounds' differences", "",
               "| tokens | with accounts (ms) | null accounts (ms) | added (ms) |", "|---|---|---|---|"]
     lines += [f"| {r['tokens']} | {r['with_accounts_ms']:.2f} | {r['null_accounts_ms']:.2f} | {r['added_ms']:+.2f} |"
               for r in per_token]

@@ -3,7 +3,8 @@
 ``record`` only appends to a list (no I/O, safe to call while a request is being
 cancelled); a background task writes what has gathered every ``flush_s`` seconds
 (default 1 s: what a crash of the process can lose). ``close`` writes the rest.
-A failed write keeps its rows for the next flush.
+A failed write keeps its rows for the next flush; rows carry their own ids and
+the insert skips ids already stored, so a batch written twice is stored once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from gateway.accounts.pricing import Cost, Prices
 
@@ -42,6 +43,13 @@ class UsageRow:
     started_at_ms: int
     finished_at_ms: int
 
+    def values(self) -> dict:
+        """The row as column values (a shallow ``asdict``: it runs for every row written)."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+COLUMNS = tuple(f.name for f in fields(UsageRow))
+
 
 def usage_row(*, request_id: str, account_id: str, key_id: str | None, model: str, status: str,
               prompt_tokens: int, cached_tokens: int, completion_tokens: int, cost: Cost, prices: Prices,
@@ -62,6 +70,7 @@ class UsageLedger:
         self._pending: list[UsageRow] = []
         self._oldest_pending: float | None = None
         self._writer: asyncio.Task | None = None
+        self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
         self.written = 0
         self.last_write_lag_s = 0.0  # how long the oldest row of the last batch waited
@@ -80,8 +89,11 @@ class UsageLedger:
             self._writer = asyncio.get_running_loop().create_task(self._write_periodically())
 
     async def _write_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._flush_s)
+        while not self._closing.is_set():
+            try:
+                await asyncio.wait_for(self._closing.wait(), self._flush_s)
+            except asyncio.TimeoutError:
+                pass
             await self.flush()
 
     async def flush(self) -> None:
@@ -103,12 +115,12 @@ class UsageLedger:
             self.last_write_lag_s = time.monotonic() - oldest if oldest is not None else 0.0
 
     async def close(self) -> None:
+        """Writes what is pending. The writer is asked to stop, never cancelled mid-write:
+        a write cancelled after its commit would be written twice (the insert ignores
+        rows already stored anyway, so a retried batch can never bill twice)."""
+        self._closing.set()
         if self._writer is not None:
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
+            await self._writer
         await self.flush()
         if self._pending:  # a write that failed: one more try
             await self.flush()

@@ -204,7 +204,7 @@ class AccountService:
         self.limiter.release(admission)
         cost = (cost_of(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens, self._prices)
                 if outcome.engine_produced else NO_COST)
-        if outcome.engine_produced:
+        if outcome.engine_produced and caller.limits.tpm:
             self.limiter.record_tokens(admission, outcome.prompt_tokens + outcome.completion_tokens)
         finished = time.time()
         self.ledger.record(usage_row(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from gateway.accounts.api_keys import NewKey, new_key
@@ -155,9 +157,12 @@ class AccountStore:
     # --- usage -------------------------------------------------------------------
 
     async def insert_usage(self, rows: list) -> None:
+        """Idempotent: a row whose id is already stored is skipped (a retried batch)."""
         if rows:
             async with self.engine.begin() as conn:
-                await conn.execute(usage.insert(), [asdict(row) for row in rows])
+                insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
+                statement = insert(usage).on_conflict_do_nothing(index_elements=[usage.c.id])
+                await conn.execute(statement, [row.values() for row in rows])
 
     async def usage_rows(self, account: str | None = None) -> list[dict]:
         query = sa.select(usage).order_by(usage.c.started_at_ms)

@@ -1,11 +1,17 @@
-"""``POST /v1/chat/completions``: parse, prepare, run on the engine, respond.
+"""``POST /v1/chat/completions``: key, parse, prepare, admit, run on the engine, respond.
+
+The key is checked first (401), then the body and prompt (4xx, no engine work),
+then the account's caps (429). An admitted request has a ``Bill`` that settles
+exactly once however it ends (slot released, usage row recorded): a finished
+response, an error, a client gone before or during the stream, a shutdown.
 
 Errors before the engine's first token (bad input, engine unreachable, a
 failed engine request) become an HTTP error with the envelope: a stream sends
 its headers with its first chunk, at the first token, which costs no time to
-first token. An error after that is one error event, then ``[DONE]``. When the client goes away, the engine request is cancelled: while
-waiting for the first delta or a non-streaming body by watching for
-``http.disconnect``, mid-stream by Starlette cancelling the response.
+first token. An error after that is one error event, then ``[DONE]``. When the
+client goes away, the engine request is cancelled: while waiting for the first
+delta or a non-streaming body by watching for ``http.disconnect``, mid-stream by
+Starlette cancelling the response.
 """
 
 from __future__ import annotations

@@ -329,3 +329,26 @@ async def test_usage_and_costs_endpoints_total_the_responses(open_gateway, say, 
         assert paged["has_more"] is True and paged["next_page"] == "1"
         bad = await gw.client.get("/v1/organization/usage/completions", params={"bucket_width": "1w"}, headers=headers)
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "start_time"
+
+
+async def test_a_batch_written_twice_is_stored_once_and_close_writes_everything(settings, store_url):
+    from gateway.accounts.ledger import UsageLedger, usage_row
+    from gateway.accounts.store import AccountStore
+
+    store = await AccountStore.open(store_url)
+    try:
+        ledger = UsageLedger(store, flush_s=0.05)
+        rows = [usage_row(request_id=f"r{i}", account_id="a", key_id=None, model="m", status="stop",
+                          prompt_tokens=10, cached_tokens=4, completion_tokens=3,
+                          cost=cost_of(10, 4, 3, Prices(1, 1, 1)), prices=Prices(1, 1, 1), ttft_ms=None,
+                          started_at_ms=i, finished_at_ms=i, duration_ms=0.0) for i in range(50)]
+        await store.insert_usage(rows[:10])
+        for row in rows:  # the first ten again: a retried batch
+            ledger.record(row)
+        await asyncio.sleep(0.01)
+        await ledger.close()  # the writer may be mid-write: it is awaited, never cancelled
+        stored = await store.usage_rows()
+        assert sorted(r["id"] for r in stored) == sorted(r.id for r in rows)
+        assert ledger.depth == 0
+    finally:
+        await store.close()
