@@ -118,6 +118,21 @@ async def per_token_run(settings: Settings, tokens: int, requests: int, null: bo
     return statistics.median(times) * 1e3
 
 
+async def redis_ping_ms(url: str, hold_s: float, n: int = 300) -> float:
+    """A bare Redis round trip after the same idle time: the floor under the Redis limiter's figure."""
+    import redis.asyncio as redis
+    client = redis.from_url(url)
+    await client.ping()
+    times = []
+    for _ in range(n):
+        await asyncio.sleep(hold_s)
+        t0 = time.perf_counter()
+        await client.ping()
+        times.append(time.perf_counter() - t0)
+    await client.aclose()
+    return statistics.median(times) * 1e3
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -131,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     layer = []
     redis_server, postgres = RedisServer(), PostgresServer()
     try:
+        ping = {"held_ms": asyncio.run(redis_ping_ms(redis_server.url, args.hold_ms / 1000)),
+                "back_to_back_ms": asyncio.run(redis_ping_ms(redis_server.url, 0.0))}
+        print("redis PING", ping, flush=True)
         stores = {
             "embedded (in-process limiter, SQLite)": {},
             "Redis + PostgreSQL": {"redis_url": redis_server.url,
@@ -169,12 +187,15 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['stores']} | {r['concurrency']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
               f"{r['cpu_ms_per_request']:.3f} | {r['requests_per_s']:.0f} |" for r in layer]
+    lines += ["", f"Reference: a bare Redis PING from this process takes {ping['held_ms']:.3f} ms (median) after the "
+              f"same {args.hold_ms:g} ms idle, {ping['back_to_back_ms']:.3f} ms back to back.", ""]
     lines += ["", "Per token: streamed requests through the app in process (instant engine), median of "
               f"{args.token_requests} requests x 5 alternated rounds; added = median of the rounds' differences", "",
               "| tokens | with accounts (ms) | null accounts (ms) | added (ms) |", "|---|---|---|---|"]
     lines += [f"| {r['tokens']} | {r['with_accounts_ms']:.2f} | {r['null_accounts_ms']:.2f} | {r['added_ms']:+.2f} |"
               for r in per_token]
-    write_results(args.out, "accounts", meta, {"layer": layer, "per_token": per_token}, "\n".join(lines) + "\n")
+    write_results(args.out, "accounts", meta, {"layer": layer, "redis_ping": ping, "per_token": per_token},
+                  "\n".join(lines) + "\n")
     return 0
 
 

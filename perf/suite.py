@@ -51,6 +51,8 @@ def steps(mode: str) -> list[Step]:
              [PYTHON, "perf/bench_guided.py", "--rounds", "2" if quick else "3"], "guided"),
         Step("gateway overhead over direct gRPC",
              [PYTHON, "perf/bench_gateway.py", "--rounds", "8" if quick else "30"], "gateway"),
+        Step("keys, limits and the usage ledger per request (embedded; Redis + PostgreSQL)",
+             [PYTHON, "perf/bench_accounts.py", "--requests", "1000" if quick else "3000"], "accounts"),
         Step("voice calls, electron vs llama-server", [PYTHON, "perf/voice_bench.py", "--mode", mode], "voice"),
         Step("busy processes beside the stack (0, 1, 2)",
              [PYTHON, "perf/contention.py", "--replies", "4" if quick else "8", "--turns", "2" if quick else "3"],
