@@ -94,6 +94,26 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid value for {where}: {first['msg']}.", param=param or None)
 
 
+def _lone_surrogate_path(value, path: tuple = ()) -> tuple | None:
+    """Where a string holds a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape decodes to
+    one): no tokenizer can encode it, so it is refused as bad input, not a 500."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _lone_surrogate_path(key) is not None:
+            return path + (key,)
+        found = _lone_surrogate_path(item, path + (key,))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_body(body: bytes) -> ChatCompletionRequest:
     try:
         data = json.loads(body)
@@ -103,6 +123,14 @@ def parse_body(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequestError("The request body is nested too deeply.") from exc
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.")
+    try:
+        where = _lone_surrogate_path(data)
+    except RecursionError as exc:
+        raise InvalidRequestError("The request body is nested too deeply.") from exc
+    if where is not None:
+        param = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in where).lstrip(".")
+        raise InvalidRequestError(f"Invalid value for '{param or 'the request body'}': a string holds a lone "
+                                  "UTF-16 surrogate (not valid Unicode text).", param=param or None)
     try:
         request = ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:

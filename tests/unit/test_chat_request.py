@@ -147,3 +147,25 @@ def test_template_errors_are_the_clients():
 
 def test_a_text_response_format_needs_no_guide():
     assert prepared(response_format={"type": "text"}).engine_request.guide_type is None
+
+
+@pytest.mark.parametrize("raw, param", [
+    (b'{"model": "electron", "messages": [{"role": "user", "content": "hi \\ud800 there"}]}', "messages[0].content"),
+    (b'{"model": "electron", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}',
+     "messages[0].content[0].text"),
+    (b'{"model": "electron", "messages": [{"role": "user", "content": "ok"}], "stop": ["\\udc00x"]}', "stop[0]"),
+    (b'{"model": "electron", "messages": [{"role": "user", "content": "ok"}], "metadata": {"\\ud83d": 1}}',
+     "metadata.\ud83d"),
+])
+def test_a_lone_surrogate_in_any_string_is_a_400(raw, param):
+    with pytest.raises(InvalidRequestError) as refused:
+        parse_body(raw)
+    assert "lone UTF-16 surrogate" in refused.value.message
+    if "metadata" not in param:
+        assert refused.value.param == param
+
+
+def test_a_surrogate_pair_is_text_and_passes():
+    request = parse_body('{"model": "electron", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \u0928\u092e"}]}'
+                         .encode())
+    assert request.messages[0].content == "\U0001F600 \u0928\u092e"
