@@ -83,7 +83,7 @@ class UsageLedger:
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending.append(row)
-        log.info("usage row: status=%s prompt_tokens=%d cached_tokens=%d completion_tokens=%d cost_pico=%d",
+        log.debug("usage row: status=%s prompt_tokens=%d cached_tokens=%d completion_tokens=%d cost_pico=%d",
                  row.status, row.prompt_tokens, row.cached_tokens, row.completion_tokens, row.cost_pico)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write_periodically())

@@ -29,6 +29,7 @@ from gateway.api.errors import (
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
 from gateway.api.request_context import RequestIdMiddleware, current_request_id
+from gateway.api.request_log import RequestLogMiddleware
 from gateway.api.schemas import Model, ModelList
 from gateway.settings import Settings
 from gateway.chat.token_codec import TokenCodec
@@ -162,6 +163,7 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=lifespan,
     )
+    app.add_middleware(RequestLogMiddleware)
     app.add_middleware(RequestIdMiddleware)
     app.state.accounts = accounts
     return app

@@ -36,6 +36,7 @@ from gateway.engine.protocol import Engine
 from gateway.api.errors import APIError, EngineError, RequestTooLargeError
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.request_context import current_request_id
+from gateway.api.request_log import summary
 from gateway.api.responses import ResponseShaper
 from gateway.api.schemas import ErrorResponse
 from gateway.settings import Settings
@@ -98,8 +99,9 @@ class Bill:
     also completes inside a cancelled task."""
 
     def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
-                 model: str) -> None:
+                 model: str, summary: dict) -> None:
         self._accounts = accounts
+        self._summary = summary
         self._caller = caller
         self._admission = admission
         self._request_id = request_id
@@ -122,8 +124,15 @@ class Bill:
             engine_produced=bool(run and run.engine_outputs),
             ttft_ms=run.first_token_ms if run else None,
         )
+        if self._admission.released:
+            return
         self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
                               self._started_at)
+        self._summary.update(status=outcome.status, prompt_tokens=outcome.prompt_tokens,
+                             cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
+                             ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
+                             first_text_ms=None if run is None or run.first_text_ms is None
+                             else round(run.first_text_ms, 1))
 
 
 class SettlingStreamingResponse(StreamingResponse):
@@ -196,6 +205,8 @@ class ChatService:
     async def complete(self, request: Request) -> Response:
         """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
         caller = await self._accounts.authenticate(request.headers.get("authorization"))
+        fields = summary(request)
+        fields.update(account=caller.account_id, key_id=caller.key_id)
         try:
             body = await read_body(request, self._settings.max_body_bytes)
         except ClientGone:
@@ -204,7 +215,7 @@ class ChatService:
         chat = parse_body(body)
         prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
         admission = await self._accounts.admit(caller)
-        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model)
+        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields)
         bill.prompt_tokens = prepared.prompt_tokens
         try:
             return await self._respond(request, prepared, bill, self._accounts.headers(admission))

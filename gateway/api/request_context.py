@@ -39,12 +39,17 @@ class RequestIdFilter(logging.Filter):
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(level: str = "INFO") -> None:
+def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     """Root logging with the request id in every line (handlers' filters apply
-    to records of every logger, so uvicorn's lines carry it too)."""
+    to records of every logger, so uvicorn's lines carry it too); ``json``: one
+    JSON object per line (``gateway.api.request_log.JsonFormatter``)."""
+    from gateway.api.request_log import JsonFormatter
+
+    if log_format not in ("text", "json"):
+        raise ValueError(f"ELECTRON_LOG_FORMAT={log_format!r} is not text or json")
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -36,7 +36,7 @@ class CompletionRun:
                                     logprobs=prepared.logprobs, tools=prepared.tools)
         self._reused_blocks = 0
         self._engine_ttft_ms: float | None = None
-        self._first_text_ms: float | None = None
+        self.first_text_ms: float | None = None  # the first audible text
         self.first_token_ms: float | None = None  # the engine's first output, as the gateway saw it
         self.engine_outputs = 0  # outputs the engine delivered (0: it never produced anything)
         self._started = False  # a delta has gone out
@@ -66,7 +66,7 @@ class CompletionRun:
             opening = self._choice.opening()  # a forced tool call's filler: before the engine's first token
             if opening is not None:
                 self._started = True
-                self._first_text_ms = (time.perf_counter() - started) * 1e3
+                self.first_text_ms = (time.perf_counter() - started) * 1e3
                 yield opening
             async for output in outputs:
                 self.engine_outputs += 1
@@ -81,8 +81,8 @@ class CompletionRun:
                     delta = Delta()  # the first token's text is held back: the stream still starts now
                 if delta is not None:
                     self._started = True
-                    if delta.content and self._first_text_ms is None:
-                        self._first_text_ms = (time.perf_counter() - started) * 1e3
+                    if delta.content and self.first_text_ms is None:
+                        self.first_text_ms = (time.perf_counter() - started) * 1e3
                     yield delta
                 if self._choice.stopped:
                     break  # a stop string: closing ``outputs`` cancels the engine request
@@ -90,10 +90,10 @@ class CompletionRun:
             yield self._choice.finish()
         finally:
             await outputs.aclose()
-            log.info("usage: prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish_reason=%s "
+            log.debug("usage: prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish_reason=%s "
                      "first_text_ms=%s engine_ttft_ms=%s duration_ms=%.1f%s",
                      self.prompt_tokens, self.cached_tokens, self.completion_tokens, self.finish_reason,
-                     _ms(self._first_text_ms), _ms(self._engine_ttft_ms), (time.perf_counter() - started) * 1e3,
+                     _ms(self.first_text_ms), _ms(self._engine_ttft_ms), (time.perf_counter() - started) * 1e3,
                      "" if self.completed else " (ended early: client gone or error)")
 
 

@@ -45,7 +45,7 @@ def claim_local_limits(settings: Settings):
 
 def main() -> int:
     settings = Settings.from_env()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         limits_lock = None if settings.redis_url else claim_local_limits(settings)
         asyncio.run(check_protected_mode(settings))
@@ -65,7 +65,7 @@ def main() -> int:
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         config = uvicorn.Config(build_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                                loop="uvloop", http="httptools", log_config=None, access_log=True,
+                                loop="uvloop", http="httptools", log_config=None, access_log=False,
                                 timeout_graceful_shutdown=5)
         log.info("OpenAI API on http://%s:%d/v1", settings.gateway_host, settings.gateway_port)
         uvicorn.Server(config).run()
