@@ -67,6 +67,7 @@ class Settings:
     start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one
     log_level: str = "INFO"
     log_format: str = "text"  # json: one JSON object per line
+    metrics_token: str = ""  # if set, GET /metrics needs it as a bearer token
     # accounts: API keys, limits, usage ledger (gateway/accounts/)
     data_dir: str = str(REPO_ROOT / ".data")  # the embedded SQLite store and the local limiter's lock
     database_url: str = ""  # empty: SQLite in data_dir; e.g. postgresql+asyncpg://user:pw@host/db

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.accounts.api_keys import bearer_token, hash_key, same_hash
-from gateway.accounts.ledger import UsageLedger, usage_row
+from gateway.accounts.ledger import UsageLedger, UsageRow, usage_row
 from gateway.accounts.limits import UNLIMITED, Admission, Limiter, Limits, LocalLimiter, Refusal
 from gateway.accounts.pricing import NO_COST, Prices, cost_of
 from gateway.accounts.rate_headers import refusal_headers, window_headers
@@ -186,7 +186,7 @@ class AccountService:
         if isinstance(decision, Refusal):
             log.info("429: account %s over its %s cap (%d)", caller.account_id, decision.cap, decision.value)
             raise RateLimitError(
-                f"Rate limit reached for account {caller.account_id} on {CAP_NAMES[decision.cap]}: "
+                cap=decision.cap, message=f"Rate limit reached for account {caller.account_id} on {CAP_NAMES[decision.cap]}: "
                 f"limit {decision.value}. Please try again in {decision.retry_after_s:.3g}s.",
                 type="tokens" if decision.cap == "tpm" else "requests", headers=refusal_headers(decision))
         return decision
@@ -196,23 +196,25 @@ class AccountService:
         return window_headers(admission.window)
 
     def settle(self, caller: Caller, admission: Admission, request_id: str, model: str, outcome: Outcome,
-               started_at: float) -> None:
-        """Release the slot and record the usage row; synchronous (no I/O), so it runs
-        to the end even in a cancelled task. A second call does nothing."""
+               started_at: float) -> UsageRow | None:
+        """Release the slot and record the usage row (returned); synchronous (no I/O), so it
+        runs to the end even in a cancelled task. A second call does nothing (None)."""
         if admission.released:
-            return
+            return None
         self.limiter.release(admission)
         cost = (cost_of(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens, self._prices)
                 if outcome.engine_produced else NO_COST)
         if outcome.engine_produced and caller.limits.tpm:
             self.limiter.record_tokens(admission, outcome.prompt_tokens + outcome.completion_tokens)
         finished = time.time()
-        self.ledger.record(usage_row(
+        row = usage_row(
             request_id=request_id, account_id=caller.account_id, key_id=caller.key_id, model=model,
             status=outcome.status, prompt_tokens=outcome.prompt_tokens, cached_tokens=outcome.cached_tokens,
             completion_tokens=outcome.completion_tokens, cost=cost, prices=self._prices, ttft_ms=outcome.ttft_ms,
             started_at_ms=int(started_at * 1000), finished_at_ms=int(finished * 1000),
-            duration_ms=(finished - started_at) * 1000))
+            duration_ms=(finished - started_at) * 1000)
+        self.ledger.record(row)
+        return row
 
 
 def _or(value: int | None, default: int) -> int:

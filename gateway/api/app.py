@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
@@ -18,18 +19,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.accounts.api_keys import bearer_token
 from gateway.accounts.service import AccountService
 from gateway.accounts.usage_report import costs_page, parse_query, usage_page
 from gateway.api.chat_service import ChatService, ModelView
 from gateway.chat.chat_template import ChatTemplate
 from gateway.engine.protocol import Engine
 from gateway.api.errors import (
-    APIError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError, PermissionDeniedError,
+    APIError, AuthenticationError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError, PermissionDeniedError,
 )
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
 from gateway.api.request_context import RequestIdMiddleware, current_request_id
-from gateway.api.request_log import RequestLogMiddleware
+from gateway.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.api.metrics import GatewayMetrics
+from gateway.api.request_log import RequestLogMiddleware, summary
 from gateway.api.schemas import Model, ModelList
 from gateway.settings import Settings
 from gateway.chat.token_codec import TokenCodec
@@ -61,12 +65,25 @@ def model_view(artifacts: ModelArtifacts, triton_model: str) -> ModelView:
     )
 
 
+ROUTES = {path: path for path in ("/v1/chat/completions", "/v1/models", "/v1/organization/usage/completions",
+                                   "/v1/organization/costs", "/health", "/ready", "/metrics", "/openapi.json")}
+
+
+def _route_of(path: str) -> str:
+    """A bounded label for metrics: the route's template, or ``other``."""
+    return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
+
+
 def _error_response(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.envelope(current_request_id.get()), status_code=exc.status, headers=exc.headers)
 
 
 async def _api_error(request: Request, exc: APIError) -> Response:
     log.info("%d %s: %s", exc.status, exc.type, exc.message)
+    fields = summary(request)
+    fields["error_code"] = exc.code or exc.type
+    if getattr(exc, "cap", None):
+        fields["cap"] = exc.cap
     return _error_response(exc)
 
 
@@ -87,6 +104,9 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
                accounts: AccountService | None = None) -> Starlette:
     accounts = accounts or AccountService(settings)
     chat = ChatService(settings, engine, model, accounts)
+    metrics = GatewayMetrics()
+    metrics.in_flight.set_function(lambda: chat.in_flight)
+    metrics.watch_ledger(lambda: accounts.ledger)
     created = int(model.artifacts.gguf_path.stat().st_mtime) if model.artifacts.gguf_path.exists() else 0
     served = Model(id=settings.served_model, object="model", created=created, owned_by=OWNER)
     document = openapi_document(_version())
@@ -121,6 +141,16 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        if settings.metrics_token:
+            sent = bearer_token(request.headers.get("authorization"))
+            if sent is None or not hmac.compare_digest(sent.encode(), settings.metrics_token.encode()):
+                raise AuthenticationError("The metrics endpoint needs ELECTRON_METRICS_TOKEN as a bearer token.")
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+    def request_done(scope, line: dict) -> None:
+        metrics.request_done(ROUTES.get(scope["path"], _route_of(scope["path"])), line, settings.served_model)
 
     async def admin_caller(request: Request):
         caller = await accounts.authenticate(request.headers.get("authorization"))
@@ -159,13 +189,15 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
             Route("/health", health, methods=["GET"]),
             Route("/ready", ready, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=lifespan,
     )
-    app.add_middleware(RequestLogMiddleware)
+    app.add_middleware(RequestLogMiddleware, on_done=request_done)
     app.add_middleware(RequestIdMiddleware)
     app.state.accounts = accounts
+    app.state.metrics = metrics
     return app
 
 

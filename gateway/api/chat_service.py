@@ -99,9 +99,10 @@ class Bill:
     also completes inside a cancelled task."""
 
     def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
-                 model: str, summary: dict) -> None:
+                 model: str, summary: dict, on_settle=None) -> None:
         self._accounts = accounts
         self._summary = summary
+        self._on_settle = on_settle
         self._caller = caller
         self._admission = admission
         self._request_id = request_id
@@ -110,6 +111,7 @@ class Bill:
         self.run: CompletionRun | None = None
         self.prompt_tokens = 0
         self.failed = False
+        self.error_code: str | None = None  # of an error event sent mid-stream
 
     def settle(self, status: str | None = None) -> None:
         run = self.run
@@ -126,13 +128,17 @@ class Bill:
         )
         if self._admission.released:
             return
-        self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
-                              self._started_at)
-        self._summary.update(status=outcome.status, prompt_tokens=outcome.prompt_tokens,
+        row = self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
+                                    self._started_at)
+        if self._on_settle is not None:
+            self._on_settle()
+        self._summary.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None, prompt_tokens=outcome.prompt_tokens,
                              cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
                              ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
                              first_text_ms=None if run is None or run.first_text_ms is None
                              else round(run.first_text_ms, 1))
+        if self.error_code:
+            self._summary["error_code"] = self.error_code
 
 
 class SettlingStreamingResponse(StreamingResponse):
@@ -171,6 +177,7 @@ def _close_later(*generators) -> None:
 
 class ChatService:
     def __init__(self, settings: Settings, engine: Engine, model: ModelView, accounts: AccountService) -> None:
+        self.in_flight = 0  # admitted, not yet settled
         if settings.tool_dialect not in dialects():
             raise ValueError(f"ELECTRON_TOOL_DIALECT={settings.tool_dialect!r} is not one of {', '.join(dialects())}")
         self._settings = settings
@@ -215,7 +222,9 @@ class ChatService:
         chat = parse_body(body)
         prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
         admission = await self._accounts.admit(caller)
-        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields)
+        self.in_flight += 1
+        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields,
+                    on_settle=self._settled)
         bill.prompt_tokens = prepared.prompt_tokens
         try:
             return await self._respond(request, prepared, bill, self._accounts.headers(admission))
@@ -229,6 +238,9 @@ class ChatService:
         except BaseException:  # cancelled: server shutdown
             bill.settle("cancelled")
             raise
+
+    def _settled(self) -> None:
+        self.in_flight -= 1
 
     async def _respond(self, request: Request, prepared, bill: Bill, headers: dict[str, str]) -> Response:
         request_id = current_request_id.get()
@@ -266,10 +278,12 @@ async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
     except APIError as exc:
         log.warning("error after the stream started: %s", exc.message)
         bill.failed = True
+        bill.error_code = exc.code
         yield _error_event(exc)
     except Exception:  # noqa: BLE001 - the stream must still end with an error event
         log.exception("unexpected error in the stream")
         bill.failed = True
+        bill.error_code = EngineError.code
         yield _error_event(EngineError("The server failed while streaming the response."))
     finally:
         await deltas.aclose()

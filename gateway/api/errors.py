@@ -78,9 +78,11 @@ class RateLimitError(APIError):
     type = "requests"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, type: str = "requests", headers: dict[str, str] | None = None):
+    def __init__(self, message: str, *, type: str = "requests", headers: dict[str, str] | None = None,
+                 cap: str | None = None):
         super().__init__(message, headers=headers)
         self.type = type
+        self.cap = cap  # concurrency, rpm or tpm (for metrics)
 
 
 class EngineUnavailableError(APIError):

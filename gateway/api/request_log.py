@@ -25,8 +25,12 @@ def summary(scope_or_request) -> dict:
 
 
 class RequestLogMiddleware:
-    def __init__(self, app) -> None:
+    """``on_done(scope, line)``: called with the line's fields when a request ends (metrics).
+    Fields whose name starts with ``_`` are for ``on_done`` only, never logged."""
+
+    def __init__(self, app, on_done=None) -> None:
         self.app = app
+        self.on_done = on_done
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -46,8 +50,14 @@ class RequestLogMiddleware:
         finally:
             line = {"request_id": scope["state"].get("request_id"), "method": scope["method"], "path": scope["path"], "http_status": status["code"] or 499,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1), **fields}
-            log.info(" ".join(f"{k}={v}" for k, v in line.items() if v is not None and k != "request_id"),
-                     extra={"fields": line})
+            logged = {k: v for k, v in line.items() if not k.startswith("_")}
+            log.info(" ".join(f"{k}={v}" for k, v in logged.items() if v is not None and k != "request_id"),
+                     extra={"fields": logged})
+            if self.on_done is not None:
+                try:
+                    self.on_done(scope, line)
+                except Exception:  # noqa: BLE001 - metrics never break a response
+                    log.exception("recording metrics failed")
 
 
 class JsonFormatter(logging.Formatter):

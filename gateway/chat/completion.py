@@ -39,6 +39,7 @@ class CompletionRun:
         self.first_text_ms: float | None = None  # the first audible text
         self.first_token_ms: float | None = None  # the engine's first output, as the gateway saw it
         self.engine_outputs = 0  # outputs the engine delivered (0: it never produced anything)
+        self.gaps: list[float] = []  # seconds between the engine's outputs (observed as metrics at the end)
         self._started = False  # a delta has gone out
         self.completed = False  # the last delta (with finish_reason) was produced
 
@@ -68,10 +69,15 @@ class CompletionRun:
                 self._started = True
                 self.first_text_ms = (time.perf_counter() - started) * 1e3
                 yield opening
+            last = None
             async for output in outputs:
+                now = time.perf_counter()
                 self.engine_outputs += 1
+                if last is not None:
+                    self.gaps.append(now - last)
+                last = now
                 if self.first_token_ms is None:
-                    self.first_token_ms = (time.perf_counter() - started) * 1e3
+                    self.first_token_ms = (now - started) * 1e3
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks
                 if output.engine_ttft_ms is not None:
