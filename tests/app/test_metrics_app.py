@@ -73,3 +73,24 @@ async def test_refusals_disconnects_and_the_metrics_token(settings, engine, mode
                          error_code="rate_limit_exceeded") == 3
     finally:
         await accounts.close()
+
+
+def test_the_grafana_dashboard_loads_and_reads_only_metrics_the_gateway_exports():
+    import json
+    import re
+
+    from gateway.api.metrics import GatewayMetrics
+    from paths import ROOT
+
+    dashboard = json.loads((ROOT / "build" / "grafana-dashboard.json").read_text())
+    exported = set()
+    for family in GatewayMetrics().registry.collect():
+        exported |= {family.name, family.name + "_total", family.name + "_bucket", family.name + "_count",
+                     family.name + "_sum"}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(exprs) >= 10 and {p["title"] for p in dashboard["panels"]} >= {
+        "Time to first token (engine) and first text", "Tokens per second", "Refused (429) by cap", "Errors",
+        "Prefix cache: share of prompt tokens cached"}
+    for expr in exprs:
+        for name in re.findall(r"\belectron_[a-z_]+", expr):
+            assert name in exported, name
