@@ -39,6 +39,9 @@ class Settings:
     triton_metrics_port: int = 8002
     triton_ready_timeout_s: float = 180.0
     triton_log_verbose: int = 0
+    triton_check_s: float = 0.5  # electron-serve checks Triton's process and model this often
+    triton_unready_s: float = 5.0  # a model not ready this long gets Triton restarted
+    triton_restart_backoff_max_s: float = 30.0  # failed restarts are retried after 1, 2, 4 ... s up to this
     # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
     tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
     kv_cells: int = 16384

@@ -86,10 +86,14 @@ class RateLimitError(APIError):
 
 
 class EngineUnavailableError(APIError):
-    """Triton cannot be reached or the model is not ready (503)."""
+    """Triton cannot be reached or the model is not ready (503): try again in a second."""
     status = 503
     type = "service_unavailable_error"
     code = "engine_unavailable"
+
+    def __init__(self, message: str, **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
 
 
 class EngineError(APIError):

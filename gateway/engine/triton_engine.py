@@ -109,6 +109,21 @@ def parse_output(result, first: bool = False) -> EngineOutput:
     )
 
 
+# tritonclient's defaults, plus a short reconnect backoff: gRPC's default grows to 120 s, so a
+# gateway would go on failing for minutes after a restarted Triton is back.
+CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.keepalive_time_ms", 2**31 - 1),
+    ("grpc.keepalive_timeout_ms", 20000),
+    ("grpc.keepalive_permit_without_calls", False),
+    ("grpc.http2.max_pings_without_data", 2),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
 def _not_serving(message: str) -> bool:
     lowered = message.lower()
     return any(words in lowered for words in _NOT_SERVING)
@@ -127,7 +142,7 @@ class TritonEngine:
     def client(self) -> grpcaio.InferenceServerClient:
         # created lazily: the gRPC channel belongs to the running event loop
         if self._client is None:
-            self._client = grpcaio.InferenceServerClient(self._url)
+            self._client = grpcaio.InferenceServerClient(self._url, channel_args=CHANNEL_ARGS)
         return self._client
 
     async def close(self) -> None:

@@ -21,7 +21,7 @@ from gateway.accounts.service import ProtectedModeError, check_protected_mode
 from gateway.api.app import build_app
 from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
-from gateway.server.triton_launcher import start_triton, stop_triton
+from gateway.server.triton_supervisor import TritonSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,9 @@ def main() -> int:
     # While Triton starts, SIGTERM interrupts like Ctrl-C (start_triton cleans up).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        triton = start_triton(settings) if settings.start_triton else None
+        triton = TritonSupervisor(settings) if settings.start_triton else None
+        if triton is not None:
+            triton.start()
     except KeyboardInterrupt:
         return 0
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once drained:
@@ -72,7 +74,7 @@ def main() -> int:
         log.info("gateway stopped (signal %s)", received[-1] if received else "none")
     finally:
         if triton is not None:
-            stop_triton(triton)
+            triton.stop()
         if limits_lock is not None:
             limits_lock.close()
     return 0

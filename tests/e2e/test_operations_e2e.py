@@ -40,3 +40,89 @@ def test_gateway_metrics_move_with_real_traffic(gateway, triton):
     assert value(after, "electron_requests_in_flight") == 0
     engine_after = read_metrics(triton.triton_metrics_port)  # the engine's own, on Triton's port
     assert engine_after["electron_engine_completed_total"] >= engine_before["electron_engine_completed_total"]
+
+
+def _tritonserver_pid(grpc_port: int) -> int:
+    from pathlib import Path
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if command and command[0].endswith(b"tritonserver") and f"--grpc-port={grpc_port}".encode() in command:
+            return int(proc.name)
+    raise LookupError(f"no tritonserver on gRPC port {grpc_port}")
+
+
+async def test_a_killed_tritonserver_is_restarted_and_the_gateway_serves_again(tmp_path):
+    import asyncio
+    import json
+    import os
+    import signal
+    import time
+
+    from gateway.accounts.store import AccountStore
+    from voice_load.servers import ElectronServer
+
+    port = 18400  # Triton of its own on 18401-18403
+    data = tmp_path / "data"
+    server = ElectronServer(port, log_path=tmp_path / "serve.log", log_level="INFO",
+                            env={"ELECTRON_DATA_DIR": str(data)})
+    gateway_pid = server.process.pid
+    try:
+        body = {"model": "electron", "messages": [{"role": "user", "content": "Tell me a long story."}],
+                "max_tokens": 400, "min_tokens": 400, "stream": True}
+        events = []
+        async with httpx2.AsyncClient(base_url=server.root_url, timeout=60) as http:
+            async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    events.append(line[6:])
+                    if len(events) == 5:
+                        os.kill(_tritonserver_pid(port + 1), signal.SIGKILL)
+            # the live stream ended with one error event, then [DONE]
+            assert events[-1] == "[DONE]"
+            assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+
+            # new requests: 503 with retry-after at once, never a hang; /ready says not ready
+            started = time.monotonic()
+            refused = await http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4,
+                                                                      "min_tokens": 0})
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+            assert refused.json()["error"]["code"] == "engine_unavailable"
+            assert time.monotonic() - started < 5
+            assert (await http.get("/ready")).status_code == 503
+
+            # Triton comes back under the same gateway process, which serves again by itself
+            deadline = time.monotonic() + 180
+            while True:
+                r = await http.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4,
+                                                                   "min_tokens": 0})
+                if r.status_code == 200:
+                    break
+                assert r.status_code == 503 and time.monotonic() < deadline, r.text
+                await asyncio.sleep(0.5)
+            assert r.json()["usage"]["completion_tokens"] == 4
+            assert (await http.get("/ready")).status_code == 200
+        assert server.process.pid == gateway_pid and server.process.poll() is None
+        new_pid = _tritonserver_pid(port + 1)
+        assert new_pid != 0
+    finally:
+        assert server.stop() == 0
+    store = await AccountStore.open(f"sqlite+aiosqlite:///{data / 'electron.db'}")
+    try:
+        rows = await store.usage_rows()
+    finally:
+        await store.close()
+    statuses = [r["status"] for r in rows]
+    assert statuses[0] == "error" and rows[0]["completion_tokens"] >= 4  # the stream cut by the crash, billed
+    assert statuses[-1] == "length"
+    # requests admitted while Triton was down are recorded, at no cost (the engine made nothing)
+    assert all(r["status"] == "error" and r["cost_pico"] == 0 for r in rows[1:-1])
+    log = (tmp_path / "serve.log").read_text()
+    assert "tritonserver exited" in log and "tritonserver restarted" in log
