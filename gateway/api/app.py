@@ -208,5 +208,5 @@ def build_app(settings: Settings) -> Starlette:
 
     artifacts = prepare_artifacts(settings)
     engine = TritonEngine(settings.triton_grpc_url, settings.triton_model, artifacts.vocab_size,
-                          timeout_s=settings.engine_timeout_s)
+                          timeout_s=settings.engine_timeout_s, idle_timeout_s=settings.engine_idle_timeout_s)
     return create_app(settings, engine, model_view(artifacts, settings.triton_model))

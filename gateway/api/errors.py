@@ -96,6 +96,13 @@ class EngineUnavailableError(APIError):
         self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
 
 
+class EngineTimeoutError(APIError):
+    """The engine produced nothing for longer than the idle timeout (504); the request was cancelled."""
+    status = 504
+    type = "server_error"
+    code = "engine_timeout"
+
+
 class EngineError(APIError):
     """The engine failed a request it had accepted (500)."""
     status = 500

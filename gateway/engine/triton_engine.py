@@ -13,6 +13,7 @@ Triton 2.51's stream handler waiting forever (see the README, "Known issues").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import AsyncIterator
@@ -24,7 +25,7 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
-from gateway.api.errors import EngineError, EngineUnavailableError
+from gateway.api.errors import EngineError, EngineTimeoutError, EngineUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +130,40 @@ def _not_serving(message: str) -> bool:
     return any(words in lowered for words in _NOT_SERVING)
 
 
+class IdleWatchdog:
+    """Calls ``on_idle`` once if ``touch`` has not been called for ``idle_s`` seconds.
+    Checked by a timer a few times per ``idle_s``; ``touch`` (per engine output) is
+    one clock read."""
+
+    def __init__(self, idle_s: float, on_idle) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._idle_s = idle_s
+        self._on_idle = on_idle
+        self._last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_later(idle_s / 4, self._check) if idle_s > 0 else None
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        if self._loop.time() - self._last >= self._idle_s:
+            self.fired = True
+            self._handle = None
+            self._on_idle()
+        else:
+            self._handle = self._loop.call_later(self._idle_s / 4, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class TritonEngine:
-    def __init__(self, url: str, model: str, vocab_size: int, timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, model: str, vocab_size: int, timeout_s: float = 2.0,
+                 idle_timeout_s: float = 30.0) -> None:
+        self._idle_timeout_s = idle_timeout_s
         self._url = url
         self._model = model
         self._vocab_size = vocab_size
@@ -181,10 +214,12 @@ class TritonEngine:
 
         started = time.perf_counter()
         call = self.client.stream_infer(one_request())
+        watchdog = IdleWatchdog(self._idle_timeout_s, call.cancel)
         finished = seen_tokens = False
         failure: Exception | None = None
         try:
             async for result, error in call:
+                watchdog.touch()
                 if error is not None:
                     # an error response is the request's last: read on to the stream's end
                     finished = True
@@ -194,6 +229,13 @@ class TritonEngine:
                 seen_tokens = seen_tokens or bool(output.token_ids)
                 finished = finished or output.final
                 yield output
+        except asyncio.CancelledError:
+            if not watchdog.fired:
+                raise  # our own task is being cancelled (client gone, shutdown)
+            finished = True  # the watchdog cancelled the call
+            log.warning("engine produced nothing for %.0f s: request cancelled", self._idle_timeout_s)
+            raise EngineTimeoutError(f"The engine produced no token for {self._idle_timeout_s:g} s; the request "
+                                     "was cancelled.") from None
         except grpc.aio.AioRpcError as exc:
             finished = True  # the stream is gone: nothing to cancel
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -201,6 +243,7 @@ class TritonEngine:
                     f"The model server at {self._url} is unreachable: {exc.details()}") from exc
             raise EngineError(f"The engine stream failed: {exc.code().name} {exc.details()}") from exc
         finally:
+            watchdog.stop()
             if not finished:
                 call.cancel()
                 log.info("engine request cancelled after %.1f ms", (time.perf_counter() - started) * 1e3)

@@ -16,8 +16,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_unreachable_triton_is_503_not_a_hang(model):
-    settings = Settings(triton_grpc_port=free_port())
+async def test_unreachable_triton_is_503_not_a_hang(model, tmp_path):
+    settings = Settings(triton_grpc_port=free_port(), data_dir=str(tmp_path / "data"))
     engine = TritonEngine(settings.triton_grpc_url, settings.triton_model, model.artifacts.vocab_size, timeout_s=2.0)
     app = create_app(settings, engine, model)
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gateway") as client:
@@ -25,8 +25,10 @@ async def test_unreachable_triton_is_503_not_a_hang(model):
         r = await client.post("/v1/chat/completions",
                               json={"model": "electron", "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "engine_unavailable"
+        assert r.headers["retry-after"] == "1" and r.headers["retry-after-ms"] == "1000"
         assert "cannot serve" in r.json()["error"]["message"]
         ready = await client.get("/ready")
         assert ready.status_code == 503
         assert time.monotonic() - started < 10
+    await app.state.accounts.close()
     await engine.close()
