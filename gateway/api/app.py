@@ -26,7 +26,8 @@ from gateway.api.chat_service import ChatService, ModelView
 from gateway.chat.chat_template import ChatTemplate
 from gateway.engine.protocol import Engine
 from gateway.api.errors import (
-    APIError, AuthenticationError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError, PermissionDeniedError,
+    APIError, AuthenticationError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError,
+    PermissionDeniedError, ShuttingDownError,
 )
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
@@ -135,6 +136,8 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
+        if chat.draining:
+            raise ShuttingDownError()
         if not await engine.ready():
             raise EngineUnavailableError(f"The model '{settings.triton_model}' is not ready on the model server.")
         return JSONResponse({"status": "ready"})
@@ -198,6 +201,7 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
     app.add_middleware(RequestIdMiddleware)
     app.state.accounts = accounts
     app.state.metrics = metrics
+    app.state.chat = chat
     return app
 
 

@@ -33,7 +33,7 @@ from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
 from gateway.engine.protocol import Engine
-from gateway.api.errors import APIError, EngineError, RequestTooLargeError
+from gateway.api.errors import APIError, EngineError, RequestTooLargeError, ShuttingDownError
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.request_context import current_request_id
 from gateway.api.request_log import summary
@@ -112,6 +112,7 @@ class Bill:
         self.prompt_tokens = 0
         self.failed = False
         self.error_code: str | None = None  # of an error event sent mid-stream
+        self.cut_off = False  # ended by the shutdown's grace period
 
     def settle(self, status: str | None = None) -> None:
         run = self.run
@@ -178,6 +179,8 @@ def _close_later(*generators) -> None:
 class ChatService:
     def __init__(self, settings: Settings, engine: Engine, model: ModelView, accounts: AccountService) -> None:
         self.in_flight = 0  # admitted, not yet settled
+        self.draining = False  # SIGTERM: new requests get 503
+        self.cut_off = False  # the drain's grace period is over: running streams end now
         if settings.tool_dialect not in dialects():
             raise ValueError(f"ELECTRON_TOOL_DIALECT={settings.tool_dialect!r} is not one of {', '.join(dialects())}")
         self._settings = settings
@@ -211,6 +214,8 @@ class ChatService:
 
     async def complete(self, request: Request) -> Response:
         """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
+        if self.draining:
+            raise ShuttingDownError()
         caller = await self._accounts.authenticate(request.headers.get("authorization"))
         fields = summary(request)
         fields.update(account=caller.account_id, key_id=caller.key_id)
@@ -256,7 +261,7 @@ class ChatService:
             bill.settle()
             return JSONResponse(body, headers=headers)
         first = await until_disconnect(request, deltas.__anext__())
-        events = _events(shaper, run, first, deltas, bill)
+        events = _events(shaper, run, first, deltas, bill, lambda: self.cut_off)
         return SettlingStreamingResponse(events, bill, deltas, media_type=sse.MEDIA_TYPE,
                                          headers={**sse.HEADERS, **headers})
 
@@ -266,10 +271,13 @@ async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
 
 
 async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
-                  deltas: AsyncIterator[Delta], bill: Bill) -> AsyncIterator[bytes]:
+                  deltas: AsyncIterator[Delta], bill: Bill, cut_off) -> AsyncIterator[bytes]:
     try:
         yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
         async for delta in deltas:
+            if cut_off():
+                bill.cut_off = True
+                raise ShuttingDownError("The server is shutting down: the response was cut off.")
             chunks = shaper.stream_chunks(delta)
             if chunks:
                 yield b"".join(sse.event(c) for c in chunks)
@@ -277,7 +285,7 @@ async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
             yield sse.event(shaper.usage_chunk(run))
     except APIError as exc:
         log.warning("error after the stream started: %s", exc.message)
-        bill.failed = True
+        bill.failed = not bill.cut_off  # cut off by a shutdown: cancelled, not an engine error
         bill.error_code = exc.code
         yield _error_event(exc)
     except Exception:  # noqa: BLE001 - the stream must still end with an error event

@@ -96,6 +96,17 @@ class EngineUnavailableError(APIError):
         self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
 
 
+class ShuttingDownError(APIError):
+    """The gateway is draining for a shutdown (503): another replica, or this one restarted, will answer."""
+    status = 503
+    type = "service_unavailable_error"
+    code = "server_shutting_down"
+
+    def __init__(self, message: str = "The server is shutting down; retry the request.", **kwargs):
+        super().__init__(message, **kwargs)
+        self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
+
+
 class EngineTimeoutError(APIError):
     """The engine produced nothing for longer than the idle timeout (504); the request was cancelled."""
     status = 504

@@ -1,9 +1,9 @@
 """``electron-serve``: the whole CPU stack in one command.
 
-Starts ``tritonserver`` with the model (unless ``ELECTRON_START_TRITON=false``,
-for a Triton that runs elsewhere), then the gateway on uvicorn at
-``ELECTRON_GATEWAY_HOST:ELECTRON_GATEWAY_PORT``; on SIGINT/SIGTERM uvicorn
-drains, then Triton stops.
+Starts ``tritonserver`` with the model under a supervisor that restarts it
+(unless ``ELECTRON_START_TRITON=false``, for a Triton that runs elsewhere), then
+the gateway on uvicorn at ``ELECTRON_GATEWAY_HOST:ELECTRON_GATEWAY_PORT``; on
+SIGINT/SIGTERM the gateway drains (``gateway.server.drain``), then Triton stops.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.accounts.service import ProtectedModeError, check_protected_mode
 from gateway.api.app import build_app
 from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
+from gateway.server.drain import DrainingServer
 from gateway.server.triton_supervisor import TritonSupervisor
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,12 @@ def main() -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
-        config = uvicorn.Config(build_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+        app = build_app(settings)
+        config = uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port,
                                 loop="uvloop", http="httptools", log_config=None, access_log=False,
                                 timeout_graceful_shutdown=5)
         log.info("OpenAI API on http://%s:%d/v1", settings.gateway_host, settings.gateway_port)
-        uvicorn.Server(config).run()
+        DrainingServer(config, app.state.chat, settings.drain_grace_s).run()
         log.info("gateway stopped (signal %s)", received[-1] if received else "none")
     finally:
         if triton is not None:

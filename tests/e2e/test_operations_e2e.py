@@ -126,3 +126,78 @@ async def test_a_killed_tritonserver_is_restarted_and_the_gateway_serves_again(t
     assert all(r["status"] == "error" and r["cost_pico"] == 0 for r in rows[1:-1])
     log = (tmp_path / "serve.log").read_text()
     assert "tritonserver exited" in log and "tritonserver restarted" in log
+
+
+async def _streams_then_sigterm(tmp_path, triton, grace_s: float, max_tokens: int):
+    """8 live streams, SIGTERM once each has its first chunk; returns (events per stream,
+    what a new request and /ready got during the drain, exit code, usage rows)."""
+    import asyncio
+    import json
+    import signal
+
+    from gateway.accounts.store import AccountStore
+    from services import free_port
+    from voice_load.servers import ElectronServer
+
+    data = tmp_path / "data"
+    server = ElectronServer(free_port(), log_path=tmp_path / "gateway.log", triton_grpc_port=triton.triton_grpc_port,
+                            log_level="INFO", env={"ELECTRON_DATA_DIR": str(data),
+                                                   "ELECTRON_DRAIN_GRACE_S": str(grace_s)})
+    body = {"model": "electron", "messages": [{"role": "user", "content": "Tell me a story about a lighthouse."}],
+            "max_tokens": max_tokens, "min_tokens": max_tokens, "stream": True}
+    started = [asyncio.Event() for _ in range(8)]
+
+    async def stream(i: int, http) -> list:
+        events = []
+        async with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line[6:] if line[6:] == "[DONE]" else json.loads(line[6:]))
+                    started[i].set()
+        return events
+
+    try:
+        async with httpx2.AsyncClient(base_url=server.root_url, timeout=120,
+                                      limits=httpx2.Limits(max_connections=20)) as http:
+            tasks = [asyncio.ensure_future(stream(i, http)) for i in range(8)]
+            await asyncio.wait_for(asyncio.gather(*[e.wait() for e in started]), 60)
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            async with httpx2.AsyncClient(base_url=server.root_url, timeout=10) as fresh:
+                ready = await fresh.get("/ready")
+                refused = await fresh.post("/v1/chat/completions", json={**body, "stream": False})
+            results = await asyncio.gather(*tasks)
+        code = server.process.wait(60)
+    finally:
+        server.stop()
+    store = await AccountStore.open(f"sqlite+aiosqlite:///{data / 'electron.db'}")
+    try:
+        rows = await store.usage_rows()
+    finally:
+        await store.close()
+    return results, ready, refused, code, rows
+
+
+async def test_sigterm_drains_8_live_streams_and_exits_0(tmp_path, triton):
+    results, ready, refused, code, rows = await _streams_then_sigterm(tmp_path, triton, grace_s=60, max_tokens=40)
+    assert ready.status_code == 503
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "server_shutting_down"
+    for events in results:  # every admitted stream ran to its end
+        assert events[-1] == "[DONE]"
+        finish = [e["choices"][0]["finish_reason"] for e in events[:-1] if e.get("choices")]
+        assert finish[-1] == "length" and not any("error" in e for e in events[:-1])
+    assert code == 0
+    assert sorted(r["status"] for r in rows) == ["length"] * 8  # flushed at exit; the refused one has none
+    assert all(r["completion_tokens"] == 40 for r in rows)
+
+
+async def test_streams_still_running_after_the_grace_period_are_cut_off_and_billed(tmp_path, triton):
+    results, ready, refused, code, rows = await _streams_then_sigterm(tmp_path, triton, grace_s=1, max_tokens=400)
+    assert ready.status_code == 503 and refused.status_code == 503
+    for events in results:
+        assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "server_shutting_down"
+    assert code == 0
+    assert [r["status"] for r in rows] == ["cancelled"] * 8
+    assert all(0 < r["completion_tokens"] < 400 and r["cost_pico"] > 0 for r in rows)
