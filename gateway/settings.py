@@ -68,6 +68,7 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413 before they are read whole
     engine_timeout_s: float = 2.0  # gRPC calls other than generation (readiness, model config)
     engine_idle_timeout_s: float = 30.0  # a request the engine produces nothing for this long is cancelled (504)
+    slow_client_timeout_s: float = 10.0  # a stream whose client has not taken a chunk this long is cancelled
     drain_grace_s: float = 30.0  # SIGTERM: admitted requests get this long to finish, then are cut off
     start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one
     log_level: str = "INFO"

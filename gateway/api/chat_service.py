@@ -145,17 +145,56 @@ class Bill:
 class SettlingStreamingResponse(StreamingResponse):
     """A stream that settles its bill when the response ends, however it ends
     (finished, failed, client gone before or during the body, server shutdown),
-    then closes its generators in a task of their own."""
+    then closes its generators in a task of their own.
 
-    def __init__(self, content, bill: Bill, deltas: AsyncIterator[Delta], **kwargs) -> None:
+    A client that stops reading: once its socket buffers are full, the server's
+    ``send`` waits; the stream then stops pulling from the engine, so nothing
+    piles up in the gateway. If one ``send`` has waited ``slow_client_s``, the
+    client is treated as gone: the response task is cancelled (the engine request
+    with it) and billed as ``cancelled`` for what was generated. Checked by a
+    timer once a second, nothing per chunk but two clock reads."""
+
+    def __init__(self, content, bill: Bill, deltas: AsyncIterator[Delta], slow_client_s: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(content, **kwargs)
         self._bill = bill
         self._generators = (content, deltas)
+        self._slow_client_s = slow_client_s
+        self._sending_since: float | None = None
+        self._too_slow = False
 
     async def __call__(self, scope, receive, send) -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        timer = None
+
+        async def timed_send(message) -> None:
+            self._sending_since = loop.time()
+            await send(message)
+            self._sending_since = None
+
+        def check() -> None:
+            nonlocal timer
+            since = self._sending_since
+            if since is not None and loop.time() - since >= self._slow_client_s:
+                log.warning("client has not read its stream for %.0f s: treated as gone", loop.time() - since)
+                self._too_slow = True
+                task.cancel()
+                return
+            timer = loop.call_later(min(1.0, self._slow_client_s / 2), check)
+
+        if self._slow_client_s > 0:
+            timer = loop.call_later(min(1.0, self._slow_client_s / 2), check)
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, timed_send if self._slow_client_s > 0 else send)
+        except asyncio.CancelledError:
+            if not self._too_slow:
+                raise
+            if hasattr(task, "uncancel"):
+                task.uncancel()
         finally:
+            if timer is not None:
+                timer.cancel()
             self._bill.settle()
             _close_later(*self._generators)
 
@@ -262,8 +301,8 @@ class ChatService:
             return JSONResponse(body, headers=headers)
         first = await until_disconnect(request, deltas.__anext__())
         events = _events(shaper, run, first, deltas, bill, lambda: self.cut_off)
-        return SettlingStreamingResponse(events, bill, deltas, media_type=sse.MEDIA_TYPE,
-                                         headers={**sse.HEADERS, **headers})
+        return SettlingStreamingResponse(events, bill, deltas, slow_client_s=self._settings.slow_client_timeout_s,
+                                         media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, **headers})
 
 
 async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
