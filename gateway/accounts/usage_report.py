@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from gateway.accounts.pricing import usd
 from gateway.api.errors import InvalidRequestError
 
+MAX_INT = 10**11  # Unix seconds up to the year 5138; limits and cursors far below
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 PAGE_LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}  # (default, max), as OpenAI's
 COLUMNS = {"api_key_id": "key_id", "model": "model"}
@@ -43,9 +44,12 @@ def _ints(params, name: str, required: bool = False) -> int | None:
             raise InvalidRequestError(f"Missing required parameter: '{name}'.", param=name)
         return None
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
-        raise InvalidRequestError(f"'{name}' must be an integer (Unix seconds), got {raw!r}.", param=name) from None
+        raise InvalidRequestError(f"'{name}' must be an integer, got {raw!r}.", param=name) from None
+    if not 0 <= value <= MAX_INT:
+        raise InvalidRequestError(f"'{name}' must be between 0 and {MAX_INT}, got {value}.", param=name)
+    return value
 
 
 def _list(params, name: str) -> tuple[str, ...]:
@@ -73,10 +77,7 @@ def parse_query(params, allowed_groups: tuple[str, ...]) -> ReportQuery:
     if not 1 <= limit <= most:
         raise InvalidRequestError(f"'limit' must be between 1 and {most} for bucket_width={width}.", param="limit")
     page = params.get("page")
-    try:
-        first = int(page) if page else 0
-    except ValueError:
-        raise InvalidRequestError("'page' is not a cursor this server returned.", param="page") from None
+    first = _ints(params, "page") if page else 0
     return ReportQuery(start, end, width, group_by, limit, max(0, first), _list(params, "api_key_ids"),
                        _list(params, "models"))
 

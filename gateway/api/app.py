@@ -75,8 +75,13 @@ def _route_of(path: str) -> str:
     return "/v1/models/{model}" if path.startswith("/v1/models/") else "other"
 
 
-def _error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.envelope(current_request_id.get()), status_code=exc.status, headers=exc.headers)
+def _error_response(exc: APIError, request: Request | None = None) -> JSONResponse:
+    """The envelope; the request id from the scope when the error is rendered outside the
+    request-id middleware (Starlette renders unexpected errors in its outermost layer)."""
+    request_id = current_request_id.get()
+    if request_id == "-" and request is not None:
+        request_id = request.scope.get("state", {}).get("request_id", "-")
+    return JSONResponse(exc.envelope(request_id), status_code=exc.status, headers=exc.headers)
 
 
 async def _api_error(request: Request, exc: APIError) -> Response:
@@ -98,7 +103,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error")
-    return _error_response(APIError("The server had an error while processing your request."))
+    return _error_response(APIError("The server had an error while processing your request."), request)
 
 
 def create_app(settings: Settings, engine: Engine, model: ModelView,

@@ -151,7 +151,7 @@ class ChatCompletionRequest(BaseModel):
     # --- Extensions (not in OpenAI's spec) ----------------------------------------
     top_k: int | None = Field(default=None, ge=0)
     min_tokens: int | None = Field(default=None, ge=0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=2.0)
     # spoken filler before a tool call: "on", "off", or the phrases to choose from
     filler: Literal["on", "off"] | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]],
                                              Field(min_length=1, max_length=20)] | None = None

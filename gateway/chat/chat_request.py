@@ -94,6 +94,9 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid value for {where}: {first['msg']}.", param=param or None)
 
 
+MIN_TOP_P = 1e-6
+
+
 def _lone_surrogate_path(value, path: tuple = ()) -> tuple | None:
     """Where a string holds a lone UTF-16 surrogate (JSON's ``"\\ud800"`` escape decodes to
     one): no tokenizer can encode it, so it is refused as bad input, not a 500."""
@@ -272,7 +275,8 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
         end_id=limits.end_id,
         pad_id=limits.pad_id,
         temperature=1.0 if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
+        # OpenAI accepts top_p 0 (only the likeliest token); the engine wants (0, 1] in float32
+        top_p=1.0 if request.top_p is None else max(request.top_p, MIN_TOP_P),
         top_k=request.top_k or 0,
         seed=None if request.seed is None else request.seed % _UINT64,
         presence_penalty=request.presence_penalty or 0.0,

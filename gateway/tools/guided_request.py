@@ -47,9 +47,23 @@ def _compile_error(grammar: str) -> str:
     return messages[0] if is_error else ""
 
 
+MAX_SCHEMA_DEPTH = 32  # nesting of objects and arrays in a tool's or response format's JSON schema
+
+
+def _depth(value, limit: int) -> int:
+    """Nesting depth of JSON containers, counted no further than ``limit + 1``."""
+    if limit < 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
 def _check_schema(schema, param: str) -> None:
     if not isinstance(schema, dict):
         raise InvalidRequestError(f"Invalid schema for '{param}': a JSON schema must be an object.", param=param)
+    if _depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        raise InvalidRequestError(f"Invalid schema for '{param}': nested deeper than {MAX_SCHEMA_DEPTH} levels.",
+                                  param=param)
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as exc:

@@ -169,3 +169,11 @@ def test_a_surrogate_pair_is_text_and_passes():
     request = parse_body('{"model": "electron", "messages": [{"role": "user", "content": "\\ud83d\\ude00 \u0928\u092e"}]}'
                          .encode())
     assert request.messages[0].content == "\U0001F600 \u0928\u092e"
+
+
+def test_top_p_zero_is_accepted_as_greedy_and_tiny_penalties_are_refused():
+    assert prepared(top_p=0).engine_request.top_p == pytest.approx(1e-6)
+    assert prepared(top_p=1e-300).engine_request.top_p > 0  # never 0 once made a float32
+    with pytest.raises(InvalidRequestError) as refused:
+        parse_body(body(repetition_penalty=1e-300))
+    assert refused.value.param == "repetition_penalty"

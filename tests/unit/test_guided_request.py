@@ -157,3 +157,19 @@ def test_a_template_that_reads_tools_renders_them_itself():
     chat = prepare_chat(parse_body(json.dumps(body).encode()), LIMITS, native, codec)
     assert codec.text == "[tools]get_weather;get_time;[user]Weather?[assistant]"  # no dialect system block
     assert chat.engine_request.guide_type == "ebnf_grammar"  # calls are still guided (the dialect's form)
+
+
+def test_a_tool_schema_nested_too_deeply_is_a_400_not_a_recursion_error():
+    import json as _json
+
+    from gateway.api.errors import InvalidRequestError
+    from gateway.tools.guided_request import MAX_SCHEMA_DEPTH, _check_schema
+
+    def nested(levels):
+        return _json.loads('{"type": "object", "properties": {"a": ' * levels + '{"type": "string"}' + "}}" * levels)
+
+    _check_schema(nested(10), "tools[0].function.parameters")  # 21 levels of containers: fine
+    with pytest.raises(InvalidRequestError) as refused:
+        _check_schema(nested(200), "tools[0].function.parameters")
+    assert f"nested deeper than {MAX_SCHEMA_DEPTH}" in refused.value.message
+    assert refused.value.param == "tools[0].function.parameters"
