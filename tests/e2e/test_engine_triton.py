@@ -15,6 +15,7 @@ from llama_cpp import Llama
 from tritonclient.grpc import InferInput
 
 from triton_client import Result, generate, read_metrics, request_inputs, run, tensor
+from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron_cpu"
@@ -259,3 +260,43 @@ def test_the_engine_process_runs_with_the_short_openmp_spin(triton):
             stubs.append(environ)
     assert stubs, "no python backend stub of this session's Triton found"
     assert all(env.get(b"GOMP_SPINCOUNT") == str(triton.engine_spin_count).encode() for env in stubs)
+
+
+def _nan_bias():
+    bias = np.zeros((1, 49152), np.float32)
+    bias[0, :10] = np.nan
+    return bias
+
+
+MALFORMED = {
+    "negative output length": lambda: request_inputs([1, 2, 3], -5),
+    "zero output length": lambda: request_inputs([1, 2, 3], 0),
+    "lengths disagree with ids": lambda: [tensor("input_ids", [1, 2, 3], np.int32), tensor("input_lengths", 999, np.int32),
+                                          tensor("request_output_len", 4, np.int32)],
+    "negative token id": lambda: request_inputs([1, -7, 3], 4),
+    "NaN temperature": lambda: request_inputs([1, 2, 3], 4, temperature=float("nan")),
+    "NaN top_p": lambda: request_inputs([1, 2, 3], 4, runtime_top_p=float("nan")),
+    "negative top_k": lambda: request_inputs([1, 2, 3], 4, runtime_top_k=-3),
+    "NaN embedding bias": lambda: request_inputs([1, 2, 3], 4, embedding_bias=_nan_bias()),
+    "embedding bias of the wrong size": lambda: request_inputs([1, 2, 3], 4, embedding_bias=np.zeros((1, 7))),
+    "stop words of the wrong shape": lambda: request_inputs([1, 2, 3], 4, stop_words_list=np.array([5, 6, 7])),
+    "min_tokens above max": lambda: request_inputs([1, 2, 3], 4, min_tokens=10_000),
+    "end_id outside vocabulary": lambda: request_inputs([1, 2, 3], 4, end_id=10**9),
+    "guide of random bytes": lambda: [*request_inputs([1, 2, 3], 4), tensor(
+        "guided_decoding_guide_type", [[b"json_schema"]], np.object_), tensor(
+        "guided_decoding_guide", [[bytes(range(256))]], np.object_)],
+    "unknown tensor": lambda: [*request_inputs([1, 2, 3], 4), tensor("no_such_input", [1], np.int32)],
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_tensors_never_take_the_model_down(triton, chat, case):
+    """Each is answered (an error, or a complete response for a value the engine can take),
+    never a hang or a crash: the model stays ready and the next request is served."""
+    try:
+        bad = run(asyncio.wait_for(generate(triton.triton_grpc_url, MODEL, MALFORMED[case]()), 60))
+    except InferenceServerException as exc:  # refused by Triton itself before the model saw it
+        bad = Result(error=str(exc))
+    assert bad.error is not None or bad.finals == 1, (case, bad)
+    good = gen(triton, chat(PROMPTS[0]), 4)
+    assert good.error is None and good.finals == 1 and len(good.tokens) == 4
