@@ -41,6 +41,7 @@ class CallPlan:
     speak_s: float = 1.5
     tool_fraction: float = 0.0
     speculative_fraction: float = 0.0
+    hangup_fraction: float = 0.0  # turns where the caller hangs up mid-reply (the call ends there)
     model: str = "electron"
     seed: int = 0
 
@@ -95,10 +96,13 @@ async def run_call(http: httpx2.AsyncClient, plan: CallPlan, index: int, system:
             partial = history[:-1] + [{"role": "user", "content": history[-1]["content"][:20]}]
             spec = await stream_chat(http, {**body, "messages": partial}, cancel_after_deltas=3)
             records.append(TurnRecord(index, turn, spec, speculative=True))
-        result = await stream_chat(http, body)
+        hangs_up = rng.random() < plan.hangup_fraction
+        result = await stream_chat(http, body, cancel_after_deltas=rng.randint(2, 20) if hangs_up else None)
         records.append(TurnRecord(index, turn, result))
         if on_turn is not None:
             on_turn()
+        if hangs_up:
+            return
         history.append({"role": "assistant", "content": result.text or "Sorry?"})
         if turn + 1 < plan.turns:
             await asyncio.sleep(listen_and_speak_s(plan, result))

@@ -31,6 +31,7 @@ class TurnResult:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    request_id: str | None = None  # the server's x-request-id
 
     @property
     def ok(self) -> bool:
@@ -92,6 +93,7 @@ async def stream_chat(http: httpx2.AsyncClient, body: dict, cancel_after_deltas:
     try:
         async with http.stream("POST", "/chat/completions", json=body) as response:
             result.status = response.status_code
+            result.request_id = response.headers.get("x-request-id")
             if response.status_code != 200:
                 result.error = (await response.aread()).decode(errors="replace")[:300]
                 return result

@@ -1,0 +1,246 @@
+"""Soak: paced voice calls for a long time, checking that nothing drifts or leaks.
+
+    .venv/bin/python perf/soak.py --minutes 30 --calls 22
+
+``--calls`` paced calls (about 70% of this 2-core machine's capacity of ~32)
+run wave after wave against ``electron-serve`` (its own Triton, its own data
+directory) for ``--minutes``: each call has up to 6 turns of ~600-token shared
+system prompt and 48-token replies; 20% of turns first send a speculative
+request that is abandoned after 3 deltas (an interim transcript), and 10% of
+callers hang up mid-reply. Every ``--sample-s`` seconds: RSS of the gateway,
+of tritonserver and of the python backend stub, and the engine's KV cells in
+use. Reported per minute: turns, TTFT p50/p95, errors; and over the run: the
+memory slope (MB per hour, least squares), TTFT p95 of the first and last
+minutes. At the end the gateway is stopped (SIGTERM: drained, rows written)
+and the ledger checked: every admitted request has exactly one usage row,
+with the tokens the client saw for completed replies.
+
+Pass: no errors, every admitted request exactly one right row. Memory slope
+and TTFT drift are reported (judge them over a long run, not 2 minutes).
+Writes ``perf/results/<date>-soak-<host>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from results_dir import run_meta, write_results  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.servers import ElectronServer  # noqa: E402
+from voice_load.stats import percentile  # noqa: E402
+
+
+def rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stack_pids(gateway_pid: int) -> dict[str, int | None]:
+    """The gateway (electron-serve), its tritonserver and the python backend stub (a child of Triton)."""
+    triton = next((p for p in children(gateway_pid) if "tritonserver" in cmdline(p)), None)
+    stub = None
+    if triton is not None:
+        stub = next((p for p in children(triton) if "triton_python_backend_stub" in cmdline(p)), None)
+    return {"gateway": gateway_pid, "tritonserver": triton, "stub": stub}
+
+
+def kv_cells(metrics_port: int) -> float | None:
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("electron_engine_kv_cells_used"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def slope_per_hour(points: list[tuple[float, float]]) -> float | None:
+    """Least-squares slope of (seconds, MB) in MB per hour."""
+    points = [(t, v) for t, v in points if v is not None]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    if var == 0:
+        return None
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 3600
+
+
+async def soak(server: ElectronServer, plan: CallPlan, minutes: float, sample_s: float, metrics_port: int):
+    started = time.monotonic()
+    deadline = started + minutes * 60
+    records, samples = [], []
+    stop = asyncio.Event()
+
+    async def sampler() -> None:
+        pids = stack_pids(server.process.pid)
+        while not stop.is_set():
+            if pids["stub"] is None:
+                pids = stack_pids(server.process.pid)
+            samples.append({"t": time.monotonic() - started, **{k: rss_mb(v) for k, v in pids.items()},
+                            "kv_cells": kv_cells(metrics_port)})
+            try:
+                await asyncio.wait_for(stop.wait(), sample_s)
+            except asyncio.TimeoutError:
+                pass
+
+    sampling = asyncio.create_task(sampler())
+    wave = 0
+    while time.monotonic() < deadline:
+        wave_records, _ = await run_calls(server.base_url, replace(plan, seed=wave), system_prompt(plan.system_words))
+        for record in wave_records:
+            record.result.wave_end_s = time.monotonic() - started  # noqa: B010
+        records += wave_records
+        wave += 1
+    stop.set()
+    await sampling
+    return records, samples, time.monotonic() - started
+
+
+def per_minute(records) -> list[dict]:
+    rows = {}
+    first = min((record.result.started for record in records), default=0.0)
+    for record in records:
+        r = record.result
+        minute = int((r.started - first) // 60)
+        row = rows.setdefault(minute, {"minute": minute, "turns": 0, "errors": 0, "ttft": []})
+        if record.speculative:
+            continue
+        row["turns"] += 1
+        if not r.ok:
+            row["errors"] += 1
+        elif r.ttft_s is not None:
+            row["ttft"].append(r.ttft_s * 1000)
+    out = []
+    for minute in sorted(rows):
+        row = rows[minute]
+        out.append({"minute": minute, "turns": row["turns"], "errors": row["errors"],
+                    "ttft_p50_ms": percentile(row["ttft"], 50), "ttft_p95_ms": percentile(row["ttft"], 95)})
+    return out
+
+
+async def ledger_rows(data_dir: Path) -> list[dict]:
+    from gateway.accounts.store import AccountStore
+
+    store = await AccountStore.open(f"sqlite+aiosqlite:///{data_dir / 'electron.db'}")
+    try:
+        return await store.usage_rows()
+    finally:
+        await store.close()
+
+
+def check_ledger(records, rows) -> dict:
+    """Every admitted request (the server answered 200 and gave an id) has exactly one row; a
+    completed reply's row has the tokens the client saw; a cut one at least what it received."""
+    by_id = {}
+    for row in rows:
+        by_id.setdefault(row["request_id"], []).append(row)
+    admitted = [rec.result for rec in records if rec.result.status == 200 and rec.result.request_id]
+    missing = [r.request_id for r in admitted if r.request_id not in by_id]
+    duplicated = [rid for rid, found in by_id.items() if len(found) > 1]
+    wrong = []
+    for r in admitted:
+        found = by_id.get(r.request_id)
+        if not found:
+            continue
+        row = found[0]
+        if r.cancelled:
+            if row["status"] != "cancelled" or row["completion_tokens"] < len(r.itl_s) + 1:
+                wrong.append((r.request_id, row["status"], row["completion_tokens"]))
+        elif (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) != (
+                r.prompt_tokens, r.cached_tokens, r.completion_tokens):
+            wrong.append((r.request_id, row["status"], row["completion_tokens"], r.completion_tokens))
+    return {"admitted": len(admitted), "rows": len(rows), "missing": len(missing), "duplicated": len(duplicated),
+            "wrong": len(wrong), "examples": (missing[:3], duplicated[:3], wrong[:3]),
+            "extra_rows": len(set(by_id) - {r.request_id for r in admitted})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--calls", type=int, default=22)
+    parser.add_argument("--sample-s", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=18500)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    plan = CallPlan(calls=args.calls, turns=6, stagger_s=0.5, speculative_fraction=0.2, hangup_fraction=0.1)
+    meta = run_meta(minutes=args.minutes, calls=args.calls, plan=plan.__dict__)
+    data_dir = Path(tempfile.mkdtemp(prefix="electron-soak-"))
+    server = ElectronServer(args.port, log_path=data_dir / "serve.log", env={"ELECTRON_DATA_DIR": str(data_dir)})
+    try:
+        records, samples, wall = asyncio.run(soak(server, plan, args.minutes, args.sample_s, args.port + 2))
+    finally:
+        code = server.stop()
+    rows = asyncio.run(ledger_rows(data_dir))
+    ledger = check_ledger(records, rows)
+    minutes = per_minute(records)
+    turns = [r for r in records if not r.speculative]
+    errors = [r.result.error or r.result.status for r in turns if not r.result.ok]
+    slopes = {name: slope_per_hour([(s["t"], s[name]) for s in samples]) for name in ("gateway", "tritonserver", "stub")}
+    verdict = not errors and code == 0 and not (ledger["missing"] or ledger["duplicated"] or ledger["wrong"])
+    lines = [f"Soak - {meta['date']} on {meta['machine']}: {args.calls} paced calls for {args.minutes:g} min "
+             f"({wall / 60:.1f} min, {len(turns)} turns, {sum(r.speculative for r in records)} speculative, "
+             f"{sum(r.result.cancelled and not r.speculative for r in records)} hung up mid-reply)", "",
+             "| minute | turns | errors | TTFT p50 (ms) | TTFT p95 (ms) |", "|---|---|---|---|---|"]
+    lines += [f"| {m['minute']} | {m['turns']} | {m['errors']} | {m['ttft_p50_ms'] or 0:.0f} | {m['ttft_p95_ms'] or 0:.0f} |"
+              for m in minutes]
+    first, last = samples[0] if samples else {}, samples[-1] if samples else {}
+    lines += ["", "| process | RSS first (MB) | RSS last (MB) | slope (MB/hour) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {first.get(name) or 0:.0f} | {last.get(name) or 0:.0f} | "
+              f"{'-' if slopes[name] is None else f'{slopes[name]:+.1f}'} |" for name in slopes]
+    kv = [s["kv_cells"] for s in samples if s["kv_cells"] is not None]
+    lines += ["", f"KV cells in use: first {kv[0] if kv else '-'}, max {max(kv) if kv else '-'}, "
+                  f"last {kv[-1] if kv else '-'}",
+              f"Ledger: {ledger['admitted']} admitted requests, {ledger['rows']} rows; missing {ledger['missing']}, "
+              f"duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}",
+              f"Errors: {len(errors)}{' ' + json.dumps(errors[:3]) if errors else ''}; gateway exit code {code}",
+              f"Verdict: {'PASS' if verdict else 'FAIL'}"]
+    write_results(args.out, "soak", meta, {"per_minute": minutes, "samples": samples, "slopes_mb_per_hour": slopes,
+                                           "ledger": ledger, "errors": len(errors), "exit_code": code,
+                                           "verdict": verdict}, "\n".join(lines) + "\n")
+    return 0 if verdict else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
