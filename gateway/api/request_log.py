@@ -16,6 +16,7 @@ import time
 
 log = logging.getLogger("gateway.request")
 SUMMARY = "summary"
+QUIET_PATHS = ("/health", "/ready", "/metrics")  # probes and scrapes: logged at DEBUG when they succeed
 
 
 def summary(scope_or_request) -> dict:
@@ -45,13 +46,20 @@ class RequestLogMiddleware:
                 status["code"] = message["status"]
             await send(message)
 
+        failed = False
         try:
             await self.app(scope, receive, send_recording)
+        except Exception:
+            failed = True  # rendered as a 500 by Starlette's outermost layer
+            raise
         finally:
-            line = {"request_id": scope["state"].get("request_id"), "method": scope["method"], "path": scope["path"], "http_status": status["code"] or 499,
+            code = status["code"] or (500 if failed else 499)  # no response started: the client went away
+            line = {"request_id": scope["state"].get("request_id"), "method": scope["method"], "path": scope["path"],
+                    "http_status": code,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1), **fields}
             logged = {k: v for k, v in line.items() if not k.startswith("_")}
-            log.info(" ".join(f"{k}={v}" for k, v in logged.items() if v is not None and k != "request_id"),
+            level = logging.DEBUG if scope["path"] in QUIET_PATHS and code < 400 else logging.INFO
+            log.log(level, " ".join(f"{k}={v}" for k, v in logged.items() if v is not None and k != "request_id"),
                      extra={"fields": logged})
             if self.on_done is not None:
                 try:
