@@ -1,9 +1,10 @@
 """Soak: paced voice calls for a long time, checking that nothing drifts or leaks.
 
-    .venv/bin/python perf/soak.py --minutes 30 --calls 22
+    .venv/bin/python perf/soak.py --minutes 30 --calls 8
 
-``--calls`` paced calls (about 70% of this 2-core machine's capacity of ~32)
-run wave after wave against ``electron-serve`` (its own Triton, its own data
+``--calls`` paced calls (default 8; meant to be about 70% of the machine's
+capacity: on this 2-core VM, 16 paced calls already gave TTFT p95 ~600 ms in
+the voice benchmark, and 22 were an overload: see the README) run wave after wave against ``electron-serve`` (its own Triton, its own data
 directory) for ``--minutes``: each call has up to 6 turns of ~600-token shared
 system prompt and 48-token replies; 20% of turns first send a speculative
 request that is abandoned after 3 deltas (an interim transcript), and 10% of
@@ -199,7 +200,7 @@ def check_ledger(records, rows) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--calls", type=int, default=22)
+    parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18500)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
