@@ -19,17 +19,26 @@ OUTPUT_CAP = 4  # valid requests run on the real engine: keep their replies shor
 seen = Counter()
 
 
+def _as_number(value):
+    """What pydantic's lax mode would read as a number (ints, floats, numeric strings), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _short_replies(body) -> None:
-    if isinstance(body, dict):
-        for name in ("max_tokens", "max_completion_tokens"):
-            if isinstance(body.get(name), int) and not isinstance(body.get(name), bool) and body[name] > OUTPUT_CAP:
-                body[name] = OUTPUT_CAP
-            if name in body and body[name] is None:  # null: no limit but the context window
-                body[name] = OUTPUT_CAP
-        if "max_tokens" not in body and "max_completion_tokens" not in body:
-            body["max_completion_tokens"] = OUTPUT_CAP
-        if isinstance(body.get("min_tokens"), int) and not isinstance(body.get("min_tokens"), bool):
-            body["min_tokens"] = min(body["min_tokens"], OUTPUT_CAP)
+    """Valid requests run on the real engine: keep every reply to OUTPUT_CAP tokens, whatever
+    form the generated limit takes (an int, a float, a numeric string, null, absent)."""
+    if not isinstance(body, dict):
+        return
+    for name in ("max_tokens", "max_completion_tokens", "min_tokens"):
+        if name in body and (body[name] is None or (_as_number(body[name]) or 0) > OUTPUT_CAP):
+            body[name] = OUTPUT_CAP if name != "min_tokens" else 0
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_completion_tokens"] = OUTPUT_CAP
 
 
 def _check(case, mode) -> None:
