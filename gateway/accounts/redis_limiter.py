@@ -88,6 +88,7 @@ class LimiterUnavailable(APIError):
     status = 503
     type = "service_unavailable_error"
     code = "limiter_unavailable"
+    retry_after_s = 1
 
 
 def _keys(prefix: str, account: str) -> tuple[str, str, str]:
@@ -130,8 +131,7 @@ class RedisLimiter:
                 log.error("Redis unreachable (%s): admitting without caps (ELECTRON_LIMITS_FAIL_OPEN)", exc)
                 return Admission(account, token, None)
             log.error("Redis unreachable (%s): refusing with 503 (caps and billing must hold)", exc)
-            raise LimiterUnavailable("The rate limiter is unavailable; try again shortly.",
-                                     headers={"retry-after": "1", "retry-after-ms": "1000"}) from None
+            raise LimiterUnavailable("The rate limiter is unavailable; try again shortly.") from None
         window = WindowState(limits.rpm, int(used), max(0.0, reset_ms / 1000), limits.tpm, int(tokens),
                              max(0.0, tokens_reset_ms / 1000))
         if refused:

@@ -11,6 +11,7 @@ class APIError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after_s = 0  # whole seconds; 0: no retry-after header
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -18,6 +19,9 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}  # sent with the error response (retry-after, rate-limit state)
+        if self.retry_after_s:  # a 503 worth retrying soon: say when, as the OpenAI SDK reads it
+            self.headers = {"retry-after": str(self.retry_after_s), "retry-after-ms": str(self.retry_after_s * 1000),
+                            **self.headers}
         if code is not None:
             self.code = code
 
@@ -90,10 +94,7 @@ class EngineUnavailableError(APIError):
     status = 503
     type = "service_unavailable_error"
     code = "engine_unavailable"
-
-    def __init__(self, message: str, **kwargs):
-        super().__init__(message, **kwargs)
-        self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
+    retry_after_s = 1
 
 
 class ShuttingDownError(APIError):
@@ -101,10 +102,10 @@ class ShuttingDownError(APIError):
     status = 503
     type = "service_unavailable_error"
     code = "server_shutting_down"
+    retry_after_s = 1
 
     def __init__(self, message: str = "The server is shutting down; retry the request.", **kwargs):
         super().__init__(message, **kwargs)
-        self.headers = {"retry-after": "1", "retry-after-ms": "1000", **self.headers}
 
 
 class EngineTimeoutError(APIError):
