@@ -10,7 +10,7 @@ import httpx2
 import openai
 import pytest
 
-from triton_client import read_metrics
+from triton_client import read_metrics, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron"
@@ -28,11 +28,18 @@ def ask(text, system=None):
     return messages + [{"role": "user", "content": text}]
 
 
-def warm(sdk, messages):
-    """One short request first, so that the requests a test compares all read the same
-    cached prefix: at temperature 0, a prompt prefilled cold and one read from the cache
-    can differ in the last bits of attention and flip a near-tie (see README, Sampling)."""
-    sdk.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=1)
+@pytest.fixture
+def warm(sdk, triton):
+    """Wait until the engine is idle, then send one short request, so that the requests
+    a test compares all read the same cached prefix and decode alone: at temperature 0,
+    a prompt prefilled cold and one read from the cache, or one decoded in a batch of
+    other sequences, can differ in the last bits and flip a near-tie (see README, Sampling)."""
+
+    def run(messages):
+        wait_until_engine_idle(triton.triton_metrics_port)
+        sdk.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=1)
+
+    return run
 
 
 def collect_stream(stream):
@@ -41,9 +48,9 @@ def collect_stream(stream):
     return chunks, text
 
 
-def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk):
+def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk, warm):
     for question in ("What is the capital of France?", "Give me two tips for a phone interview."):
-        warm(sdk, ask(question))
+        warm(ask(question))
         whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
         chunks, text = collect_stream(sdk.chat.completions.create(
             model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
@@ -54,10 +61,10 @@ def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk):
         assert len({c.id for c in chunks}) == 1
 
 
-def test_include_usage_chunk_is_present_and_exact(sdk, tokenizer):
+def test_include_usage_chunk_is_present_and_exact(sdk, warm, tokenizer):
     system = "You are a concise assistant."
     question = "Name three colours."
-    warm(sdk, ask(question, system))
+    warm(ask(question, system))
     chunks, text = collect_stream(sdk.chat.completions.create(
         model=MODEL, messages=ask(question, system), temperature=0, max_tokens=30, stream=True,
         stream_options={"include_usage": True}))
@@ -106,8 +113,8 @@ def test_an_immediate_end_of_turn_still_reports_cached_tokens(sdk, settings):
             assert cached >= r.usage.prompt_tokens - settings.tokens_per_block
 
 
-def test_stop_string_cuts_the_real_output(sdk):
-    warm(sdk, ask("Count from one to ten in words."))
+def test_stop_string_cuts_the_real_output(sdk, warm):
+    warm(ask("Count from one to ten in words."))
     whole = sdk.chat.completions.create(model=MODEL, messages=ask("Count from one to ten in words."),
                                         temperature=0, max_tokens=60).choices[0].message.content
     words = whole.split()
@@ -129,9 +136,9 @@ def test_length_finish_and_exact_completion_tokens(sdk):
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 7
 
 
-def test_indic_prompt_streams_without_broken_characters(sdk):
+def test_indic_prompt_streams_without_broken_characters(sdk, warm):
     question = "नमस्ते! कृपया मुझे बताइए कि कल मौसम कैसा रहेगा? மழை பெய்யுமா?"
-    warm(sdk, ask(question))
+    warm(ask(question))
     whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
     chunks, text = collect_stream(sdk.chat.completions.create(
         model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -103,6 +104,20 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
     finally:
         await client.close()
     return result
+
+
+def wait_until_engine_idle(metrics_port: int, timeout_s: float = 120.0) -> None:
+    """Block until the engine runs and queues nothing (requests other tests abandoned
+    still decode for a while). Temperature-0 comparisons need it: the same prompt
+    decoded alone and in a batch of other sequences can flip a near-tie."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        values = read_metrics(metrics_port)
+        if values.get("electron_engine_running", 1) == 0 and values.get("electron_engine_waiting", 1) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the engine is still busy after {timeout_s:.0f} s: {values}")
+        time.sleep(0.25)
 
 
 def run(coro):
