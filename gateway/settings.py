@@ -52,6 +52,8 @@ class Settings:
     max_sequence_length: int = 0  # 0: the model's training context
     min_stream_rate: float = 12.0
     busy_stream_rate: float = 6.0
+    playback_buffer_s: float = 1.0  # paced streams further ahead of their playhead skip steps while prompts wait
+    overload_ttft_s: float = 1.5  # refuse (503) a request whose first token would come later; 0: never
     threads: int = 0  # 0: all cores
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
     # in spin iterations: tens of microseconds): short, so that a thread whose partner lost its core to
@@ -63,6 +65,7 @@ class Settings:
     served_model: str = "electron"  # the model id clients send and /v1/models lists
     context_window: int = 0  # prompt + output tokens; 0: the engine's max_sequence_length, else the model's
     max_messages: int = 200
+    playback_chars_per_s: float = 15.0  # streamed spoken replies are played at this pace (per request too); 0: off
     filler_phrases: bool = True  # a spoken filler phrase before tool calls (per request: "filler")
     tool_dialect: str = "hermes"  # how tools and calls are written in the prompt (gateway/tools/data/tool_dialects.json)
     max_body_bytes: int = 8 * 1024 * 1024  # larger request bodies get 413 before they are read whole

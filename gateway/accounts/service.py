@@ -51,7 +51,7 @@ class Caller:
 @dataclass(frozen=True)
 class Outcome:
     """How an admitted request ended, for its usage row."""
-    status: str  # stop, length, tool_calls, cancelled, error
+    status: str  # stop, length, tool_calls, cancelled, error, overloaded (refused by the engine, no tokens)
     prompt_tokens: int
     cached_tokens: int
     completion_tokens: int

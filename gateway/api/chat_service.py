@@ -33,7 +33,8 @@ from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
 from gateway.engine.protocol import Engine
-from gateway.api.errors import APIError, EngineError, RequestTooLargeError, ShuttingDownError
+from gateway.api.errors import (APIError, EngineError, RequestTooLargeError, ServerOverloadedError,
+                               ShuttingDownError)
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.request_context import current_request_id
 from gateway.api.request_log import summary
@@ -247,6 +248,7 @@ class ChatService:
                 pad_id=artifacts.pad_token_id,
                 filler_phrases=self._settings.filler_phrases,
                 tool_dialect=self._settings.tool_dialect,
+                playback_chars_per_s=self._settings.playback_chars_per_s,
             )
             log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
         return self._limits
@@ -276,6 +278,9 @@ class ChatService:
             log.info("client disconnected before the response started")
             bill.settle("cancelled")
             return Response(status_code=CLIENT_GONE)
+        except ServerOverloadedError:  # refused by the engine before any work: billed nothing
+            bill.settle("overloaded")
+            raise
         except Exception:
             bill.settle("error")
             raise

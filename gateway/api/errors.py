@@ -97,6 +97,15 @@ class EngineUnavailableError(APIError):
     retry_after_s = 1
 
 
+class ServerOverloadedError(APIError):
+    """The engine could not give the request its first token in time and refused it
+    before any work (503): fail over to another replica, or retry shortly."""
+    status = 503
+    type = "service_unavailable_error"
+    code = "server_overloaded"
+    retry_after_s = 1
+
+
 class ShuttingDownError(APIError):
     """The gateway is draining for a shutdown (503): another replica, or this one restarted, will answer."""
     status = 503

@@ -155,6 +155,10 @@ class ChatCompletionRequest(BaseModel):
     # spoken filler before a tool call: "on", "off", or the phrases to choose from
     filler: Literal["on", "off"] | Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]],
                                              Field(min_length=1, max_length=20)] | None = None
+    # the pace (characters/s) at which the client's text-to-speech plays the reply: the engine
+    # keeps the stream just ahead of it under load; 0: not played, as fast as possible
+    # (default: the server's ELECTRON_PLAYBACK_CHARS_PER_S for streamed replies without tools or JSON)
+    playback_chars_per_s: float | None = Field(default=None, ge=0, le=1000)
     # vLLM's prompt logprobs: declared so that asking for them is refused clearly.
     prompt_logprobs: int | None = None
 

@@ -48,6 +48,7 @@ class ChatLimits:
     pad_id: int | None
     filler_phrases: bool = True  # a filler phrase before tool calls unless the request says "off"
     tool_dialect: str = "hermes"  # how tools and calls are written (gateway/tools/data/tool_dialects.json)
+    playback_chars_per_s: float = 15.0  # default pace of streamed spoken replies (0: no pacing)
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,15 @@ def _arguments(arguments: str):
         return arguments
 
 
+def _playback_pace(request: ChatCompletionRequest, limits: ChatLimits, spoken: bool) -> float:
+    """The pace the reply is played at, for the engine's playback-aware scheduling.
+    By default only streamed plain-text replies are paced: a tool call or JSON is
+    not spoken and must come whole, fast; a non-streamed reply is read at once."""
+    if request.playback_chars_per_s is not None:
+        return request.playback_chars_per_s
+    return limits.playback_chars_per_s if request.stream and spoken else 0.0
+
+
 def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, context_window: int) -> int:
     asked = request.max_completion_tokens or request.max_tokens
     room = context_window - prompt_tokens
@@ -254,6 +264,7 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
     plan = tool_plan(request)
     calling = plan is not None and plan.choice != "none"
     guide = response_format_guide(request)
+    spoken = guide is None and not calling  # plain text a caller hears (no JSON, no tool call)
     if calling and guide is not None:
         raise InvalidRequestError("'response_format' json_object or json_schema together with tools that may be "
                                   "called is not supported; use tool_choice 'none', or a tool whose parameters "
@@ -287,6 +298,7 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
         logprobs=bool(request.logprobs),
         guide_type=guide.type if guide else None,
         guide=guide.text if guide else None,
+        playback_chars_per_s=_playback_pace(request, limits, spoken),
     )
     return PreparedChat(
         engine_request=engine_request,

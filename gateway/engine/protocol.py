@@ -34,6 +34,7 @@ class EngineRequest:
     logprobs: bool = False
     guide_type: str | None = None  # guided decoding: json, json_schema, regex, ebnf_grammar
     guide: str | None = None
+    playback_chars_per_s: float = 0.0  # the client plays the text at this pace (0: not played)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class EngineOutput:
 class EngineInfo:
     tokens_per_block: int
     max_sequence_length: int | None  # None: the engine does not say
+    paces_playback: bool = False  # the model takes playback_chars_per_s (the embedded CPU engine)
 
 
 class Engine(Protocol):

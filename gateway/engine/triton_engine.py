@@ -25,9 +25,11 @@ from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
-from gateway.api.errors import EngineError, EngineTimeoutError, EngineUnavailableError
+from gateway.api.errors import EngineError, EngineTimeoutError, EngineUnavailableError, ServerOverloadedError
 
 log = logging.getLogger(__name__)
+
+OVERLOADED = "server_overloaded"  # the engine's refusal of a request it cannot start in time
 
 _DTYPES = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}
 # Triton's words for "this model cannot take requests now".
@@ -41,7 +43,9 @@ def _tensor(name: str, value, dtype) -> InferInput:
     return tensor
 
 
-def request_inputs(request: EngineRequest, vocab_size: int) -> list[InferInput]:
+def request_inputs(request: EngineRequest, vocab_size: int, paces_playback: bool = False) -> list[InferInput]:
+    """``paces_playback``: the model declares the ``playback_chars_per_s`` input
+    (Triton refuses inputs a model does not declare)."""
     inputs = [
         _tensor("input_ids", request.prompt, np.int32),
         _tensor("input_lengths", len(request.prompt), np.int32),
@@ -72,6 +76,8 @@ def request_inputs(request: EngineRequest, vocab_size: int) -> list[InferInput]:
     if request.guide_type is not None:
         inputs.append(_text_tensor("guided_decoding_guide_type", request.guide_type))
         inputs.append(_text_tensor("guided_decoding_guide", request.guide or ""))
+    if paces_playback and request.playback_chars_per_s > 0:
+        inputs.append(_tensor("playback_chars_per_s", request.playback_chars_per_s, np.float32))
     return inputs
 
 
@@ -198,16 +204,18 @@ class TritonEngine:
                 raise EngineUnavailableError(
                     f"The model server at {self._url} cannot serve '{self._model}' now: {exc.message()}") from exc
             params = config.get("config", {}).get("parameters", {})
+            inputs = {i.get("name") for i in config.get("config", {}).get("input", [])}
             value = lambda key: params.get(key, {}).get("string_value", "")  # noqa: E731
             max_length = value("max_sequence_length")
             self._info = EngineInfo(
                 tokens_per_block=int(value("tokens_per_block") or 0),
                 max_sequence_length=int(max_length) if max_length.isdigit() and int(max_length) > 0 else None,
+                paces_playback="playback_chars_per_s" in inputs,
             )
         return self._info
 
     async def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]:
-        inputs = request_inputs(request, self._vocab_size)
+        inputs = request_inputs(request, self._vocab_size, self._info is not None and self._info.paces_playback)
 
         async def one_request():
             yield {"model_name": self._model, "inputs": inputs, "request_id": request_id}
@@ -251,6 +259,9 @@ class TritonEngine:
             raise failure
 
     def _error(self, message: str) -> Exception:
+        if OVERLOADED in message:
+            return ServerOverloadedError("The server is at capacity and could not start this request in time; "
+                                         "retry on another replica or in a moment.")
         if _not_serving(message):
             return EngineUnavailableError(f"The model '{self._model}' is not ready: {message}")
         return EngineError(f"The engine failed the request: {message}")

@@ -63,6 +63,8 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "max_sequence_length": str(effective_max_sequence_length(settings, artifacts)),
         "min_stream_rate": str(settings.min_stream_rate),
         "busy_stream_rate": str(settings.busy_stream_rate),
+        "playback_buffer_s": str(settings.playback_buffer_s),
+        "overload_ttft_s": str(settings.overload_ttft_s),
         "threads": str(settings.threads),
     }
 

@@ -12,7 +12,7 @@ from gateway.accounts.limits import LocalLimiter
 from gateway.accounts.pricing import Prices, cost_of
 from gateway.accounts.service import AccountService, ProtectedModeError, check_protected_mode
 from gateway.api.app import create_app
-from gateway.api.errors import EngineError, EngineUnavailableError
+from gateway.api.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
 from app.test_chat_app import USER, sse_events
@@ -251,6 +251,10 @@ async def test_ledger_rows_equal_the_usage_of_every_kind_of_ending(open_gateway,
         say("hello", error_after=0, error=EngineError("boom"))
         assert (await gw.post(key)).status_code == 500
         usages.append(None), expected.append("error")
+        say("hello", error_after=0, error=ServerOverloadedError("at capacity"))
+        r = await gw.post(key, stream=True)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "server_overloaded"
+        usages.append(None), expected.append("overloaded")
 
         rows = await gw.rows()
         assert [r["status"] for r in rows] == expected
@@ -272,6 +276,7 @@ async def test_ledger_rows_equal_the_usage_of_every_kind_of_ending(open_gateway,
         assert rows[0]["cached_tokens"] == 2 * 16 and rows[0]["ttft_ms"] is not None
         assert rows[4]["completion_tokens"] >= 2 and rows[4]["cost_pico"] > 0  # billed although cut off
         assert rows[6]["completion_tokens"] == 0 and rows[6]["cost_pico"] == 0  # failed before the engine's first token
+        assert rows[7]["completion_tokens"] == 0 and rows[7]["cost_pico"] == 0  # refused by the engine
         assert gw.in_flight() == 0
 
 

@@ -6,7 +6,7 @@ import openai
 import pytest
 import httpx2
 
-from gateway.api.errors import EngineError, EngineUnavailableError
+from gateway.api.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
 
@@ -174,6 +174,15 @@ async def test_engine_unavailable_is_503(client, engine):
     engine.info_error = EngineUnavailableError("The model server at x is unreachable")
     r = await post(client)
     assert r.status_code == 503 and r.json()["error"]["type"] == "service_unavailable_error"
+
+
+async def test_a_request_the_engine_refuses_for_overload_is_503_with_retry_after(client, say):
+    say("hello", error_after=0, error=ServerOverloadedError("The server is at capacity."))
+    for stream in (False, True):
+        r = await post(client, stream=stream)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "server_overloaded"
+        assert r.json()["error"]["type"] == "service_unavailable_error"
 
 
 async def test_engine_failure_before_the_first_token_is_an_http_error(client, say, engine):

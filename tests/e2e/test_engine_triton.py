@@ -14,7 +14,7 @@ import tritonclient.grpc.aio as grpcaio
 from llama_cpp import Llama
 from tritonclient.grpc import InferInput
 
-from triton_client import Result, generate, read_metrics, request_inputs, run, tensor
+from triton_client import Result, generate, read_metrics, request_inputs, run, tensor, wait_until_engine_idle
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
@@ -300,3 +300,50 @@ def test_malformed_tensors_never_take_the_model_down(triton, chat, case):
     assert bad.error is not None or bad.finals == 1, (case, bad)
     good = gen(triton, chat(PROMPTS[0]), 4)
     assert good.error is None and good.finals == 1 and len(good.tokens) == 4
+
+
+def test_paced_streams_rest_while_a_prompt_waits_and_stay_ahead_of_their_playhead(triton, chat, tokenizer):
+    wait_until_engine_idle(triton.triton_metrics_port)
+    before = read_metrics(triton.triton_metrics_port)
+    pace = 15.0
+
+    async def scenario():
+        paced = [asyncio.create_task(generate(url(triton), MODEL, request_inputs(
+            chat(f"Tell me a long story about a {animal}."), 200, min_tokens=200, playback_chars_per_s=pace)))
+            for animal in ("dragon", "whale", "fox")]
+        await asyncio.sleep(1.0)  # the streams run far ahead of speech
+        waiting = await generate(url(triton), MODEL, request_inputs(chat(unique_text(300)), 4))
+        return await asyncio.gather(*paced), waiting
+
+    paced, waiting = run(scenario())
+    after = read_metrics(triton.triton_metrics_port)
+    assert waiting.error is None and len(waiting.tokens) == 4
+    assert after["electron_engine_paced_skips_total"] > before["electron_engine_paced_skips_total"]
+    for result in paced:
+        assert result.error is None and len(result.tokens) == 200
+        # a player speaking from the first token at `pace` characters/s never waits for text
+        first_at, spoken = result.arrivals[0][0], 0
+        for at, tokens in result.arrivals:
+            assert at - first_at <= spoken / pace + 0.1, "the caller's player would have stalled"
+            spoken += len(tokenizer.decode(tokens))
+
+
+def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
+    """Four never-seen ~1,000-token prompts at once: the first is taken (nothing is ahead
+    of it), later ones would wait seconds for a first token and are refused before
+    any prefill, with the error the gateway turns into 503 server_overloaded."""
+    wait_until_engine_idle(triton.triton_metrics_port)
+    before = read_metrics(triton.triton_metrics_port)
+
+    async def burst():
+        return await asyncio.gather(*(generate(url(triton), MODEL, request_inputs(chat(unique_text(400)), 2))
+                                      for _ in range(4)))
+
+    results = run(burst())
+    after = read_metrics(triton.triton_metrics_port)
+    refused = [r for r in results if r.error is not None]
+    served = [r for r in results if r.error is None]
+    assert served and all(len(r.tokens) == 2 for r in served)
+    assert refused and all("server_overloaded" in r.error and not r.tokens for r in refused)
+    assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] \
+        == len(refused)

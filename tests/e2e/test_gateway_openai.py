@@ -5,6 +5,7 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx2
 import openai
@@ -250,3 +251,29 @@ async def test_hanging_up_mid_stream_stops_the_engine(gateway, triton):
     decoded = ((after["electron_engine_step_tokens_total"] - before["electron_engine_step_tokens_total"])
                - (after["electron_engine_prefill_tokens_total"] - before["electron_engine_prefill_tokens_total"]))
     assert decoded <= received + 5, (decoded, received)
+
+
+def test_requests_the_engine_cannot_start_in_time_get_503_server_overloaded(sdk, triton):
+    """Never-seen long prompts at once: what the engine cannot start within its bound
+    is refused at once with 503 and retry-after, through the official SDK."""
+    wait_until_engine_idle(triton.triton_metrics_port)
+
+    def one(i):
+        salt = uuid.uuid4().hex
+        text = " ".join(f"{salt[j % 32]}{i}word{j}" for j in range(400))
+        try:
+            r = sdk.chat.completions.with_raw_response.create(
+                model=MODEL, messages=ask(text), max_tokens=2, stream=True)
+            return r.http_response.status_code, None, list(r.parse())
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc, None
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    statuses = sorted(status for status, _, _ in results)
+    assert 200 in statuses and 503 in statuses, statuses
+    for status, exc, chunks in results:
+        if status == 503:
+            assert exc.body["code"] == "server_overloaded" and exc.response.headers["retry-after"] == "1"
+        else:
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -41,7 +41,7 @@ def request_inputs(prompt, max_tokens, streaming=True, **extra) -> list[InferInp
     kinds = {"seed": np.uint64, "runtime_top_k": np.int32, "runtime_top_p": np.float32, "min_tokens": np.int32,
              "end_id": np.int32, "presence_penalty": np.float32, "frequency_penalty": np.float32,
              "repetition_penalty": np.float32, "stop_words_list": np.int32, "embedding_bias": np.float32,
-             "return_log_probs": np.bool_}
+             "return_log_probs": np.bool_, "playback_chars_per_s": np.float32}
     for name, value in extra.items():
         if name.startswith("guided_decoding_"):
             inputs.append(tensor(name, [[value.encode()]], np.object_))
@@ -61,6 +61,7 @@ class Result:
     output_counts: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     ttft_engine_ms: float = -1.0
+    arrivals: list[tuple[float, list[int]]] = field(default_factory=list)  # (perf_counter, tokens) per response
 
 
 async def generate(url: str, model: str, inputs: list[InferInput], stop_after: int | None = None,
@@ -84,7 +85,10 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
                 result.error = str(error)
                 continue
             result.responses += 1
-            result.tokens.extend(response.as_numpy("output_ids").reshape(-1).tolist())
+            new = response.as_numpy("output_ids").reshape(-1).tolist()
+            result.tokens.extend(new)
+            if new:
+                result.arrivals.append((time.perf_counter(), new))
             if response.as_numpy("num_output_tokens") is not None:
                 result.output_counts.append(int(response.as_numpy("num_output_tokens").reshape(-1)[0]))
             if response.as_numpy("output_log_probs") is not None:

@@ -1,5 +1,6 @@
 """Request parsing and preparation: schema errors name the field, limits, engine parameters."""
 
+import dataclasses
 import json
 
 import pytest
@@ -177,3 +178,26 @@ def test_top_p_zero_is_accepted_as_greedy_and_tiny_penalties_are_refused():
     with pytest.raises(InvalidRequestError) as refused:
         parse_body(body(repetition_penalty=1e-300))
     assert refused.value.param == "repetition_penalty"
+
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+
+def pace(**fields) -> float:
+    limits = dataclasses.replace(LIMITS, context_window=4000)
+    return prepare_chat(parse_body(body(max_tokens=10, **fields)), limits, TEMPLATE, CharCodec()) \
+        .engine_request.playback_chars_per_s
+
+
+def test_only_streamed_spoken_replies_are_paced_by_default():
+    assert pace(stream=True) == 15.0
+    assert pace() == 0.0  # read at once, not played
+    assert pace(stream=True, tools=[WEATHER_TOOL]) == 0.0  # a call is not spoken and must come fast
+    assert pace(stream=True, response_format={"type": "json_object"}) == 0.0
+    assert pace(stream=True, tools=[WEATHER_TOOL], tool_choice="none") == 15.0
+
+
+def test_a_client_sets_its_own_playback_pace_or_opts_out():
+    assert pace(stream=True, playback_chars_per_s=20) == 20.0
+    assert pace(stream=True, playback_chars_per_s=0) == 0.0
+    assert refusal(body(playback_chars_per_s=-1)).param == "playback_chars_per_s"

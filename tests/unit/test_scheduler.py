@@ -1,6 +1,10 @@
-"""Step planning: the stream-rate floor, time to first token, fairness."""
+"""Step planning: playback pacing, the stream-rate floor, time to first token, fairness, overload."""
 
-from llama_engine.scheduler import PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner, pace_slack_s
+import math
+from dataclasses import dataclass, field
+
+from llama_engine.scheduler import (DecodeCandidate, PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner,
+                                    floor_wait_s, playback_lead_s)
 
 
 def planner():
@@ -57,14 +61,14 @@ def test_cost_model_with_one_step_size_only_moves_the_overhead():
 
 def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
     p = planner()
-    tight = p.prefill_budget(decodes=7, slack_s=0.0)
-    # 7 streams that ran 20 tok/s for 1 s are 0.67 s ahead of a 12 tok/s pace
-    slack = pace_slack_s(tokens=20, since_first_token_s=1.0, min_rate=12.0)
-    assert abs(slack - (20 / 12 - 1)) < 1e-9
-    loose = p.prefill_budget(decodes=7, slack_s=slack)
+    tight = p.prefill_budget(decodes=7, wait_s=floor_wait_s(tokens=12, since_first_token_s=1.0, min_rate=12.0))
+    # 7 streams that ran 20 tok/s for 1 s can wait 0.75 s before they fall below 12 tok/s
+    wait = floor_wait_s(tokens=20, since_first_token_s=1.0, min_rate=12.0)
+    assert abs(wait - (21 / 12 - 1)) < 1e-9
+    loose = p.prefill_budget(decodes=7, wait_s=wait)
     assert tight < 30 <= loose
-    assert p.cost.predict(7 + loose) <= 0.8 / 12 + p.config.max_slack_s + 1e-9  # slack is capped
-    assert p.prefill_budget(decodes=7, slack_s=-0.3) == tight  # behind pace: no borrowing
+    assert p.cost.predict(7 + loose) <= 0.8 * (1 / 12 + p.config.max_slack_s) + 1e-9  # the wait is capped
+    assert p.prefill_budget(decodes=7, wait_s=-0.3) == tight  # behind pace: the busy floor still holds
 
 
 def test_new_streams_wait_when_one_more_would_break_the_admission_floor():
@@ -73,3 +77,119 @@ def test_new_streams_wait_when_one_more_would_break_the_admission_floor():
     assert p.admits_stream(12)  # 6 + 4 * (13 + 4) = 74 ms: slower than 12 tok/s, still admitted
     assert p.admits_stream(26)  # 6 + 4 * (27 + 4) = 130 ms
     assert not p.admits_stream(27)  # 6 + 4 * (28 + 4) = 134 ms
+    assert p.admits_stream(27, wait_s=0.5)  # the most urgent stream can wait 0.5 s: 0.4 s steps
+
+
+def test_paced_streams_ahead_of_their_playhead_rest_while_prompts_wait():
+    p = planner()  # buffer 1 s
+    ahead = DecodeCandidate("ahead", wait_s=2.5, paced=True)
+    low = DecodeCandidate("low", wait_s=0.4, paced=True)
+    unpaced = DecodeCandidate("json", wait_s=3.0, paced=False)
+    assert [c.key for c in p.choose_decodes([ahead, low, unpaced], prompts_waiting=True)] == ["low", "json"]
+    # nothing waits: everyone decodes, most urgent first
+    assert [c.key for c in p.choose_decodes([ahead, low, unpaced], prompts_waiting=False)] == ["low", "ahead", "json"]
+    assert playback_lead_s(chars=45, since_first_token_s=2.0, chars_per_s=15.0) == 1.0
+
+
+def test_the_step_may_take_what_the_most_urgent_stream_can_wait():
+    p = planner()
+    assert p.step_deadline_s(0.4) == 0.8 * 0.4
+    assert p.step_deadline_s(0.01) == 0.8 / 6  # never below the busy floor
+    assert p.step_deadline_s(5.0) == 0.8 * (1 / 12 + 0.5)  # capped
+    assert p.prefill_budget(decodes=3, wait_s=0.4) > p.prefill_budget(decodes=3, wait_s=0.1)
+
+
+def test_overload_estimate_grows_with_the_queue_and_refuses_past_the_bound():
+    p = planner()  # bound 1.5 s
+    short = p.first_token_eta_s(decodes=4, wait_s=None, prompt_tokens_ahead=20)
+    assert short < 0.3 and not p.refuses(short)
+    long = p.first_token_eta_s(decodes=20, wait_s=None, prompt_tokens_ahead=600)
+    assert long > 1.5 and p.refuses(long)
+    off = StepPlanner(SchedulerConfig(overload_ttft_s=0.0), p.cost)
+    assert not off.refuses(long)
+
+
+# ---- a simulation of calls on synthetic step costs ----------------------------------
+
+@dataclass(eq=False)
+class _Stream:
+    prompt_left: int
+    arrived: float
+    pace: float  # characters/s; 0: unpaced
+    chars_per_token: float = 4.0
+    first_token: float | None = None
+    tokens: int = 0
+    min_lead: float = math.inf
+    max_tokens: int = 24
+
+
+@dataclass
+class _Sim:
+    planner: StepPlanner
+    now: float = 0.0
+    streams: list = field(default_factory=list)
+    done: list = field(default_factory=list)
+    ttfts: list = field(default_factory=list)
+
+    def step(self) -> None:
+        c = self.planner.config
+        prefilling = [s for s in self.streams if s.prompt_left > 0]
+        candidates = []
+        for s in self.streams:
+            if s.first_token is None:
+                continue
+            since = self.now - s.first_token
+            if s.pace:
+                candidates.append(DecodeCandidate(s, playback_lead_s(s.tokens * s.chars_per_token, since, s.pace), True))
+            else:
+                candidates.append(DecodeCandidate(s, floor_wait_s(s.tokens, since, c.min_stream_rate), False))
+        chosen = [d.key for d in self.planner.choose_decodes(candidates, bool(prefilling))]
+        wait = min((d.wait_s for d in candidates), default=None)
+        budget = self.planner.prefill_budget(len(chosen), wait) if prefilling else 0
+        plan = self.planner.plan_prefill(
+            [PrefillCandidate(s, s.prompt_left, self.now - s.arrived) for s in prefilling], budget)
+        self.now += self.planner.cost.predict(len(chosen) + sum(t for _, t in plan))
+        for d in candidates:  # the lead each stream had when this step ended
+            s = d.key
+            s.min_lead = min(s.min_lead, playback_lead_s(s.tokens * s.chars_per_token, self.now - s.first_token, s.pace)
+                             if s.pace else math.inf)
+        for s in chosen:
+            s.tokens += 1
+            if s.tokens >= s.max_tokens:
+                self.streams.remove(s)
+                self.done.append(s)
+        for s, take in plan:
+            s.prompt_left -= take
+            if s.prompt_left == 0:
+                s.first_token, s.tokens = self.now, 1
+                self.ttfts.append((s.arrived, self.now - s.arrived))
+
+    def run(self, arrivals: list[tuple[float, int]], pace: float, until: float) -> None:
+        pending = sorted(arrivals)
+        while self.now < until:
+            while pending and pending[0][0] <= self.now:
+                at, tokens = pending.pop(0)
+                self.streams.append(_Stream(tokens, at, pace))
+            if not any(s.prompt_left > 0 or s.first_token is not None for s in self.streams):
+                self.now = pending[0][0] if pending else until
+                continue
+            self.step()
+
+
+def _calls(n: int) -> list[tuple[float, int]]:
+    """``n`` calls starting 0.1 s apart, then a new turn every 0.3 s (40 new prompt tokens each)."""
+    return [(0.1 * i, 20) for i in range(n)] + [(0.1 * n + 0.3 * i, 40) for i in range(30)]
+
+
+def test_pacing_gives_first_tokens_sooner_and_no_stream_falls_behind_its_playhead():
+    cost = dict(overhead_s=0.008, per_token_s=0.003)
+    paced = _Sim(StepPlanner(SchedulerConfig(), StepCostModel(**cost)))
+    paced.run(_calls(24), pace=15.0, until=30.0)
+    unpaced = _Sim(StepPlanner(SchedulerConfig(), StepCostModel(**cost)))
+    unpaced.run(_calls(24), pace=0.0, until=30.0)
+    assert len(paced.ttfts) == len(unpaced.ttfts) == 54
+    p95 = lambda sim: sorted(t for at, t in sim.ttfts if at >= 2.4)[28]  # noqa: E731  # of the 30 later turns
+    assert p95(paced) < 0.6 * p95(unpaced), (p95(paced), p95(unpaced))
+    # every paced stream kept text ahead of its player (its first token starts the playhead)
+    started = [s for s in paced.streams + paced.done if s.first_token is not None]
+    assert len(paced.done) > 24 and min(s.min_lead for s in started) >= 0.0

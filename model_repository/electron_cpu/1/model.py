@@ -112,6 +112,8 @@ class _MetricsExporter:
         "errors": "requests failed inside the engine",
         "prefix_hits": "prompt blocks reused from the prefix cache",
         "prefix_misses": "full prompt blocks prefilled (not in the prefix cache)",
+        "paced_skips": "decode steps paced streams skipped, ahead of their playhead, for waiting prompts",
+        "overload_refusals": "requests refused because their first token would come too late",
     }
     GAUGES = {
         "running": "sequences running (prefilling or decoding)",
@@ -184,6 +186,8 @@ class TritonPythonModel:
             max_batch_tokens=runner_config.max_batch_tokens,
             min_stream_rate=float(p.get("min_stream_rate", 12.0)),
             busy_stream_rate=float(p.get("busy_stream_rate", 6.0)),
+            playback_buffer_s=float(p.get("playback_buffer_s", 1.0)),
+            overload_ttft_s=float(p.get("overload_ttft_s", 1.5)),
         ))
         max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)

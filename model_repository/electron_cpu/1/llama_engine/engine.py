@@ -15,17 +15,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
 from .prefix_cache import PrefixCache
 from .sampling import TokenSampler, token_logprob
-from .scheduler import PrefillCandidate, StepPlanner, pace_slack_s
+from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, playback_lead_s
 from .stats import EngineStats
 
 log = logging.getLogger(__name__)
+
+# the first word of the error of a request refused for overload; the gateway answers it with 503
+OVERLOADED = "server_overloaded"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     sent: int = 0  # generated tokens already sent
+    chars: int = 0  # characters of the generated text (the playhead's unit)
+    new_tokens_estimate: int = 0  # prompt tokens not in the prefix cache at arrival
     sampler: TokenSampler | None = None
     guide: GuideMask | None = None
     first_scheduled_ns: int = 0
@@ -91,8 +96,11 @@ class _Sequence:
 
 class Engine:
     def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
-                 cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0):
+                 cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0,
+                 token_chars: Sequence[int] | None = None):
         self.runner = runner
+        # characters each token id adds to the text; paced streams' playheads count them
+        self.token_chars = token_chars if token_chars is not None else runner.token_chars()
         self.cache_idle_s = cache_idle_s  # cached blocks unused this long are evicted
         # asking Triton whether a request was cancelled is an IPC call per request:
         # done at most this often (TensorRT-LLM's cancellation_check_period_ms)
@@ -104,6 +112,7 @@ class Engine:
         self.stats = EngineStats()
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._waiting: list[_Sequence] = []
+        self._arrived: list[_Sequence] = []  # taken from the inbox, not yet checked for overload
         self._running: list[_Sequence] = []
         self._wake = threading.Condition()
         self._stop = False
@@ -124,7 +133,7 @@ class Engine:
             self._stop = True
             self._wake.notify()
         self._thread.join(timeout)
-        for s in self._running + self._waiting + list(self._inbox):
+        for s in self._running + self._waiting + self._arrived + list(self._inbox):
             s.sink.fail("the model is shutting down")
 
     # ---- the loop ----------------------------------------------------------------
@@ -132,13 +141,13 @@ class Engine:
         last_stats = last_trim = 0.0
         while True:
             with self._wake:
-                while not self._stop and not self._inbox and not self._running and not self._waiting:
+                while not self._stop and not self._inbox and not self._arrived and not self._running and not self._waiting:
                     last_trim = self._trim_idle_cache(last_trim)
                     self._refresh_gauges()
                     self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
-                self._waiting.extend(self._inbox)
+                self._arrived.extend(self._inbox)
                 self._inbox.clear()
             try:
                 self._step()
@@ -165,18 +174,22 @@ class Engine:
     def _step(self) -> None:
         step_started = time.perf_counter()
         self._drop_cancelled()
+        self._take_arrivals()
         self._admit()
         if not self._running:
             if self._waiting:
                 time.sleep(0.002)  # waiting only on a running prefill that was cancelled
             return
-        decoding = [s for s in self._running if s.pending is not None]
-        prefilling = [s for s in self._running if s.prompt_left > 0]
         now = time.time_ns()
-        budget = self.planner.prefill_budget(len(decoding), self._pace_slack(decoding, now)) if prefilling else 0
+        prefilling = [s for s in self._running if s.prompt_left > 0]
+        streams = self._decode_candidates(now)
+        decoding = [c.key for c in self.planner.choose_decodes(streams, prompts_waiting=bool(prefilling))]
+        wait = min((c.wait_s for c in streams), default=None)
+        budget = self.planner.prefill_budget(len(decoding), wait) if prefilling else 0
         plan = self.planner.plan_prefill(
             [PrefillCandidate(s, s.prompt_left, (now - s.arrival_ns) / 1e9) for s in prefilling], budget
         )
+        self.stats.paced_skips += len(streams) - len(decoding)
         n, samplers = self._fill_batch(decoding, plan)
         rc = self.runner.decode(n)
         if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
@@ -229,11 +242,20 @@ class Engine:
                 continue
             self._on_token(s, token, index)
 
-    def _pace_slack(self, decoding: list[_Sequence], now_ns: int) -> float:
-        """How far the slowest decoding stream is ahead of the floor pace."""
-        rate = self.planner.config.min_stream_rate
-        return min((pace_slack_s(len(s.generated), (now_ns - s.first_token_ns) / 1e9, rate) for s in decoding),
-                   default=0.0)
+    def _decode_candidates(self, now_ns: int) -> list[DecodeCandidate]:
+        """Every stream with a token to decode, with how long it can wait for the next."""
+        floor = self.planner.config.min_stream_rate
+        out = []
+        for s in self._running:
+            if s.pending is None:
+                continue
+            since = (now_ns - s.first_token_ns) / 1e9
+            pace = s.request.playback_chars_per_s
+            if pace > 0:
+                out.append(DecodeCandidate(s, playback_lead_s(s.chars, since, pace), paced=True))
+            else:
+                out.append(DecodeCandidate(s, floor_wait_s(len(s.generated), since, floor), paced=False))
+        return out
 
     def _on_token(self, s: _Sequence, token: int, index: int) -> None:
         now = time.time_ns()
@@ -244,6 +266,7 @@ class Engine:
             self._finish(s)
             return
         s.generated.append(token)
+        s.chars += self.token_chars[token]
         if request.return_log_probs:
             s.log_probs.append(token_logprob(self.runner.ctx, index, token, self.runner.n_vocab))
         tail = s.generated
@@ -257,14 +280,59 @@ class Engine:
             self._send(s, final=False)
 
     # ---- admission, completion, cancellation ------------------------------------------
+    def _load(self, now_ns: int) -> tuple[int, float | None]:
+        """Streams that decode in every step while prompts wait (urgent and unpaced
+        decoders plus the prompts being prefilled, soon decoders), and how long the
+        most urgent stream can wait for its next token."""
+        streams = self._decode_candidates(now_ns)
+        prefilling = sum(1 for s in self._running if s.prompt_left > 0)
+        chosen = self.planner.choose_decodes(streams, prompts_waiting=True)
+        return len(chosen) + prefilling, min((c.wait_s for c in streams), default=None)
+
+    def _take_arrivals(self) -> None:
+        """Queue new requests, refusing at once those whose first token would come
+        too late (scheduler policy 7) while other work is ahead of them."""
+        if not self._arrived:
+            return
+        arrived, self._arrived = self._arrived, []
+        block = self.cache.block_size
+        for s in arrived:
+            s.new_tokens_estimate = len(s.request.prompt) - block * len(self.cache.match(s.request.prompt))
+            if self._running or self._waiting:
+                eta = self._first_token_eta_s(s)
+                if self.planner.refuses(eta):
+                    self.stats.overload_refusals += 1
+                    log.warning("request %s refused: first token expected in %.2f s (limit %.2f s), %d running, "
+                                "%d waiting", s.sink.request_id, eta, self.planner.config.overload_ttft_s,
+                                len(self._running), len(self._waiting))
+                    s.sink.fail(f"{OVERLOADED}: the first token would take about {eta:.1f} s (limit "
+                                f"{self.planner.config.overload_ttft_s:g} s); retry on another replica or later")
+                    continue
+            self._waiting.append(s)
+
+    def _first_token_eta_s(self, s: _Sequence) -> float:
+        """Prompt tokens ahead of ``s`` under shortest-remaining-first (its own
+        included), prefilled beside the streams that keep decoding, plus the wait for
+        a running slot when all are taken."""
+        own = s.new_tokens_estimate
+        ahead = own + sum(r.prompt_left for r in self._running if 0 < r.prompt_left <= own)
+        ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own)
+        load, wait = self._load(time.time_ns())
+        eta = self.planner.first_token_eta_s(load, wait, ahead)
+        queued = len(self._running) + len(self._waiting) - self.max_running
+        if queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
+            step = self.planner.cost.predict(max(load, 1))
+            left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
+            eta += left[min(queued, len(left) - 1)] * step if left else 0.0
+        return eta
+
     def _admit(self) -> None:
         if not self._waiting:
             return
         still_waiting = []
-        decoding = [r for r in self._running if r.pending is not None]
-        slack = self._pace_slack(decoding, time.time_ns())
+        load, wait = self._load(time.time_ns())
         for i, s in enumerate(self._waiting):
-            if len(self._running) >= self.max_running or not self.planner.admits_stream(len(self._running), slack):
+            if len(self._running) >= self.max_running or not self.planner.admits_stream(load, wait):
                 still_waiting.extend(self._waiting[i:])
                 break
             if self.cache.awaits_running_prefill(s.request.prompt):
@@ -284,6 +352,7 @@ class Engine:
             )
             s.first_scheduled_ns = time.time_ns()
             self._running.append(s)
+            load += 1
             log.debug(
                 "request %s admitted on seq %d: %d prompt tokens, %d reused",
                 s.sink.request_id, s.seq, len(s.request.prompt), s.n_past,
@@ -360,7 +429,7 @@ class Engine:
         Other threads read ``stats`` as it is; no call in here may block."""
         st = self.stats
         st.running = len(self._running)
-        st.waiting = len(self._waiting) + len(self._inbox)
+        st.waiting = len(self._waiting) + len(self._arrived) + len(self._inbox)
         st.kv_cells_used = self.cache.ledger.used_cells()
         st.cached_blocks = self.cache.cached_blocks
         st.prefix_hits, st.prefix_misses = self.cache.hits, self.cache.misses

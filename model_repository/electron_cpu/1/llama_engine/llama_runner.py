@@ -95,6 +95,17 @@ class LlamaRunner:
         batch.logits = self.want_logits.ctypes.data_as(ctypes.POINTER(ctypes.c_int8))
         self._batch = batch
 
+    def token_chars(self) -> list[int]:
+        """Characters each token id adds to decoded text (UTF-8 lead bytes of its
+        piece; control tokens add none): what a paced stream's playhead counts."""
+        buf = ctypes.create_string_buffer(256)
+        out = []
+        for token in range(self.n_vocab):
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[: max(n, 0)]
+            out.append(sum(1 for b in piece if b & 0xC0 != 0x80))
+        return out
+
     def decode(self, n_tokens: int) -> int:
         """Run the first ``n_tokens`` entries of the batch arrays; llama.cpp's code."""
         self._batch.n_tokens = n_tokens

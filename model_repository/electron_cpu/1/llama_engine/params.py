@@ -53,6 +53,7 @@ class GenerationRequest:
     return_num_output_tokens: bool = False
     return_perf_metrics: bool = False
     guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
+    playback_chars_per_s: float = 0.0  # the client plays the text at this pace (0: not played; see scheduler)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,15 @@ def parse_request(tensors: Mapping[str, np.ndarray], limits: ModelLimits) -> Gen
         return_num_output_tokens=_scalar(tensors, "return_num_output_tokens", bool, False),
         return_perf_metrics=_scalar(tensors, "return_perf_metrics", bool, False),
         guide=parse_guide(tensors),
+        playback_chars_per_s=_playback_pace(tensors),
     )
+
+
+def _playback_pace(tensors: Mapping[str, np.ndarray]) -> float:
+    pace = _scalar(tensors, "playback_chars_per_s", float, 0.0)
+    if pace < 0 or pace > 1000:
+        raise InvalidRequest(f"playback_chars_per_s must be between 0 and 1000, got {pace}")
+    return pace
 
 
 def _text(tensors: Mapping[str, np.ndarray], name: str) -> str | None:

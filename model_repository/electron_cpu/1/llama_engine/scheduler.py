@@ -2,39 +2,47 @@
 
 Policy (documented in the README):
 
-1. Every running stream decodes one token in every step; no stream is ever
-   paused for another.
+1. A caller hears a reply at speech pace, so a *paced* stream (one whose text is
+   played to a caller at ``chars_per_s``) only has to stay ahead of its
+   playhead: the playhead starts at the stream's first token and advances at
+   the speech pace; the stream's *lead* is the speech it has generated beyond
+   the playhead, in seconds. While prompts wait to be prefilled, a paced stream
+   with more than ``playback_buffer_s`` of lead skips the step, so the step's
+   time goes to callers waiting for a first token; streams whose lead runs low,
+   and unpaced streams (non-streaming, tools, JSON, or opted out), decode in
+   every step. With no prompt waiting, every stream decodes (nothing to gain
+   by waiting, and a finished stream frees its KV cells).
 2. Time to first token comes first: while any prompt is waiting to be prefilled,
    every step also carries a prefill chunk; there are no decode-only steps.
-3. The chunk is as large as the stream-rate floor allows. The floor is a pace:
-   from its first token, every stream must have produced at least
-   ``min_stream_rate`` tokens per second - several times the pace of speech. A
-   step may take ``1 / min_stream_rate`` seconds (with a safety margin) plus the
-   time the slowest decoding stream is ahead of that pace (``slack_s``, capped at
-   ``max_slack_s``): a stream that ran fast absorbs a longer step, so a short
-   prompt is prefilled whole instead of trickling in. With no stream decoding,
-   the chunk is the whole batch.
+3. The chunk is as large as the most urgent stream allows: a step may take
+   ``safety`` times the time that stream can wait for its next token - a paced
+   stream its lead, an unpaced one the time until it falls below the floor of
+   ``min_stream_rate`` tokens per second since its first token (capped at
+   ``1 / min_stream_rate + max_slack_s``). With no stream decoding, the chunk
+   is the whole batch.
 4. Callers waiting for a first token come before stream speed above a lower
-   *busy* floor (``busy_stream_rate``, 6 tokens/s: still well above the pace
-   of speech, ~3.5 tokens/s): a step may always take ``safety /
-   busy_stream_rate`` seconds, so a later turn's few dozen new tokens are
-   prefilled in one or two steps even when every stream is at the floor, and
-   a new request is admitted while one more stream (plus a minimal prefill
-   chunk) fits that step. Measured on 2 cores: holding prefill and admission
-   to the 12 tokens/s floor left later turns waiting 6-20 s once more than ~8
-   calls were talking, while the streams' audio was far ahead of speech
-   anyway. With nothing running, a request is always admitted.
+   *busy* floor (``busy_stream_rate``, 6 tokens/s: still above the pace of
+   speech, ~4 tokens/s): a step may always take ``safety / busy_stream_rate``
+   seconds, so a later turn's few dozen new tokens are prefilled in one or two
+   steps even when every stream is urgent, and a new request is admitted while
+   one more stream (plus a minimal prefill chunk) fits that step beside the
+   streams that decode while prompts wait. With nothing running, a request is
+   always admitted.
 5. Prompts are prefilled shortest-remaining first (a later turn whose history is
    cached needs a few dozen tokens and gets its first token almost at once),
    except that a prompt waiting longer than ``starvation_s`` goes first.
 6. The step cost - the whole engine step, not only ``llama_decode`` - is
-   learned online (``StepCostModel``). When the running streams
-   alone already fill the deadline, the chunk shrinks to ``min_prefill_chunk``
+   learned online (``StepCostModel``). When the decoding streams alone
+   already fill the deadline, the chunk shrinks to ``min_prefill_chunk``
    tokens: prompts still progress, streams slow down a little.
+7. Overload: a new request whose first token would, by the same cost line,
+   come later than ``overload_ttft_s`` is refused at once (before any prefill)
+   instead of waiting in silence; the voice platform can fail over.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -80,6 +88,12 @@ class SchedulerConfig:
     min_prefill_chunk: int = 4  # a waiting prompt always progresses
     starvation_s: float = 2.0
     max_slack_s: float = 0.5  # most a step may borrow from streams ahead of pace
+    playback_buffer_s: float = 1.0  # paced streams with more speech ahead than this skip steps while prompts wait
+    overload_ttft_s: float = 1.5  # a new request whose first token would come later is refused; 0: never
+
+    @property
+    def max_wait_s(self) -> float:
+        return 1.0 / self.min_stream_rate + self.max_slack_s
 
 
 @dataclass
@@ -89,9 +103,23 @@ class PrefillCandidate:
     waited_s: float
 
 
-def pace_slack_s(tokens: int, since_first_token_s: float, min_rate: float) -> float:
-    """How far ahead of ``min_rate`` tokens/s a stream is (negative: behind)."""
-    return tokens / min_rate - since_first_token_s
+@dataclass
+class DecodeCandidate:
+    key: object  # the engine's sequence object
+    wait_s: float  # how long it can wait for its next token (``playback_lead_s`` or ``floor_wait_s``)
+    paced: bool
+
+
+def playback_lead_s(chars: int, since_first_token_s: float, chars_per_s: float) -> float:
+    """Seconds of speech a paced stream has generated beyond its playhead (negative:
+    the caller's player is waiting for text)."""
+    return chars / chars_per_s - since_first_token_s
+
+
+def floor_wait_s(tokens: int, since_first_token_s: float, min_rate: float) -> float:
+    """How long an unpaced stream can wait for its next token before it falls
+    below ``min_rate`` tokens/s since its first token."""
+    return (tokens + 1) / min_rate - since_first_token_s
 
 
 class StepPlanner:
@@ -99,28 +127,48 @@ class StepPlanner:
         self.config = config
         self.cost = cost or StepCostModel()
 
-    def prefill_budget(self, decodes: int, slack_s: float = 0.0) -> int:
+    def choose_decodes(self, streams: list[DecodeCandidate], prompts_waiting: bool) -> list[DecodeCandidate]:
+        """The streams that decode in the next step (policy 1), most urgent first."""
+        ordered = sorted(streams, key=lambda c: c.wait_s)
+        if not prompts_waiting:
+            return ordered
+        return [c for c in ordered if not c.paced or c.wait_s <= self.config.playback_buffer_s]
+
+    def prefill_budget(self, decodes: int, wait_s: float | None = None) -> int:
         """Prompt tokens the next step may carry beside ``decodes`` decode tokens;
-        ``slack_s``: how far the slowest decoding stream is ahead of the floor pace."""
+        ``wait_s``: how long the most urgent running stream can wait (policy 3)."""
         room = self.config.max_batch_tokens - decodes
-        if decodes == 0:
+        if decodes == 0 and wait_s is None:
             return room
-        spare = self.step_deadline_s(slack_s) - self.cost.predict(decodes)
+        spare = self.step_deadline_s(wait_s) - self.cost.predict(decodes)
         tokens = int(spare / self.cost.per_token_s) if spare > 0 else 0
         return max(min(tokens, room), min(self.config.min_prefill_chunk, room), 0)
 
-    def step_deadline_s(self, slack_s: float = 0.0) -> float:
-        """How long a step carrying prefill may take: the floor pace plus the slack
-        of the slowest stream, and never less than the busy floor allows."""
-        paced = self.config.safety / self.config.min_stream_rate + min(max(slack_s, 0.0), self.config.max_slack_s)
-        return max(paced, self.config.safety / self.config.busy_stream_rate)
+    def step_deadline_s(self, wait_s: float | None = None) -> float:
+        """How long a step carrying prefill may take: ``safety`` times what the most
+        urgent stream can wait (capped; the floor pace when unknown), never less
+        than the busy floor allows."""
+        c = self.config
+        wait = 1.0 / c.min_stream_rate if wait_s is None else wait_s
+        return c.safety * max(min(wait, c.max_wait_s), 1.0 / c.busy_stream_rate)
 
-    def admits_stream(self, running: int, slack_s: float = 0.0) -> bool:
-        """May a new stream join ``running`` ones without breaking the floor?
-        ``slack_s`` as in ``prefill_budget``: its prefill may borrow it."""
-        if running == 0:
+    def admits_stream(self, decoding: int, wait_s: float | None = None) -> bool:
+        """May a new stream join when ``decoding`` streams decode beside prompts
+        (policy 4)? ``wait_s`` as in ``prefill_budget``."""
+        if decoding == 0:
             return True
-        return self.cost.predict(running + 1 + self.config.min_prefill_chunk) <= self.step_deadline_s(slack_s)
+        return self.cost.predict(decoding + 1 + self.config.min_prefill_chunk) <= self.step_deadline_s(wait_s)
+
+    def first_token_eta_s(self, decodes: int, wait_s: float | None, prompt_tokens_ahead: int) -> float:
+        """When a request would get its first token if ``prompt_tokens_ahead`` prompt
+        tokens (its own included) must be prefilled first, ``decodes`` streams
+        decoding beside them (policy 7)."""
+        budget = max(self.prefill_budget(decodes, wait_s), 1)
+        steps = math.ceil(max(prompt_tokens_ahead, 1) / budget)
+        return steps * self.cost.predict(decodes + budget)
+
+    def refuses(self, eta_s: float) -> bool:
+        return 0 < self.config.overload_ttft_s < eta_s
 
     def plan_prefill(self, candidates: list[PrefillCandidate], budget: int) -> list[tuple[object, int]]:
         """Split ``budget`` prompt tokens among prefilling sequences (see policy)."""

@@ -16,6 +16,8 @@ class EngineStats:
     errors: int = 0
     prefix_hits: int = 0  # prompt blocks reused from the prefix cache
     prefix_misses: int = 0  # full prompt blocks that had to be prefilled
+    paced_skips: int = 0  # decode steps paced streams skipped (ahead of their playhead) for waiting prompts
+    overload_refusals: int = 0  # requests refused because their first token would come too late
     # gauges (current values)
     running: int = 0
     waiting: int = 0
