@@ -322,6 +322,10 @@ async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
             if cut_off():
                 bill.cut_off = True
                 raise ShuttingDownError("The server is shutting down: the response was cut off.")
+            fast = shaper.plain_content_json(delta)
+            if fast is not None:
+                yield sse.frame(fast)
+                continue
             chunks = shaper.stream_chunks(delta)
             if chunks:
                 yield b"".join(sse.event(c) for c in chunks)

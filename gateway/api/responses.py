@@ -8,6 +8,7 @@ engine.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -56,6 +57,10 @@ class ResponseShaper:
         self._fingerprint = system_fingerprint
         self.include_usage = include_usage
         self._want_logprobs = want_logprobs
+        # the per-token fast path: a content chunk serialized once around a marker, split there
+        marker = "\u0000"
+        whole = self.content_chunk(Delta(content=marker)).model_dump_json(exclude_unset=True).encode()
+        self._content_prefix, self._content_suffix = whole.split(json.dumps(marker).encode())
 
     def completion(self, deltas: list[Delta], run: CompletionRun) -> ChatCompletion:
         """The non-streaming body: the deltas a stream would have sent, joined."""
@@ -94,6 +99,14 @@ class ResponseShaper:
 
     def usage_chunk(self, run: CompletionRun) -> ChatCompletionChunk:
         return self._chunk([], usage_of(run))
+
+    def plain_content_json(self, delta: Delta) -> bytes | None:
+        """The JSON of ``delta``'s one content chunk, built without schema objects, if
+        it is nothing but text (the per-token case); None otherwise. Byte for byte
+        what ``stream_chunks`` would serialize."""
+        if not delta.content or delta.tool_calls or delta.finish_reason is not None or self._want_logprobs:
+            return None
+        return self._content_prefix + json.dumps(delta.content, ensure_ascii=False).encode() + self._content_suffix
 
     def stream_chunks(self, delta: Delta) -> list[ChatCompletionChunk]:
         """Chunks for one delta: its content (if any), then the finish chunk if it

@@ -18,4 +18,9 @@ DONE = b"data: [DONE]\n\n"
 
 def event(payload: BaseModel) -> bytes:
     """One event; response models are sent with the fields that were set (see schemas)."""
-    return b"data: " + payload.model_dump_json(exclude_unset=True).encode() + b"\n\n"
+    return frame(payload.model_dump_json(exclude_unset=True).encode())
+
+
+def frame(json_bytes: bytes) -> bytes:
+    """One event around JSON already serialized."""
+    return b"data: " + json_bytes + b"\n\n"

@@ -65,6 +65,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "busy_stream_rate": str(settings.busy_stream_rate),
         "playback_buffer_s": str(settings.playback_buffer_s),
         "overload_ttft_s": str(settings.overload_ttft_s),
+        "stream_interval_ms": str(settings.stream_interval_ms),
         "threads": str(settings.threads),
     }
 

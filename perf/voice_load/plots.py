@@ -46,6 +46,23 @@ def by_concurrency(rows: list[dict], scenario: str, path: Path) -> Path | None:
     return _save(fig, [left, right], path)
 
 
+def capacity(points: dict[str, dict[int, dict]], slo, path: Path) -> Path | None:
+    """TTFT p95 and the share of turns failing the SLO against the number of calls, per server."""
+    if not any(points.values()):
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for server, by_n in points.items():
+        calls = sorted(by_n)
+        left.plot(calls, [by_n[n]["ttft_ms"]["p95"] for n in calls], marker="o", label=server)
+        right.plot(calls, [100 * by_n[n]["failed_share"] for n in calls], marker="o", label=server)
+    left.axhline(slo.ttft_p95_ms, color="grey", linestyle="--", linewidth=1)
+    right.axhline(100 * slo.max_failed_share, color="grey", linestyle="--", linewidth=1)
+    left.set(yscale="log", xlabel="paced calls", ylabel="TTFT p95 (ms, log scale)", title="Time to first token")
+    right.set(xlabel="paced calls", ylabel=f"% of turns stalling > {slo.stall_ms:.0f} ms, refused or failed",
+              title="Turns the caller would notice")
+    return _save(fig, [left, right], path)
+
+
 def _save(fig, axes, path: Path) -> Path:
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)

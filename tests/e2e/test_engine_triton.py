@@ -302,7 +302,7 @@ def test_malformed_tensors_never_take_the_model_down(triton, chat, case):
     assert good.error is None and good.finals == 1 and len(good.tokens) == 4
 
 
-def test_paced_streams_rest_while_a_prompt_waits_and_stay_ahead_of_their_playhead(triton, chat, tokenizer):
+def test_paced_streams_rest_while_a_prompt_waits_coalesce_and_stay_ahead_of_their_playhead(triton, chat, tokenizer):
     wait_until_engine_idle(triton.triton_metrics_port)
     before = read_metrics(triton.triton_metrics_port)
     pace = 15.0
@@ -321,6 +321,8 @@ def test_paced_streams_rest_while_a_prompt_waits_and_stay_ahead_of_their_playhea
     assert after["electron_engine_paced_skips_total"] > before["electron_engine_paced_skips_total"]
     for result in paced:
         assert result.error is None and len(result.tokens) == 200
+        # the first token alone and at once; once far ahead, tokens travel several per response
+        assert len(result.arrivals[0][1]) == 1 and len(result.arrivals) < len(result.tokens) / 2
         # a player speaking from the first token at `pace` characters/s never waits for text
         first_at, spoken = result.arrivals[0][0], 0
         for at, tokens in result.arrivals:

@@ -161,3 +161,40 @@ def test_playback_stalls_only_when_the_player_runs_out_of_text():
     assert waits == pytest.approx([0.5])
     assert longest_stall([(0.2, 3), (0.5, 3)]) == pytest.approx(0.1)  # 3 chars spoken by 0.4, next at 0.5
     assert longest_stall([]) == 0.0 and stalls([(1.0, 5)], chars_per_s=5) == []
+
+
+def _paced_turn(ttft_s, gaps=(), status=200, chars=15):
+    """A reply whose first text comes at ``ttft_s`` then one delta after each gap."""
+    deltas, at = [(ttft_s, chars)], ttft_s
+    for gap in gaps:
+        at += gap
+        deltas.append((at, chars))
+    return TurnResult(status=status, ttft_s=ttft_s if status == 200 else None, text_deltas=deltas if status == 200 else [])
+
+
+def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
+    from voice_load.capacity import Slo, capacity, judge, markdown
+    slo = Slo()
+    # 15 characters last 1 s at 15 chars/s: deltas 1.0 s apart never stall, 1.5 s apart stall 500 ms
+    calm = [TurnRecord(i, 0, _paced_turn(0.2, gaps=[1.0, 1.0])) for i in range(99)]
+    good = judge(calm + [TurnRecord(99, 0, _paced_turn(0.25, gaps=[1.5]))], slo)
+    assert good["turns"] == 100 and good["stalled_share"] == pytest.approx(0.01) and good["meets_slo"]
+    assert good["stall_ms"]["max"] == pytest.approx(500.0)
+    refused = judge(calm + [TurnRecord(99, 0, _paced_turn(0.2, gaps=[1.5]))]
+                    + [TurnRecord(100, 0, _paced_turn(0.0, status=503))], slo)
+    assert refused["refused"] == 1 and refused["failed_share"] == pytest.approx(2 / 101) and not refused["meets_slo"]
+    slow = judge([TurnRecord(i, 0, _paced_turn(0.1 if i < 90 else 0.5)) for i in range(100)], slo)
+    assert slow["ttft_ms"]["p95"] == pytest.approx(500.0) and slow["stalled_share"] == 0 and not slow["meets_slo"]
+    points = {"electron": {16: good, 24: good, 32: slow}, "llama-server": {16: refused, 24: slow}}
+    assert capacity(points["electron"]) == 24 and capacity(points["llama-server"]) == 0
+    table = markdown(points, slo, "t")
+    assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
+    assert "| 32 | electron | 100 | 100 / 500 / 500 | 0 / 0 | 0.0% | 0 | 0 | no |" in table
+
+
+def test_capacity_plot_is_written(tmp_path):
+    from voice_load import plots
+    from voice_load.capacity import Slo, judge
+    point = judge([TurnRecord(0, 0, _paced_turn(0.2, gaps=[1.0]))], Slo())
+    path = plots.capacity({"electron": {16: point, 32: point}, "llama-server": {16: point}}, Slo(), tmp_path / "c.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

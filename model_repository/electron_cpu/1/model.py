@@ -194,7 +194,8 @@ class TritonPythonModel:
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
         self.guides = GuideCompiler.from_llama_vocab(self.runner.vocab, self.runner.eos_id)
         self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)),
-                             cache_idle_s=float(p.get("cache_idle_s", 60.0)))
+                             cache_idle_s=float(p.get("cache_idle_s", 60.0)),
+                             stream_interval_s=float(p.get("stream_interval_ms", 40.0)) / 1000)
         self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
         self.engine.start()
         self.metrics.start()

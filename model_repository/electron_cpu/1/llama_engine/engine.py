@@ -79,6 +79,8 @@ class _Sequence:
     log_probs: list[float] = field(default_factory=list)
     sent: int = 0  # generated tokens already sent
     chars: int = 0  # characters of the generated text (the playhead's unit)
+    sent_chars: int = 0  # characters of the tokens already sent
+    last_send_ns: int = 0
     new_tokens_estimate: int = 0  # prompt tokens not in the prefix cache at arrival
     sampler: TokenSampler | None = None
     guide: GuideMask | None = None
@@ -97,8 +99,10 @@ class _Sequence:
 class Engine:
     def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
                  cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0,
-                 token_chars: Sequence[int] | None = None):
+                 token_chars: Sequence[int] | None = None, stream_interval_s: float = 0.04):
         self.runner = runner
+        # a paced stream well ahead of its playhead sends its tokens at most this often (0: every token)
+        self.stream_interval_s = stream_interval_s
         # characters each token id adds to the text; paced streams' playheads count them
         self.token_chars = token_chars if token_chars is not None else runner.token_chars()
         self.cache_idle_s = cache_idle_s  # cached blocks unused this long are evicted
@@ -176,6 +180,7 @@ class Engine:
         self._drop_cancelled()
         self._take_arrivals()
         self._admit()
+        self._flush_held(time.time_ns())
         if not self._running:
             if self._waiting:
                 time.sleep(0.002)  # waiting only on a running prefill that was cancelled
@@ -276,8 +281,27 @@ class Engine:
             self._finish(s)
             return
         s.pending = token
-        if request.streaming:
+        if request.streaming and not self._may_hold(s, now):
             self._send(s, final=False)
+
+    def _may_hold(self, s: _Sequence, now_ns: int) -> bool:
+        """Coalescing: a paced stream whose sent text is more than the playback buffer
+        ahead of its playhead may hold new tokens for up to ``stream_interval_s`` and
+        send them as one response (one gRPC message and one SSE event instead of
+        several); the first token, unpaced streams and streams running low never wait."""
+        pace = s.request.playback_chars_per_s
+        if pace <= 0 or self.stream_interval_s <= 0 or s.sent == 0:
+            return False
+        if (now_ns - s.last_send_ns) / 1e9 >= self.stream_interval_s:
+            return False
+        sent_lead = playback_lead_s(s.sent_chars, (now_ns - s.first_token_ns) / 1e9, pace)
+        return sent_lead > self.planner.config.playback_buffer_s
+
+    def _flush_held(self, now_ns: int) -> None:
+        """Send the tokens streams held back whose time has come."""
+        for s in self._running:
+            if s.request.streaming and s.sent < len(s.generated) and not self._may_hold(s, now_ns):
+                self._send(s, final=False)
 
     # ---- admission, completion, cancellation ------------------------------------------
     def _load(self, now_ns: int) -> tuple[int, float | None]:
@@ -401,6 +425,8 @@ class Engine:
         if request.return_log_probs:
             log_probs = s.log_probs[s.sent :] if request.streaming else s.log_probs
         s.sent = len(s.generated)
+        s.sent_chars = s.chars
+        s.last_send_ns = time.time_ns()
         total = len(request.prompt) + len(s.generated)
         block = self.cache.block_size
         output = StepOutput(

@@ -1,0 +1,136 @@
+"""Token relay benchmark: the gateway's own CPU per token, with an engine that computes nothing.
+
+A real ``tritonserver`` serves ``perf/synthetic_engine`` (the CPU engine's tensor
+contract; every request streams its tokens at ``--tokens-per-s`` with no
+compute) and a real gateway relays them as Server-Sent Events to ``--streams``
+concurrent streamed requests. Measured per run: the gateway process's CPU time
+(user + system, from /proc) per token relayed, tokens relayed per gateway core,
+SSE events per stream and time to first token. Each ``--coalesce-ms`` value is
+one engine configuration: 0 sends every token as its own response; 40 sends
+the first token alone, then the tokens of each 40 ms window together (what the
+CPU engine does for streams ahead of their playhead).
+
+    .venv/bin/python perf/bench_relay.py                       # 64 and 256 streams, 0 and 40 ms
+    .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx2
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from results_dir import run_meta, write_results  # noqa: E402
+from voice_load.servers import ElectronServer  # noqa: E402
+from voice_load.sse_client import stream_chat  # noqa: E402
+from voice_load.stats import percentile  # noqa: E402
+
+from gateway.server.triton_launcher import start_triton, stop_triton  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
+
+MODEL = "electron_synthetic"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
+    """A model repository whose one model has the CPU engine's config and the synthetic code."""
+    root = Path(tempfile.mkdtemp(prefix="relay-repo-"))
+    model = root / MODEL
+    model.mkdir()
+    config = (ROOT / "model_repository" / "electron_cpu" / "config.pbtxt").read_text()
+    config = config.replace('name: "electron_cpu"', f'name: "{MODEL}"')
+    config += "".join(f'parameters: {{\n  key: "{k}"\n  value: {{ string_value: "{v}" }}\n}}\n'
+                      for k, v in (("tokens_per_s", tokens_per_s), ("coalesce_ms", coalesce_ms)))
+    (model / "config.pbtxt").write_text(config)
+    (model / "1").symlink_to(ROOT / "perf" / "synthetic_engine" / "1", target_is_directory=True)
+    return root
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+async def relay(base_url: str, streams: int, tokens: int) -> list:
+    limits = httpx2.Limits(max_connections=streams + 4)
+    async with httpx2.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
+        body = {"model": "electron", "max_tokens": tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": "Tell me about the weather in Paris and in London."}]}
+        return await asyncio.gather(*(stream_chat(http, body) for _ in range(streams)))
+
+
+def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_ms: float) -> dict:
+    run_dir = tempfile.mkdtemp(prefix="relay-run-")
+    settings = Settings.from_env({**os.environ, "ELECTRON_RUN_DIR": run_dir,
+                                  "ELECTRON_MODEL_REPOSITORY": str(synthetic_repository(tokens_per_s, coalesce_ms)),
+                                  "ELECTRON_TRITON_MODEL": MODEL, "ELECTRON_TRITON_GRPC_PORT": str(port + 1),
+                                  "ELECTRON_TRITON_METRICS_PORT": str(port + 2),
+                                  "ELECTRON_TRITON_HTTP_PORT": str(port + 3)})
+    triton = start_triton(settings)
+    try:
+        gateway = ElectronServer(port, triton_grpc_port=port + 1, env={"ELECTRON_TRITON_MODEL": MODEL})
+        try:
+            asyncio.run(relay(gateway.base_url, 4, 8))  # connections, model config, first requests
+            before, started = cpu_seconds(gateway.process.pid), time.perf_counter()
+            results = asyncio.run(relay(gateway.base_url, streams, tokens))
+            wall = time.perf_counter() - started
+            cpu = cpu_seconds(gateway.process.pid) - before
+        finally:
+            gateway.stop()
+    finally:
+        stop_triton(triton)
+    ok = [r for r in results if r.ok]
+    relayed = sum(r.completion_tokens or 0 for r in ok)
+    ttft = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
+    return {"streams": streams, "coalesce_ms": coalesce_ms, "tokens_per_s": tokens_per_s, "ok": len(ok),
+            "tokens": relayed, "events_per_stream": sum(len(r.itl_s) + 1 for r in ok) / max(len(ok), 1),
+            "wall_s": wall, "gateway_cpu_s": cpu, "cpu_ms_per_token": 1000 * cpu / relayed if relayed else None,
+            "tokens_per_core_s": relayed / cpu if cpu else None,
+            "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95)}}
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
+             "stream; gateway CPU = user + system time of the gateway process)", "",
+             "| streams | engine tok/s per stream | coalescing | streams ok | tokens relayed | SSE events per stream "
+             "| gateway CPU ms per token | tokens per gateway core-second | TTFT p50 / p95 (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms | {r['ok']} | {r['tokens']} "
+                     f"| {r['events_per_stream']:.1f} | {r['cpu_ms_per_token']:.3f} | {r['tokens_per_core_s']:.0f} "
+                     f"| {r['ttft_ms']['p50']:.0f} / {r['ttft_ms']['p95']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--coalesce-ms", type=float, nargs="+", default=[0.0, 40.0])
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
+    parser.add_argument("--tokens-per-s", type=float, default=50.0, help="engine pace of each stream")
+    parser.add_argument("--port", type=int, default=18700)
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    rows = []
+    for coalesce in args.coalesce_ms:
+        for streams in args.streams:
+            row = run_one(args.port, streams, args.tokens, args.tokens_per_s, coalesce)
+            print(row, flush=True)
+            rows.append(row)
+    meta = run_meta(tokens=args.tokens)
+    write_results(args.out, "relay", meta, {"rows": rows}, markdown(rows, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

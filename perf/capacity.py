@@ -1,0 +1,101 @@
+"""Capacity benchmark: paced calls per machine at the voice SLO, electron beside llama-server.
+
+At rising numbers of calls N (``--calls``, default 16 24 32 40 48 64), paced calls
+(a ~600-token shared system prompt, ``--turns`` turns, replies capped at
+``--reply-tokens``, callers listening at 15 characters/s then speaking 1.5 s,
+calls starting ``--stagger`` s apart) run against each server in alternation.
+Per N and server: TTFT p50/p95/p99, playback stalls (p95, share of turns over
+100 ms), refusals. Capacity is the largest N with TTFT p95 <= 300 ms and at
+most 1% of turns stalling, refused or failed (``voice_load/capacity.py``). A
+server that misses the SLO at ``--stop-after`` consecutive N is not run at
+larger N. Writes ``perf/results/<date>-capacity-<host>/``: capacity.json,
+capacity.md (the headline first) and capacity.png.
+
+    .venv/bin/python perf/capacity.py                       # both servers, ~30 minutes
+    .venv/bin/python perf/capacity.py --servers electron --calls 32 48
+    .venv/bin/python perf/capacity.py --url http://gpu-host:8000/v1 --calls 64 128 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import platform
+import sys
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
+
+from results_dir import run_meta, write_results  # noqa: E402
+from voice_bench import start_servers, warm  # noqa: E402
+from voice_load import plots  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.capacity import Slo, capacity, judge, markdown  # noqa: E402
+
+
+async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,
+                  stop_after: int) -> dict[str, dict[int, dict]]:
+    """Every N against every endpoint still in the race, alternating endpoints at each N."""
+    points: dict[str, dict[int, dict]] = {server: {} for server in endpoints}
+    misses = {server: 0 for server in endpoints}
+    for n in counts:
+        system = system_prompt(plan.system_words, salt=uuid.uuid4().hex[:8])  # the same for every server
+        for server, url in endpoints.items():
+            if misses[server] >= stop_after:
+                continue
+            await warm(url, plan, system)
+            records, wall = await run_calls(url, dataclasses.replace(plan, calls=n), system)
+            figures = judge(records, slo)
+            figures["wall_s"] = wall
+            points[server][n] = figures
+            misses[server] = 0 if figures["meets_slo"] else misses[server] + 1
+            t = figures["ttft_ms"]
+            print(f"{server:>12} x{n:<3} TTFT p50/p95 {t['p50'] or 0:6.0f} / {t['p95'] or 0:6.0f} ms, "
+                  f"stalled {figures['stalled_share']:.1%}, refused {figures['refused']}, failed {figures['failed']}"
+                  f" -> {'meets' if figures['meets_slo'] else 'misses'} the SLO", flush=True)
+    return points
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[16, 24, 32, 40, 48, 64])
+    parser.add_argument("--servers", nargs="+", default=["electron", "llama-server"],
+                        choices=["electron", "llama-server"])
+    parser.add_argument("--url", help="measure this one OpenAI-compatible base URL instead of starting servers")
+    parser.add_argument("--model", default="electron")
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--stagger", type=float, default=0.5, help="seconds between call starts")
+    parser.add_argument("--system-words", type=int, default=450, help="about 600 tokens")
+    parser.add_argument("--reply-tokens", type=int, default=48)
+    parser.add_argument("--chars-per-s", type=float, default=15.0, help="the callers' text-to-speech pace")
+    parser.add_argument("--stop-after", type=int, default=2, help="consecutive misses before a server stops")
+    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    args = parser.parse_args(argv)
+    counts = sorted(set(args.calls))
+    plan = CallPlan(turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens,
+                    pacing="paced", stagger_s=args.stagger, tts_chars_per_s=args.chars_per_s, model=args.model)
+    slo = Slo(chars_per_s=args.chars_per_s)
+    meta = run_meta(servers=args.url or " vs ".join(args.servers), plan=dataclasses.asdict(plan), slo=dataclasses.asdict(slo))
+    out = args.out / f"{meta['date']}-capacity-{platform.node()}"
+    (out / "raw").mkdir(parents=True, exist_ok=True)  # server logs; not committed
+    servers = [] if args.url else start_servers(args.servers, max(counts), out / "raw")
+    endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
+    try:
+        points = asyncio.run(measure(endpoints, plan, counts, slo, args.stop_after))
+    finally:
+        for server in servers:
+            server.stop()
+    title = f"Capacity - {meta['date']} on {meta['machine']} ({meta['servers']})"
+    payload = {"points": {s: {str(n): f for n, f in p.items()} for s, p in points.items()},
+               "capacity": {s: capacity(p) for s, p in points.items()}}
+    write_results(args.out, "capacity", meta, payload, markdown(points, slo, title))
+    plots.capacity(points, slo, out / "capacity.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

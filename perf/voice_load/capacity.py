@@ -1,0 +1,82 @@
+"""Capacity: how many paced calls one machine holds at the voice SLO.
+
+At each number of calls N, every turn of every call is judged as a caller hears
+it: its time to first token, and its playback stalls (a text-to-speech player
+starting at the first text and speaking at ``chars_per_s`` waits for text that
+has not arrived; see ``playback``). A turn *fails the SLO* when it stalls over
+``stall_ms`` or is refused or fails (a refused turn must be retried on another
+replica). N passes when TTFT p95 <= ``ttft_p95_ms`` and at most
+``max_failed_share`` of the turns fail the SLO. Capacity is the largest N
+that passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voice_load.calls import TurnRecord
+from voice_load.playback import DEFAULT_CHARS_PER_S, longest_stall
+from voice_load.stats import percentile
+
+
+@dataclass(frozen=True)
+class Slo:
+    ttft_p95_ms: float = 300.0
+    stall_ms: float = 100.0
+    max_failed_share: float = 0.01
+    chars_per_s: float = DEFAULT_CHARS_PER_S
+
+
+def judge(records: list[TurnRecord], slo: Slo) -> dict:
+    """The figures of one run at one N, and whether it meets ``slo``."""
+    turns = [r for r in records if not r.speculative]
+    ok = [r.result for r in turns if r.result.ok]
+    refused = sum(1 for r in turns if r.result.status == 503)
+    failed = len(turns) - len(ok) - refused
+    ttft = [t.ttft_s * 1000 for t in ok if t.ttft_s is not None]
+    stalls = [longest_stall(t.text_deltas, slo.chars_per_s) * 1000 for t in ok if t.text_deltas]
+    stalled = sum(1 for s in stalls if s > slo.stall_ms)
+    share = (stalled + refused + failed) / len(turns) if turns else 1.0
+    p95 = percentile(ttft, 95)
+    return {
+        "turns": len(turns), "refused": refused, "failed": failed,
+        "ttft_ms": {"p50": percentile(ttft, 50), "p95": p95, "p99": percentile(ttft, 99)},
+        "stall_ms": {"p95": percentile(stalls, 95), "max": max(stalls, default=None)},
+        "stalled_share": stalled / len(stalls) if stalls else 0.0,
+        "failed_share": share,
+        "meets_slo": p95 is not None and p95 <= slo.ttft_p95_ms and share <= slo.max_failed_share,
+    }
+
+
+def capacity(points: dict[int, dict]) -> int:
+    """The largest N whose judged figures meet the SLO (0: none)."""
+    return max((n for n, figures in points.items() if figures["meets_slo"]), default=0)
+
+
+def _fmt(value, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(by_server: dict[str, dict[int, dict]], slo: Slo, title: str) -> str:
+    """The headline (capacity per server and their ratio), then the table per N."""
+    caps = {server: capacity(points) for server, points in by_server.items()}
+    lines = [title, "", f"SLO: TTFT p95 <= {slo.ttft_p95_ms:.0f} ms and at most {slo.max_failed_share:.0%} of turns "
+             f"stalling over {slo.stall_ms:.0f} ms (player at {slo.chars_per_s:g} chars/s), refused or failed.", "",
+             "| server | capacity (calls) |", "|---|---|"]
+    lines += [f"| {server} | {cap} |" for server, cap in caps.items()]
+    if caps.get("electron") and caps.get("llama-server"):
+        lines += ["", f"electron ÷ llama-server: {caps['electron'] / caps['llama-server']:.2f}x"]
+    elif caps.get("electron") and "llama-server" in caps:
+        lines += ["", "llama-server meets the SLO at none of the measured N."]
+    lines += ["", "| calls | server | turns | TTFT p50 / p95 / p99 (ms) | stall p95 / max (ms) | turns stalling > "
+              f"{slo.stall_ms:.0f} ms | refused (503) | failed | meets SLO |", "|---|---|---|---|---|---|---|---|---|"]
+    for n in sorted({n for points in by_server.values() for n in points}):
+        for server, points in by_server.items():
+            if n not in points:
+                continue
+            f = points[n]
+            t, s = f["ttft_ms"], f["stall_ms"]
+            lines.append(f"| {n} | {server} | {f['turns']} | {_fmt(t['p50'])} / {_fmt(t['p95'])} / {_fmt(t['p99'])} "
+                         f"| {_fmt(s['p95'])} / {_fmt(s['max'])} | {f['stalled_share']:.1%} | {f['refused']} "
+                         f"| {f['failed']} | {'yes' if f['meets_slo'] else 'no'} |")
+    return "\n".join(lines) + "\n"
