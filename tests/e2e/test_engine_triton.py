@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import random
 import re
 import time
 import uuid
@@ -330,16 +331,26 @@ def test_paced_streams_rest_while_a_prompt_waits_coalesce_and_stay_ahead_of_thei
             spoken += len(tokenizer.decode(tokens))
 
 
+def shuffled_words(seed: int, n: int = 250) -> str:
+    """Never-seen text of the same token count for every seed: the words are
+    tokenized one by one, so their order changes the text but not its length."""
+    words = [f"word{j}" for j in range(n)]
+    random.Random(seed).shuffle(words)
+    return "Words: " + " ".join(words)
+
+
 def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
-    """Four never-seen ~1,000-token prompts at once: the first is taken (nothing is ahead
-    of it), later ones would wait seconds for a first token and are refused before
-    any prefill, with the error the gateway turns into 503 server_overloaded."""
+    """Four never-seen prompts of the same ~1,000 tokens at once: the first is taken
+    (nothing is ahead of it), the others would wait seconds for it and are refused
+    before any prefill, with the error the gateway turns into 503 server_overloaded."""
     wait_until_engine_idle(triton.triton_metrics_port)
     before = read_metrics(triton.triton_metrics_port)
+    salt = random.randrange(10**9)
+    prompts = [chat(shuffled_words(salt + i)) for i in range(4)]
+    assert len({len(p) for p in prompts}) == 1
 
     async def burst():
-        return await asyncio.gather(*(generate(url(triton), MODEL, request_inputs(chat(unique_text(400)), 2))
-                                      for _ in range(4)))
+        return await asyncio.gather(*(generate(url(triton), MODEL, request_inputs(p, 2)) for p in prompts))
 
     results = run(burst())
     after = read_metrics(triton.triton_metrics_port)

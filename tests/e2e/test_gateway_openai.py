@@ -3,6 +3,7 @@
 
 import asyncio
 import json
+import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -258,9 +259,12 @@ def test_requests_the_engine_cannot_start_in_time_get_503_server_overloaded(sdk,
     is refused at once with 503 and retry-after, through the official SDK."""
     wait_until_engine_idle(triton.triton_metrics_port)
 
+    salt = random.randrange(10**9)
+
     def one(i):
-        salt = uuid.uuid4().hex
-        text = " ".join(f"{salt[j % 32]}{i}word{j}" for j in range(400))
+        words = [f"word{j}" for j in range(250)]  # tokenized word by word: every order has the same length
+        random.Random(salt + i).shuffle(words)
+        text = "Words: " + " ".join(words)
         try:
             r = sdk.chat.completions.with_raw_response.create(
                 model=MODEL, messages=ask(text), max_tokens=2, stream=True)

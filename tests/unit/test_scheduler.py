@@ -3,6 +3,8 @@
 import math
 from dataclasses import dataclass, field
 
+import pytest
+
 from llama_engine.scheduler import (DecodeCandidate, PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner,
                                     floor_wait_s, playback_lead_s)
 
@@ -101,10 +103,13 @@ def test_the_step_may_take_what_the_most_urgent_stream_can_wait():
 
 def test_overload_estimate_grows_with_the_queue_and_refuses_past_the_bound():
     p = planner()  # bound 1.5 s
-    short = p.first_token_eta_s(decodes=4, wait_s=None, prompt_tokens_ahead=20)
+    assert p.prefill_time_s(decodes=0, wait_s=None, prompt_tokens=20) == p.cost.predict(20)  # one step, its size
+    short = p.prefill_time_s(decodes=4, wait_s=None, prompt_tokens=20)
     assert short < 0.3 and not p.refuses(short)
-    long = p.first_token_eta_s(decodes=20, wait_s=None, prompt_tokens_ahead=600)
+    long = p.prefill_time_s(decodes=20, wait_s=None, prompt_tokens=600)
     assert long > 1.5 and p.refuses(long)
+    budget = p.prefill_budget(20)  # whole chunks, then the rest
+    assert long == pytest.approx(600 // budget * p.cost.predict(20 + budget) + p.cost.predict(20 + 600 % budget))
     off = StepPlanner(SchedulerConfig(overload_ttft_s=0.0), p.cost)
     assert not off.refuses(long)
 

@@ -323,32 +323,33 @@ class Engine:
         for s in arrived:
             s.new_tokens_estimate = len(s.request.prompt) - block * len(self.cache.match(s.request.prompt))
             if self._running or self._waiting:
-                eta = self._first_token_eta_s(s)
-                if self.planner.refuses(eta):
+                delay = self._queue_delay_s(s)
+                if self.planner.refuses(delay):
                     self.stats.overload_refusals += 1
-                    log.warning("request %s refused: first token expected in %.2f s (limit %.2f s), %d running, "
-                                "%d waiting", s.sink.request_id, eta, self.planner.config.overload_ttft_s,
+                    log.warning("request %s refused: it would wait %.2f s for other work (limit %.2f s), %d running, "
+                                "%d waiting", s.sink.request_id, delay, self.planner.config.overload_ttft_s,
                                 len(self._running), len(self._waiting))
-                    s.sink.fail(f"{OVERLOADED}: the first token would take about {eta:.1f} s (limit "
-                                f"{self.planner.config.overload_ttft_s:g} s); retry on another replica or later")
+                    s.sink.fail(f"{OVERLOADED}: the request would wait about {delay:.1f} s for other requests before "
+                                f"its first token (limit {self.planner.config.overload_ttft_s:g} s); retry on another "
+                                "replica or later")
                     continue
             self._waiting.append(s)
 
-    def _first_token_eta_s(self, s: _Sequence) -> float:
-        """Prompt tokens ahead of ``s`` under shortest-remaining-first (its own
-        included), prefilled beside the streams that keep decoding, plus the wait for
-        a running slot when all are taken."""
+    def _queue_delay_s(self, s: _Sequence) -> float:
+        """How much later than on its own ``s`` would get its first token: the other
+        prompt tokens prefilled before it (shortest remaining first), beside the
+        streams that keep decoding, plus the wait for a running slot when all are taken."""
         own = s.new_tokens_estimate
-        ahead = own + sum(r.prompt_left for r in self._running if 0 < r.prompt_left <= own)
+        ahead = sum(r.prompt_left for r in self._running if 0 < r.prompt_left <= own)
         ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own)
         load, wait = self._load(time.time_ns())
-        eta = self.planner.first_token_eta_s(load, wait, ahead)
+        delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, own)
         queued = len(self._running) + len(self._waiting) - self.max_running
         if queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
             step = self.planner.cost.predict(max(load, 1))
             left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
-            eta += left[min(queued, len(left) - 1)] * step if left else 0.0
-        return eta
+            delay += left[min(queued, len(left) - 1)] * step if left else 0.0
+        return delay
 
     def _admit(self) -> None:
         if not self._waiting:

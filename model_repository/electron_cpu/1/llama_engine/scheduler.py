@@ -35,14 +35,16 @@ Policy (documented in the README):
    learned online (``StepCostModel``). When the decoding streams alone
    already fill the deadline, the chunk shrinks to ``min_prefill_chunk``
    tokens: prompts still progress, streams slow down a little.
-7. Overload: a new request whose first token would, by the same cost line,
-   come later than ``overload_ttft_s`` is refused at once (before any prefill)
-   instead of waiting in silence; the voice platform can fail over.
+7. Overload: a new request that would wait longer than ``overload_ttft_s``
+   for the work ahead of it (other prompts to prefill first, by the same cost
+   line, and a running slot when all are taken) is refused at once, before any
+   prefill, instead of waiting in silence: the voice platform can fail over.
+   Its own prefill does not count: a long prompt on a free machine is not an
+   overload.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 
@@ -159,13 +161,14 @@ class StepPlanner:
             return True
         return self.cost.predict(decoding + 1 + self.config.min_prefill_chunk) <= self.step_deadline_s(wait_s)
 
-    def first_token_eta_s(self, decodes: int, wait_s: float | None, prompt_tokens_ahead: int) -> float:
-        """When a request would get its first token if ``prompt_tokens_ahead`` prompt
-        tokens (its own included) must be prefilled first, ``decodes`` streams
-        decoding beside them (policy 7)."""
+    def prefill_time_s(self, decodes: int, wait_s: float | None, prompt_tokens: int) -> float:
+        """How long ``prompt_tokens`` prompt tokens take to prefill in chunks of the
+        budget, ``decodes`` streams decoding beside them (policy 7)."""
+        if prompt_tokens <= 0:
+            return 0.0
         budget = max(self.prefill_budget(decodes, wait_s), 1)
-        steps = math.ceil(max(prompt_tokens_ahead, 1) / budget)
-        return steps * self.cost.predict(decodes + budget)
+        full, rest = divmod(prompt_tokens, budget)
+        return full * self.cost.predict(decodes + budget) + (self.cost.predict(decodes + rest) if rest else 0.0)
 
     def refuses(self, eta_s: float) -> bool:
         return 0 < self.config.overload_ttft_s < eta_s
