@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from llama_engine.scheduler import (DecodeCandidate, PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner,
-                                    floor_wait_s, playback_lead_s)
+                                    floor_wait_s, paced_wait_s, playback_lead_s)
 
 
 def planner():
@@ -84,13 +84,15 @@ def test_new_streams_wait_when_one_more_would_break_the_admission_floor():
 
 def test_paced_streams_ahead_of_their_playhead_rest_while_prompts_wait():
     p = planner()  # buffer 1 s
-    ahead = DecodeCandidate("ahead", wait_s=2.5, paced=True)
-    low = DecodeCandidate("low", wait_s=0.4, paced=True)
+    ahead = DecodeCandidate("ahead", wait_s=paced_wait_s(2.5, 1.0), paced=True)
+    low = DecodeCandidate("low", wait_s=paced_wait_s(0.4, 1.0), paced=True)
     unpaced = DecodeCandidate("json", wait_s=3.0, paced=False)
     assert [c.key for c in p.choose_decodes([ahead, low, unpaced], prompts_waiting=True)] == ["low", "json"]
     # nothing waits: everyone decodes, most urgent first
     assert [c.key for c in p.choose_decodes([ahead, low, unpaced], prompts_waiting=False)] == ["low", "ahead", "json"]
     assert playback_lead_s(chars=45, since_first_token_s=2.0, chars_per_s=15.0) == 1.0
+    # below its buffer a paced stream cannot wait: steps keep to the busy floor
+    assert p.step_deadline_s(low.wait_s) == 0.8 / 6
 
 
 def test_the_step_may_take_what_the_most_urgent_stream_can_wait():
@@ -145,7 +147,8 @@ class _Sim:
                 continue
             since = self.now - s.first_token
             if s.pace:
-                candidates.append(DecodeCandidate(s, playback_lead_s(s.tokens * s.chars_per_token, since, s.pace), True))
+                lead = playback_lead_s(s.tokens * s.chars_per_token, since, s.pace)
+                candidates.append(DecodeCandidate(s, paced_wait_s(lead, c.playback_buffer_s), True))
             else:
                 candidates.append(DecodeCandidate(s, floor_wait_s(s.tokens, since, c.min_stream_rate), False))
         chosen = [d.key for d in self.planner.choose_decodes(candidates, bool(prefilling))]
@@ -198,3 +201,13 @@ def test_pacing_gives_first_tokens_sooner_and_no_stream_falls_behind_its_playhea
     # every paced stream kept text ahead of its player (its first token starts the playhead)
     started = [s for s in paced.streams + paced.done if s.first_token is not None]
     assert len(paced.done) > 24 and min(s.min_lead for s in started) >= 0.0
+
+
+def test_cost_model_catches_up_within_a_few_steps_when_steps_get_dearer():
+    cost = StepCostModel(overhead_s=0.006, per_token_s=0.004)
+    for _ in range(50):
+        cost.observe(64, 0.006 + 0.004 * 64)  # the line is right
+    assert cost.predict(64) == pytest.approx(0.262, rel=0.01)
+    for _ in range(6):  # a long prompt's chunks now cost 1.6x (attention over more positions)
+        cost.observe(64, 1.6 * 0.262)
+    assert cost.predict(64) > 1.45 * 0.262

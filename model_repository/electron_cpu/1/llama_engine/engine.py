@@ -22,7 +22,7 @@ from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
 from .prefix_cache import PrefixCache
 from .sampling import TokenSampler, token_logprob
-from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, playback_lead_s
+from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, paced_wait_s, playback_lead_s
 from .stats import EngineStats
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,12 @@ class Engine:
             return
         self._after_decode(decoding, plan, samplers)
         # the whole step counts: sampling, responses and checks slow streams too
-        self.planner.cost.observe(n, time.perf_counter() - step_started)
+        took = time.perf_counter() - step_started
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("step: %d decodes (%d resting), %d prompt tokens, predicted %.1f ms, took %.1f ms",
+                      len(decoding), len(streams) - len(decoding), n - len(decoding),
+                      1e3 * self.planner.cost.predict(n), 1e3 * took)
+        self.planner.cost.observe(n, took)
         self.stats.decode_steps += 1
         self.stats.step_tokens += n
         self.stats.prefill_tokens += sum(take for _, take in plan)
@@ -249,7 +254,7 @@ class Engine:
 
     def _decode_candidates(self, now_ns: int) -> list[DecodeCandidate]:
         """Every stream with a token to decode, with how long it can wait for the next."""
-        floor = self.planner.config.min_stream_rate
+        floor, buffer = self.planner.config.min_stream_rate, self.planner.config.playback_buffer_s
         out = []
         for s in self._running:
             if s.pending is None:
@@ -257,7 +262,8 @@ class Engine:
             since = (now_ns - s.first_token_ns) / 1e9
             pace = s.request.playback_chars_per_s
             if pace > 0:
-                out.append(DecodeCandidate(s, playback_lead_s(s.chars, since, pace), paced=True))
+                lead = playback_lead_s(s.chars, since, pace)
+                out.append(DecodeCandidate(s, paced_wait_s(lead, buffer), paced=True))
             else:
                 out.append(DecodeCandidate(s, floor_wait_s(len(s.generated), since, floor), paced=False))
         return out

@@ -16,10 +16,14 @@ Policy (documented in the README):
    every step also carries a prefill chunk; there are no decode-only steps.
 3. The chunk is as large as the most urgent stream allows: a step may take
    ``safety`` times the time that stream can wait for its next token - a paced
-   stream its lead, an unpaced one the time until it falls below the floor of
-   ``min_stream_rate`` tokens per second since its first token (capped at
-   ``1 / min_stream_rate + max_slack_s``). With no stream decoding, the chunk
-   is the whole batch.
+   stream until its lead falls to the playback buffer, an unpaced one until it
+   falls below the floor of ``min_stream_rate`` tokens per second since its
+   first token (capped at ``1 / min_stream_rate + max_slack_s``). A paced
+   stream below its buffer can wait no time: steps then keep to the busy floor
+   (policy 4), and each gives it a token (~0.27 s of speech) in ~0.13 s, so its
+   lead climbs back to the buffer - the buffer, not zero, is where paced
+   streams settle, and it absorbs steps that run over their prediction. With
+   no stream decoding, the chunk is the whole batch.
 4. Callers waiting for a first token come before stream speed above a lower
    *busy* floor (``busy_stream_rate``, 6 tokens/s: still above the pace of
    speech, ~4 tokens/s): a step may always take ``safety / busy_stream_rate``
@@ -60,8 +64,14 @@ class StepCostModel:
         self.per_token_s = per_token_s
         self._memory = memory
         self._w = self._n = self._t = self._nn = self._nt = 0.0
+        # recent steps' measured / predicted time: the line lags when steps get dearer
+        # quickly (a long prompt's chunks attend over more and more positions)
+        self.bias = 1.0
 
     def observe(self, tokens: int, seconds: float) -> None:
+        line = self.overhead_s + self.per_token_s * tokens
+        if line > 0:
+            self.bias = min(max(0.7 * self.bias + 0.3 * seconds / line, 0.8), 3.0)
         m = self._memory
         self._w = m * self._w + 1.0
         self._n = m * self._n + tokens
@@ -78,7 +88,7 @@ class StepCostModel:
             self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
 
     def predict(self, tokens: int) -> float:
-        return self.overhead_s + self.per_token_s * tokens
+        return (self.overhead_s + self.per_token_s * tokens) * self.bias
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class PrefillCandidate:
 @dataclass
 class DecodeCandidate:
     key: object  # the engine's sequence object
-    wait_s: float  # how long it can wait for its next token (``playback_lead_s`` or ``floor_wait_s``)
+    wait_s: float  # how long it can wait for its next token (``paced_wait_s`` or ``floor_wait_s``)
     paced: bool
 
 
@@ -116,6 +126,12 @@ def playback_lead_s(chars: int, since_first_token_s: float, chars_per_s: float) 
     """Seconds of speech a paced stream has generated beyond its playhead (negative:
     the caller's player is waiting for text)."""
     return chars / chars_per_s - since_first_token_s
+
+
+def paced_wait_s(lead_s: float, buffer_s: float) -> float:
+    """How long a paced stream can wait for its next token before its lead falls
+    below the playback buffer (negative: it is below, and must catch up)."""
+    return lead_s - buffer_s
 
 
 def floor_wait_s(tokens: int, since_first_token_s: float, min_rate: float) -> float:
@@ -134,7 +150,7 @@ class StepPlanner:
         ordered = sorted(streams, key=lambda c: c.wait_s)
         if not prompts_waiting:
             return ordered
-        return [c for c in ordered if not c.paced or c.wait_s <= self.config.playback_buffer_s]
+        return [c for c in ordered if not c.paced or c.wait_s <= 0]
 
     def prefill_budget(self, decodes: int, wait_s: float | None = None) -> int:
         """Prompt tokens the next step may carry beside ``decodes`` decode tokens;
