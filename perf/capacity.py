@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 from results_dir import run_meta, write_results  # noqa: E402
-from voice_bench import start_servers, warm  # noqa: E402
+from voice_bench import start_servers  # noqa: E402
 from voice_load import plots  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
 from voice_load.capacity import Slo, capacity, judge, markdown  # noqa: E402
 
 

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
 from results_dir import run_meta, write_results  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
 from voice_load.servers import ElectronServer  # noqa: E402
 from voice_load.stats import percentile  # noqa: E402
 
@@ -127,6 +127,7 @@ async def soak(server: ElectronServer, plan: CallPlan, minutes: float, sample_s:
                 pass
 
     sampling = asyncio.create_task(sampler())
+    await warm(server.base_url, plan, system_prompt(plan.system_words))  # deployed agents' prompts are cached
     wave = 0
     while time.monotonic() < deadline:
         wave_records, _ = await run_calls(server.base_url, replace(plan, seed=wave), system_prompt(plan.system_words))
@@ -149,7 +150,7 @@ def per_minute(records) -> list[dict]:
         if record.speculative:
             continue
         row["turns"] += 1
-        if not r.ok:
+        if not r.ok and r.status != 503:  # a refusal for overload is load shedding, counted apart
             row["errors"] += 1
         elif r.ttft_s is not None:
             row["ttft"].append(r.ttft_s * 1000)
@@ -178,9 +179,11 @@ def check_ledger(records, rows) -> dict:
     for row in rows:
         by_id.setdefault(row["request_id"], []).append(row)
     admitted = [rec.result for rec in records if rec.result.status == 200 and rec.result.request_id]
-    missing = [r.request_id for r in admitted if r.request_id not in by_id]
+    refused = [rec.result for rec in records if rec.result.status == 503 and rec.result.request_id]
+    missing = [r.request_id for r in admitted + refused if r.request_id not in by_id]
     duplicated = [rid for rid, found in by_id.items() if len(found) > 1]
-    wrong = []
+    wrong = [(r.request_id, by_id[r.request_id][0]["status"]) for r in refused if r.request_id in by_id
+             and (by_id[r.request_id][0]["status"], by_id[r.request_id][0]["cost_pico"]) != ("overloaded", 0)]
     for r in admitted:
         found = by_id.get(r.request_id)
         if not found:
@@ -192,9 +195,9 @@ def check_ledger(records, rows) -> dict:
         elif (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) != (
                 r.prompt_tokens, r.cached_tokens, r.completion_tokens):
             wrong.append((r.request_id, row["status"], row["completion_tokens"], r.completion_tokens))
-    return {"admitted": len(admitted), "rows": len(rows), "missing": len(missing), "duplicated": len(duplicated),
+    return {"admitted": len(admitted), "refused": len(refused), "rows": len(rows), "missing": len(missing), "duplicated": len(duplicated),
             "wrong": len(wrong), "examples": (missing[:3], duplicated[:3], wrong[:3]),
-            "extra_rows": len(set(by_id) - {r.request_id for r in admitted})}
+            "extra_rows": len(set(by_id) - {r.request_id for r in admitted + refused})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ledger = check_ledger(records, rows)
     minutes = per_minute(records)
     turns = [r for r in records if not r.speculative]
-    errors = [r.result.error or r.result.status for r in turns if not r.result.ok]
+    errors = [r.result.error or r.result.status for r in turns if not r.result.ok and r.result.status != 503]
+    refused = sum(1 for r in turns if r.result.status == 503)
     slopes = {name: slope_per_hour([(s["t"], s[name]) for s in samples]) for name in ("gateway", "tritonserver", "stub")}
     verdict = not errors and code == 0 and not (ledger["missing"] or ledger["duplicated"] or ledger["wrong"])
     lines = [f"Soak - {meta['date']} on {meta['machine']}: {args.calls} paced calls for {args.minutes:g} min "
@@ -233,12 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     kv = [s["kv_cells"] for s in samples if s["kv_cells"] is not None]
     lines += ["", f"KV cells in use: first {kv[0] if kv else '-'}, max {max(kv) if kv else '-'}, "
                   f"last {kv[-1] if kv else '-'}",
-              f"Ledger: {ledger['admitted']} admitted requests, {ledger['rows']} rows; missing {ledger['missing']}, "
+              f"Refused for overload (503, not errors: load shedding): {refused}",
+              f"Ledger: {ledger['admitted']} admitted requests and {ledger['refused']} refused, {ledger['rows']} rows; "
+              f"missing {ledger['missing']}, "
               f"duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}",
               f"Errors: {len(errors)}{' ' + json.dumps(errors[:3]) if errors else ''}; gateway exit code {code}",
               f"Verdict: {'PASS' if verdict else 'FAIL'}"]
     write_results(args.out, "soak", meta, {"per_minute": minutes, "samples": samples, "slopes_mb_per_hour": slopes,
-                                           "ledger": ledger, "errors": len(errors), "exit_code": code,
+                                           "ledger": ledger, "errors": len(errors), "refused": refused,
+                                           "exit_code": code,
                                            "verdict": verdict}, "\n".join(lines) + "\n")
     return 0 if verdict else 1
 

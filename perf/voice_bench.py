@@ -32,7 +32,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import httpx2
 from rich.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from results_dir import run_meta, write_results  # noqa: E402
 from voice_load import plots  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
 from voice_load.report import figures  # noqa: E402
-from voice_load.sse_client import stream_chat  # noqa: E402
 
 MODES = {
     "quick": {"scenarios": ["paced-warm:8", "cold-burst:8", "closed:8"], "turns": 3, "rounds": 1},
@@ -51,14 +49,6 @@ MODES = {
              "rounds": 2},
 }
 SWEEP = [1, 2, 4, 8, 16, 32]
-
-
-async def warm(base_url: str, plan: CallPlan, system: str) -> None:
-    """One request with the shared system prompt, so that it is cached before the calls."""
-    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:
-        await stream_chat(http, {"model": plan.model, "max_tokens": 1,
-                                 "messages": [{"role": "system", "content": system},
-                                              {"role": "user", "content": "Hello."}]})
 
 
 def plans(specs: list[str], base: CallPlan) -> list[tuple[str, CallPlan]]:

@@ -70,7 +70,10 @@ def _check_schema(schema, param: str) -> None:
         where = "/".join(str(p) for p in exc.path)
         raise InvalidRequestError(f"Invalid schema for '{param}': {exc.message}" + (f" (at {where})" if where else "")
                                   + ".", param=param) from exc
-    error = _compile_error(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE))
+    try:
+        error = _compile_error(llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_STYLE))
+    except (ValueError, TypeError) as exc:  # e.g. an integer past 64 bits, which llguidance cannot hold
+        error = str(exc)
     if error:
         raise InvalidRequestError(f"The schema for '{param}' uses a feature that cannot be enforced while "
                                   f"decoding: {error}", param=param)

@@ -118,3 +118,11 @@ async def run_calls(base_url: str, plan: CallPlan, system: str, on_turn=None) ->
         await asyncio.gather(*(run_call(http, plan, i, system, offset, records, on_turn)
                                for i, offset in enumerate(start_offsets(plan))))
         return records, asyncio.get_running_loop().time() - started
+
+
+async def warm(base_url: str, plan: CallPlan, system: str) -> None:
+    """One request with the shared system prompt, so that it is cached before the calls."""
+    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:
+        await stream_chat(http, {"model": plan.model, "max_tokens": 1,
+                                 "messages": [{"role": "system", "content": system},
+                                              {"role": "user", "content": "Hello."}]})

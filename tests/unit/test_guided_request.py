@@ -109,6 +109,10 @@ def test_history_with_calls_and_results_is_rendered():
         "type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}}}},
      "response_format.json_schema.schema", 'cannot be enforced while decoding: Unimplemented keys: ["uniqueItems"]'),
     ({"response_format": {"type": "json_object"}, "tools": [WEATHER]}, "response_format", "together with tools"),
+    # found by the fuzz run: an integer past 64 bits in a schema made llguidance raise (a 500)
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "maximum": 304737243227069512941401981114369703936}}}}}]},
+     "tools[0].function.parameters", "cannot be enforced while decoding"),
 ])
 def test_bad_tools_and_formats_are_400_naming_the_field(fields, param, words):
     error = refused(**fields)

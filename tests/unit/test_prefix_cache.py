@@ -99,9 +99,12 @@ def test_running_prefill_blocks_are_shared_with_a_concurrent_request():
     system = list(range(100, 116))  # 4 blocks
     a = cache.admit(system + [1])
     assert cache.awaits_running_prefill(system + [2]) is True
+    # what the engine's overload estimate reads: nothing to prefill for those blocks, and who computes them
+    assert cache.reusable_prefix(system + [2, 3, 4]) == (16, {a.seq})
     memory.decode(a.seq, 0, system[:8])
     cache.computed(a.seq, system[:8])
     assert cache.awaits_running_prefill(system + [2]) is True
+    assert cache.reusable_prefix(system[:8] + [9, 9, 9, 9]) == (8, set())  # cached blocks, then a new one
     memory.decode(a.seq, 8, system[8:] + [1])
     cache.computed(a.seq, system[8:] + [1])
     assert cache.awaits_running_prefill(system + [2]) is False

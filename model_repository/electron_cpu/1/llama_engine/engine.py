@@ -81,7 +81,8 @@ class _Sequence:
     chars: int = 0  # characters of the generated text (the playhead's unit)
     sent_chars: int = 0  # characters of the tokens already sent
     last_send_ns: int = 0
-    new_tokens_estimate: int = 0  # prompt tokens not in the prefix cache at arrival
+    new_tokens_estimate: int = 0  # prompt tokens it would prefill itself (not cached or being computed)
+    awaits: frozenset = frozenset()  # sequences computing blocks of its prompt at arrival
     sampler: TokenSampler | None = None
     guide: GuideMask | None = None
     first_scheduled_ns: int = 0
@@ -325,9 +326,9 @@ class Engine:
         if not self._arrived:
             return
         arrived, self._arrived = self._arrived, []
-        block = self.cache.block_size
         for s in arrived:
-            s.new_tokens_estimate = len(s.request.prompt) - block * len(self.cache.match(s.request.prompt))
+            reusable, computing = self.cache.reusable_prefix(s.request.prompt)
+            s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
             if self._running or self._waiting:
                 delay = self._queue_delay_s(s)
                 if self.planner.refuses(delay):
@@ -346,7 +347,8 @@ class Engine:
         prompt tokens prefilled before it (shortest remaining first), beside the
         streams that keep decoding, plus the wait for a running slot when all are taken."""
         own = s.new_tokens_estimate
-        ahead = sum(r.prompt_left for r in self._running if 0 < r.prompt_left <= own)
+        ahead = sum(r.prompt_left for r in self._running if 0 < r.prompt_left and (r.prompt_left <= own
+                                                                                     or r.seq in s.awaits))
         ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own)
         load, wait = self._load(time.time_ns())
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, own)

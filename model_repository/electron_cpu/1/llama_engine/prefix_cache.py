@@ -107,6 +107,21 @@ class PrefixCache:
             return False
         return any(keys[n] in s.planned for s in self._seqs.values() if s.active)
 
+    def reusable_prefix(self, prompt: Sequence[int]) -> tuple[int, set[int]]:
+        """Leading prompt tokens a new request would not prefill itself - cached
+        blocks, then blocks running prefills are computing (it waits for those) -
+        and the sequences computing them."""
+        keys = block_keys(prompt, self.block_size)
+        n = len(self.match(prompt, keys))
+        computing: set[int] = set()
+        while n < len(keys):
+            seqs = {seq for seq, s in self._seqs.items() if s.active and keys[n] in s.planned}
+            if not seqs:
+                break
+            computing |= seqs
+            n += 1
+        return n * self.block_size, computing
+
     # ---- lifecycle -----------------------------------------------------------
     def admit(self, prompt: Sequence[int]) -> Admission:
         """Give ``prompt`` a sequence holding its longest cached prefix (at least
