@@ -10,8 +10,8 @@ one engine configuration: 0 sends every token as its own response; 40 sends
 the first token alone, then the tokens of each 40 ms window together (what the
 CPU engine does for streams ahead of their playhead).
 
-    .venv/bin/python perf/bench_relay.py                       # 64 and 256 streams, 0 and 40 ms
-    .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40
+    .venv/bin/python perf/bench_relay.py          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
+    .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40 --tokens-per-s 100
 """
 
 from __future__ import annotations
@@ -117,16 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--coalesce-ms", type=float, nargs="+", default=[0.0, 40.0])
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
-    parser.add_argument("--tokens-per-s", type=float, default=50.0, help="engine pace of each stream")
+    parser.add_argument("--tokens-per-s", type=float, nargs="+", default=[50.0, 100.0], help="engine pace of each stream")
     parser.add_argument("--port", type=int, default=18700)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     rows = []
-    for coalesce in args.coalesce_ms:
-        for streams in args.streams:
-            row = run_one(args.port, streams, args.tokens, args.tokens_per_s, coalesce)
-            print(row, flush=True)
-            rows.append(row)
+    for rate in args.tokens_per_s:
+        for coalesce in args.coalesce_ms:
+            for streams in args.streams:
+                row = run_one(args.port, streams, args.tokens, rate, coalesce)
+                print(row, flush=True)
+                rows.append(row)
     meta = run_meta(tokens=args.tokens)
     write_results(args.out, "relay", meta, {"rows": rows}, markdown(rows, meta))
     return 0

@@ -34,7 +34,7 @@ from results_dir import run_meta, write_results  # noqa: E402
 from voice_bench import start_servers  # noqa: E402
 from voice_load import plots  # noqa: E402
 from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
-from voice_load.capacity import Slo, capacity, judge, markdown  # noqa: E402
+from voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown  # noqa: E402
 
 
 async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     title = f"Capacity - {meta['date']} on {meta['machine']} ({meta['servers']})"
     payload = {"points": {s: {str(n): f for n, f in p.items()} for s, p in points.items()},
-               "capacity": {s: capacity(p) for s, p in points.items()}}
+               "capacity": {s: capacity(p) for s, p in points.items()},
+               "capacity_at": {s: {str(b): capacity(p, b, slo.max_failed_share) for b in OTHER_BOUNDS_MS}
+                               for s, p in points.items()}}
     write_results(args.out, "capacity", meta, payload, markdown(points, slo, title))
     plots.capacity(points, slo, out / "capacity.png")
     return 0

@@ -187,6 +187,7 @@ def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
     assert slow["ttft_ms"]["p95"] == pytest.approx(500.0) and slow["stalled_share"] == 0 and not slow["meets_slo"]
     points = {"electron": {16: good, 24: good, 32: slow}, "llama-server": {16: refused, 24: slow}}
     assert capacity(points["electron"]) == 24 and capacity(points["llama-server"]) == 0
+    assert capacity(points["electron"], ttft_p95_ms=600) == 32 and capacity(points["llama-server"], 600) == 24
     table = markdown(points, slo, "t")
     assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
     assert "| 32 | electron | 100 | 100 / 500 / 500 | 0 / 0 | 0.0% | 0 | 0 | no |" in table
