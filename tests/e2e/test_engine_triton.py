@@ -158,8 +158,9 @@ def test_cancel_mid_stream_frees_the_sequence(triton, chat):
 
 def test_sampling_seed_penalties_min_tokens_stop_words_and_bias(triton, chat):
     prompt = chat("Name a colour.")
-    # once first, so that both seeded runs read the same prefix from the cache: llama.cpp's
-    # logits differ in the last bits with the batch shape a prompt was prefilled in
+    # alone on the engine, and once first, so that both seeded runs read the same prefix from the
+    # cache in batches of the same shape: llama.cpp's logits differ in the last bits with the batch
+    wait_until_engine_idle(triton.triton_metrics_port)
     gen(triton, prompt, 1)
     a = gen(triton, prompt, 24, temperature=0.9, seed=1234, runtime_top_p=0.95, runtime_top_k=40)
     b = gen(triton, prompt, 24, temperature=0.9, seed=1234, runtime_top_p=0.95, runtime_top_k=40)
