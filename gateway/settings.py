@@ -63,6 +63,7 @@ class Settings:
     # OpenAI gateway
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
+    gateway_workers: int = 1  # gateway processes on the port; more than 1 needs redis_url (shared caps)
     served_model: str = "electron"  # the model id clients send and /v1/models lists
     context_window: int = 0  # prompt + output tokens; 0: the engine's max_sequence_length, else the model's
     max_messages: int = 200

@@ -12,6 +12,11 @@ CPU engine does for streams ahead of their playhead).
 
     .venv/bin/python perf/bench_relay.py          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
     .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40 --tokens-per-s 100
+    .venv/bin/python perf/bench_relay.py --workers 1 2     # also a pool of 2 gateway workers (with Redis)
+
+With ``--workers N`` (N > 1) the gateway is a pool of N worker processes sharing
+their caps through a real Redis started for the run; gateway CPU is then the
+sum over the parent and its workers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import httpx2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' real Redis server (services.RedisServer)
 
 from results_dir import run_meta, write_results  # noqa: E402
 from voice_load.servers import ElectronServer  # noqa: E402
@@ -57,8 +63,13 @@ def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
+    """User + system time of ``pid`` and its live children (a pool's workers)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    total = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += cpu_seconds(int(child))
+    return total
 
 
 async def relay(base_url: str, streams: int, tokens: int) -> list:
@@ -69,7 +80,8 @@ async def relay(base_url: str, streams: int, tokens: int) -> list:
         return await asyncio.gather(*(stream_chat(http, body) for _ in range(streams)))
 
 
-def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_ms: float) -> dict:
+def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_ms: float,
+            workers: int = 1, redis_url: str = "") -> dict:
     run_dir = tempfile.mkdtemp(prefix="relay-run-")
     settings = Settings.from_env({**os.environ, "ELECTRON_RUN_DIR": run_dir,
                                   "ELECTRON_MODEL_REPOSITORY": str(synthetic_repository(tokens_per_s, coalesce_ms)),
@@ -78,9 +90,13 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
                                   "ELECTRON_TRITON_HTTP_PORT": str(port + 3)})
     triton = start_triton(settings)
     try:
-        gateway = ElectronServer(port, triton_grpc_port=port + 1, env={"ELECTRON_TRITON_MODEL": MODEL})
+        env = {"ELECTRON_TRITON_MODEL": MODEL}
+        if workers > 1:
+            env.update(ELECTRON_GATEWAY_WORKERS=str(workers), ELECTRON_REDIS_URL=redis_url)
+        gateway = ElectronServer(port, triton_grpc_port=port + 1, env=env)
         try:
-            asyncio.run(relay(gateway.base_url, 4, 8))  # connections, model config, first requests
+            time.sleep(2.0 if workers > 1 else 0.0)  # /ready answers once one worker is up: the others too
+            asyncio.run(relay(gateway.base_url, 4 * workers, 8))  # connections, model config, first requests
             before, started = cpu_seconds(gateway.process.pid), time.perf_counter()
             results = asyncio.run(relay(gateway.base_url, streams, tokens))
             wall = time.perf_counter() - started
@@ -92,7 +108,7 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
     ok = [r for r in results if r.ok]
     relayed = sum(r.completion_tokens or 0 for r in ok)
     ttft = [r.ttft_s * 1000 for r in ok if r.ttft_s is not None]
-    return {"streams": streams, "coalesce_ms": coalesce_ms, "tokens_per_s": tokens_per_s, "ok": len(ok),
+    return {"workers": workers, "streams": streams, "coalesce_ms": coalesce_ms, "tokens_per_s": tokens_per_s, "ok": len(ok),
             "tokens": relayed, "events_per_stream": sum(len(r.itl_s) + 1 for r in ok) / max(len(ok), 1),
             "wall_s": wall, "gateway_cpu_s": cpu, "cpu_ms_per_token": 1000 * cpu / relayed if relayed else None,
             "tokens_per_core_s": relayed / cpu if cpu else None,
@@ -101,12 +117,12 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
-             "stream; gateway CPU = user + system time of the gateway process)", "",
-             "| streams | engine tok/s per stream | coalescing | streams ok | tokens relayed | SSE events per stream "
+             "stream; gateway CPU = user + system time of the gateway's processes)", "",
+             "| gateway workers | streams | engine tok/s per stream | coalescing | streams ok | tokens relayed | SSE events per stream "
              "| gateway CPU ms per token | tokens per gateway core-second | TTFT p50 / p95 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms | {r['ok']} | {r['tokens']} "
+        lines.append(f"| {r.get('workers', 1)} | {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms | {r['ok']} | {r['tokens']} "
                      f"| {r['events_per_stream']:.1f} | {r['cpu_ms_per_token']:.3f} | {r['tokens_per_core_s']:.0f} "
                      f"| {r['ttft_ms']['p50']:.0f} / {r['ttft_ms']['p95']:.0f} |")
     return "\n".join(lines) + "\n"
@@ -118,16 +134,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--coalesce-ms", type=float, nargs="+", default=[0.0, 40.0])
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     parser.add_argument("--tokens-per-s", type=float, nargs="+", default=[50.0, 100.0], help="engine pace of each stream")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="gateway worker processes")
     parser.add_argument("--port", type=int, default=18700)
     parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
     args = parser.parse_args(argv)
     rows = []
-    for rate in args.tokens_per_s:
-        for coalesce in args.coalesce_ms:
-            for streams in args.streams:
-                row = run_one(args.port, streams, args.tokens, rate, coalesce)
-                print(row, flush=True)
-                rows.append(row)
+    redis = None
+    if max(args.workers) > 1:
+        from services import RedisServer
+        redis = RedisServer()
+    try:
+        for rate in args.tokens_per_s:
+            for coalesce in args.coalesce_ms:
+                for streams in args.streams:
+                    for workers in args.workers:
+                        row = run_one(args.port, streams, args.tokens, rate, coalesce, workers,
+                                      redis.url if redis else "")
+                        print(row, flush=True)
+                        rows.append(row)
+    finally:
+        if redis is not None:
+            redis.stop()
     meta = run_meta(tokens=args.tokens)
     write_results(args.out, "relay", meta, {"rows": rows}, markdown(rows, meta))
     return 0

@@ -7,6 +7,7 @@ does so for the real stack (Triton engine, artifacts on disk). Every error is an
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -33,7 +34,7 @@ from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
 from gateway.api.request_context import RequestIdMiddleware, current_request_id
 from gateway.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.api.metrics import GatewayMetrics
+from gateway.api.metrics import LIVE_REFRESH_S, GatewayMetrics
 from gateway.api.request_log import RequestLogMiddleware, summary
 from gateway.api.schemas import Model, ModelList
 from gateway.settings import Settings
@@ -111,7 +112,7 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
     accounts = accounts or AccountService(settings)
     chat = ChatService(settings, engine, model, accounts)
     metrics = GatewayMetrics()
-    metrics.in_flight.set_function(lambda: chat.in_flight)
+    metrics.live(metrics.in_flight, lambda: chat.in_flight)
     metrics.watch_ledger(lambda: accounts.ledger)
     created = int(model.artifacts.gguf_path.stat().st_mtime) if model.artifacts.gguf_path.exists() else 0
     served = Model(id=settings.served_model, object="model", created=created, owned_by=OWNER)
@@ -178,14 +179,23 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
         query = parse_query(request.query_params, ("line_item", "api_key_id", "model", "project_id"))
         return JSONResponse(await costs_page(accounts.store, caller.account_id, query))
 
+    async def refresh_live_metrics() -> None:
+        while True:
+            metrics.refresh()
+            await asyncio.sleep(LIVE_REFRESH_S)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await accounts.start()
+        refresher = asyncio.get_running_loop().create_task(refresh_live_metrics()) if metrics.shared else None
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.cancel()
             await accounts.close()
             await engine.close()
+            metrics.refresh()
 
     app = Starlette(
         routes=[

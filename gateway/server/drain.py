@@ -7,7 +7,8 @@ requests run on for up to ``ELECTRON_DRAIN_GRACE_S`` (30 s). Streams still
 running then end with an error event (``server_shutting_down``) and
 ``[DONE]``, billed as ``cancelled`` for what was generated; then uvicorn stops,
 the app's shutdown writes the remaining usage rows, and the process exits 0. A
-second signal stops at once.
+second signal stops at once. A worker of a pool (``gateway.server.workers``)
+ignores SIGINT: its parent decides and passes SIGTERM on.
 """
 
 from __future__ import annotations
@@ -22,9 +23,15 @@ import uvicorn
 log = logging.getLogger(__name__)
 
 
+def uvicorn_config(app, settings) -> uvicorn.Config:
+    return uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port, loop="uvloop",
+                          http="httptools", log_config=None, access_log=False, timeout_graceful_shutdown=5)
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, chat, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, chat, grace_s: float, ignore_sigint: bool = False) -> None:
         super().__init__(config)
+        self._ignore_sigint = ignore_sigint
         self._chat = chat
         self._grace_s = grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -35,6 +42,8 @@ class DrainingServer(uvicorn.Server):
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame) -> None:
+        if sig == signal.SIGINT and self._ignore_sigint:
+            return
         if self._drain is not None or self._loop is None:  # a second signal, or not serving yet
             super().handle_exit(sig, frame)
             if sig == signal.SIGTERM and self.should_exit:

@@ -2,7 +2,8 @@
 
 Starts ``tritonserver`` with the model under a supervisor that restarts it
 (unless ``ELECTRON_START_TRITON=false``, for a Triton that runs elsewhere), then
-the gateway on uvicorn at ``ELECTRON_GATEWAY_HOST:ELECTRON_GATEWAY_PORT``; on
+the gateway on uvicorn at ``ELECTRON_GATEWAY_HOST:ELECTRON_GATEWAY_PORT`` (one
+process, or a pool of ``ELECTRON_GATEWAY_WORKERS``: ``gateway.server.workers``); on
 SIGINT/SIGTERM the gateway drains (``gateway.server.drain``), then Triton stops.
 """
 
@@ -15,13 +16,12 @@ import signal
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from gateway.accounts.service import ProtectedModeError, check_protected_mode
 from gateway.api.app import build_app
 from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
-from gateway.server.drain import DrainingServer
+from gateway.server.drain import DrainingServer, uvicorn_config
+from gateway.server.workers import WorkerPool
 from gateway.server.triton_supervisor import TritonSupervisor
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ def main() -> int:
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     try:
+        if settings.gateway_workers > 1 and not settings.redis_url:
+            raise ProtectedModeError(
+                f"ELECTRON_GATEWAY_WORKERS={settings.gateway_workers} needs ELECTRON_REDIS_URL: per-account caps "
+                "kept in each worker process would multiply by the number of workers.")
         limits_lock = None if settings.redis_url else claim_local_limits(settings)
         asyncio.run(check_protected_mode(settings))
     except ProtectedModeError as exc:
@@ -61,6 +65,12 @@ def main() -> int:
             triton.start()
     except KeyboardInterrupt:
         return 0
+    if settings.gateway_workers > 1:
+        try:
+            return WorkerPool(settings).run()
+        finally:
+            if triton is not None:
+                triton.stop()
     # uvicorn handles SIGINT/SIGTERM itself, then re-raises the signal once drained:
     # these handlers take it then, so that Triton is stopped and the exit is clean.
     received: list[int] = []
@@ -68,11 +78,8 @@ def main() -> int:
         signal.signal(sig, lambda signum, _frame: received.append(signum))
     try:
         app = build_app(settings)
-        config = uvicorn.Config(app, host=settings.gateway_host, port=settings.gateway_port,
-                                loop="uvloop", http="httptools", log_config=None, access_log=False,
-                                timeout_graceful_shutdown=5)
         log.info("OpenAI API on http://%s:%d/v1", settings.gateway_host, settings.gateway_port)
-        DrainingServer(config, app.state.chat, settings.drain_grace_s).run()
+        DrainingServer(uvicorn_config(app, settings), app.state.chat, settings.drain_grace_s).run()
         log.info("gateway stopped (signal %s)", received[-1] if received else "none")
     finally:
         if triton is not None:
