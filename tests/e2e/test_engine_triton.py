@@ -362,3 +362,31 @@ def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
     assert refused and all("server_overloaded" in r.error and not r.tokens for r in refused)
     assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] \
         == len(refused)
+
+
+def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_prefill(triton, chat):
+    """While a small prompt's prefill runs (~0.7 s, one step), a medium prompt arrives, then a
+    shorter one. Judged on arrival both could start in time (nothing shorter is ahead of either);
+    but the shorter one goes first (shortest remaining first) and would make the medium one wait
+    seconds: the medium one is refused then, before any of its prefill. The others are served."""
+    wait_until_engine_idle(triton.triton_metrics_port)
+    before = read_metrics(triton.triton_metrics_port)
+    salt = random.randrange(10**9)
+    small, medium, short = (chat(shuffled_words(salt + i, n)) for i, n in enumerate((40, 230, 130)))
+    # the short one alone takes well over the 1.5 s bound to prefill here (~5 ms a token)
+    assert len(medium) > len(short) > 400 > 200 > len(small)
+
+    async def scenario():
+        first = asyncio.create_task(generate(url(triton), MODEL, request_inputs(small, 2)))
+        await asyncio.sleep(0.1)  # the small prompt's one prefill step is running
+        second = asyncio.create_task(generate(url(triton), MODEL, request_inputs(medium, 2)))
+        await asyncio.sleep(0.1)
+        third = asyncio.create_task(generate(url(triton), MODEL, request_inputs(short, 2)))
+        return await asyncio.gather(first, second, third)
+
+    served_small, refused, served_short = run(scenario())
+    after = read_metrics(triton.triton_metrics_port)
+    assert served_small.error is None and len(served_small.tokens) == 2
+    assert served_short.error is None and len(served_short.tokens) == 2
+    assert refused.error is not None and "server_overloaded" in refused.error and not refused.tokens
+    assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] == 1

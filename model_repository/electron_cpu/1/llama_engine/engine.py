@@ -86,6 +86,7 @@ class _Sequence:
     sampler: TokenSampler | None = None
     guide: GuideMask | None = None
     first_scheduled_ns: int = 0
+    prefill_started: bool = False  # a chunk of its own prompt was computed (it can no longer be refused)
     first_token_ns: int = 0
     last_token_ns: int = 0
 
@@ -180,6 +181,7 @@ class Engine:
         step_started = time.perf_counter()
         self._drop_cancelled()
         self._take_arrivals()
+        self._shed_late(time.time_ns())
         self._admit()
         self._flush_held(time.time_ns())
         if not self._running:
@@ -243,6 +245,7 @@ class Engine:
             s.pending = None
         for s, take in plan:
             self.cache.computed(s.seq, s.request.prompt[s.prefilled : s.prefilled + take])
+            s.prefill_started = True
             s.prefilled += take
             s.n_past += take
         for s, index in samplers:
@@ -329,31 +332,56 @@ class Engine:
         for s in arrived:
             reusable, computing = self.cache.reusable_prefix(s.request.prompt)
             s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
-            if self._running or self._waiting:
-                delay = self._queue_delay_s(s)
-                if self.planner.refuses(delay):
-                    self.stats.overload_refusals += 1
-                    log.warning("request %s refused: it would wait %.2f s for other work (limit %.2f s), %d running, "
-                                "%d waiting", s.sink.request_id, delay, self.planner.config.overload_ttft_s,
-                                len(self._running), len(self._waiting))
-                    s.sink.fail(f"{OVERLOADED}: the request would wait about {delay:.1f} s for other requests before "
-                                f"its first token (limit {self.planner.config.overload_ttft_s:g} s); retry on another "
-                                "replica or later")
-                    continue
+            if (self._running or self._waiting) and self._refused(s, self._queue_delay_s(s), waited_s=0.0):
+                continue
             self._waiting.append(s)
+
+    def _refused(self, s: _Sequence, delay_s: float, waited_s: float) -> bool:
+        """Refuse ``s`` (503 ``server_overloaded``) when it has waited ``waited_s`` and would
+        wait ``delay_s`` more for other work than the bound allows (policy 7)."""
+        if not self.planner.refuses(waited_s + delay_s):
+            return False
+        self.stats.overload_refusals += 1
+        log.warning("request %s refused: it would wait %.2f s for other work (%.2f s so far; limit %.2f s), "
+                    "%d running, %d waiting", s.sink.request_id, waited_s + delay_s, waited_s,
+                    self.planner.config.overload_ttft_s, len(self._running), len(self._waiting))
+        s.sink.fail(f"{OVERLOADED}: the request would wait about {waited_s + delay_s:.1f} s for other requests "
+                    f"before its first token (limit {self.planner.config.overload_ttft_s:g} s); retry on another "
+                    "replica or later")
+        return True
+
+    def _shed_late(self, now_ns: int) -> None:
+        """Judge again, each step, the requests none of whose prompt has been computed yet
+        (queued, or admitted and waiting for prefill): shorter prompts that arrive later go
+        first, so a wait that looked short on arrival can grow past the bound. Those that
+        would now be late are refused, still before any of their prefill, so that the
+        admitted ones keep their first token in time."""
+        if self.planner.config.overload_ttft_s <= 0:
+            return
+        kept = []
+        for s in self._waiting:
+            if not self._refused(s, self._queue_delay_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+                kept.append(s)
+        self._waiting = kept
+        for s in [s for s in self._running if not s.prefill_started and s.prompt_left > 0]:
+            if self._refused(s, self._queue_delay_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+                self._running.remove(s)
+                s.sampler.close()
+                self.cache.release(s.seq)
 
     def _queue_delay_s(self, s: _Sequence) -> float:
         """How much later than on its own ``s`` would get its first token: the other
         prompt tokens prefilled before it (shortest remaining first), beside the
         streams that keep decoding, plus the wait for a running slot when all are taken."""
-        own = s.new_tokens_estimate
-        ahead = sum(r.prompt_left for r in self._running if 0 < r.prompt_left and (r.prompt_left <= own
-                                                                                     or r.seq in s.awaits))
-        ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own)
+        running = s.seq >= 0
+        own = s.prompt_left if running else s.new_tokens_estimate
+        ahead = sum(r.prompt_left for r in self._running if r is not s and 0 < r.prompt_left
+                    and (r.prompt_left <= own or r.seq in s.awaits))
+        ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
         load, wait = self._load(time.time_ns())
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, own)
-        queued = len(self._running) + len(self._waiting) - self.max_running
-        if queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
+        queued = len(self._running) + sum(1 for w in self._waiting if w is not s) - self.max_running
+        if not running and queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
             step = self.planner.cost.predict(max(load, 1))
             left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
             delay += left[min(queued, len(left) - 1)] * step if left else 0.0

@@ -44,7 +44,10 @@ Policy (documented in the README):
    line, and a running slot when all are taken) is refused at once, before any
    prefill, instead of waiting in silence: the voice platform can fail over.
    Its own prefill does not count: a long prompt on a free machine is not an
-   overload.
+   overload. Requests none of whose prompt has been computed yet are judged
+   again every step, with the time they have already waited: a shorter prompt
+   arriving later goes first and can push a request past the bound after its
+   arrival; it is refused then, still before any of its prefill.
 """
 
 from __future__ import annotations
