@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Both install whatever is missing first.
-.PHONY: install install-clients install-services serve test
+.PHONY: install install-clients install-guide-backends install-services serve test
 
 install:
 	bash build/install.sh
@@ -7,6 +7,10 @@ install:
 # the real Pipecat and LiveKit clients, for the compatibility tests only
 install-clients:
 	bash build/install_clients.sh
+
+# xgrammar and llguidance at TensorRT-LLM 1.2.1's pins, for the GPU guide tests only
+install-guide-backends:
+	bash build/install_guide_backends.sh
 
 # redis-server and PostgreSQL for the accounts tests (Debian's packages, when missing)
 install-services:
@@ -17,5 +21,5 @@ serve: install
 	.venv/bin/electron-serve
 
 ## make test: install, then run the whole test suite
-test: install install-clients install-services
+test: install install-clients install-guide-backends install-services
 	.venv/bin/python -m pytest -p no:cacheprovider

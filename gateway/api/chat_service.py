@@ -33,14 +33,15 @@ from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
 from gateway.engine.protocol import Engine
-from gateway.api.errors import (APIError, EngineError, RequestTooLargeError, ServerOverloadedError,
-                               ShuttingDownError)
+from gateway.api.errors import (APIError, EngineError, EngineUnavailableError, RequestTooLargeError,
+                               ServerOverloadedError, ShuttingDownError)
 from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.request_context import current_request_id
 from gateway.api.request_log import summary
 from gateway.api.responses import ResponseShaper
 from gateway.api.schemas import ErrorResponse
 from gateway.settings import Settings
+from gateway.tools.guided_request import GUIDE_BACKENDS
 from gateway.tools.tool_dialect import dialects
 from gateway.chat.token_codec import TokenCodec
 
@@ -236,6 +237,11 @@ class ChatService:
         model's training context."""
         if self._limits is None:
             info = await self._engine.info()
+            if info.guide_backend not in GUIDE_BACKENDS:
+                raise EngineUnavailableError(
+                    f"The model '{self._settings.triton_model}' declares guided_decoding_backend "
+                    f"'{info.guide_backend}', which this gateway cannot write guides for "
+                    f"({', '.join(GUIDE_BACKENDS)}).")
             artifacts = self._model.artifacts
             self._tokens_per_block = info.tokens_per_block
             self._limits = ChatLimits(
@@ -249,6 +255,7 @@ class ChatService:
                 filler_phrases=self._settings.filler_phrases,
                 tool_dialect=self._settings.tool_dialect,
                 playback_chars_per_s=self._settings.playback_chars_per_s,
+                guide_backend=info.guide_backend,
             )
             log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
         return self._limits

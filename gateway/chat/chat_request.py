@@ -49,6 +49,7 @@ class ChatLimits:
     filler_phrases: bool = True  # a filler phrase before tool calls unless the request says "off"
     tool_dialect: str = "hermes"  # how tools and calls are written (gateway/tools/data/tool_dialects.json)
     playback_chars_per_s: float = 15.0  # default pace of streamed spoken replies (0: no pacing)
+    guide_backend: str = "llguidance"  # the engine's guide compiler (gateway/tools/guided_request.py)
 
 
 @dataclass(frozen=True)
@@ -277,7 +278,7 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
     else:
         prompt = codec.encode(template.render(dialect.render_messages(messages, tools)))
     if calling or (plan is not None and guide is None):  # tool_choice none: text that never opens a call
-        guide = tools_guide(plan, dialect)
+        guide = tools_guide(plan, dialect, limits.guide_backend)
     tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits),
                          {t["function"]["name"]: t["function"].get("parameters") for t in plan.tools}) if calling else None
     engine_request = EngineRequest(

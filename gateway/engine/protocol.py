@@ -51,6 +51,7 @@ class EngineInfo:
     tokens_per_block: int
     max_sequence_length: int | None  # None: the engine does not say
     paces_playback: bool = False  # the model takes playback_chars_per_s (the embedded CPU engine)
+    guide_backend: str = "llguidance"  # what compiles its guides: llguidance or xgrammar (config parameter)
 
 
 class Engine(Protocol):

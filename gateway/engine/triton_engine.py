@@ -211,6 +211,7 @@ class TritonEngine:
                 tokens_per_block=int(value("tokens_per_block") or 0),
                 max_sequence_length=int(max_length) if max_length.isdigit() and int(max_length) > 0 else None,
                 paces_playback="playback_chars_per_s" in inputs,
+                guide_backend=value("guided_decoding_backend") or "llguidance",
             )
         return self._info
 

@@ -3,8 +3,15 @@
 guide (TensorRT-LLM's ``guided_decoding_guide_type`` / ``guided_decoding_guide``).
 
 Every schema is checked twice before the request goes out: as JSON Schema
-(``jsonschema``), and by the guide compiler the engine uses (llguidance), so that a
-schema feature it cannot enforce is a 400 naming the schema, not a failed request.
+(``jsonschema``), and by the guide compiler the engine uses, so that a schema
+feature it cannot enforce is a 400 naming the schema, not a failed request.
+
+Engines declare their guide compiler in their config (``guided_decoding_backend``):
+``llguidance`` (the CPU engine, TensorRT-LLM's LLM API model) takes every guide:
+Lark grammars with lazy triggers for tools, JSON schemas for response formats.
+``xgrammar`` (TensorRT-LLM's C++ backend) takes JSON schemas and regular
+expressions but not Lark: forced tool calls go as a regex (``ToolDialect.call_regex``),
+``auto`` and ``none`` without a guide (calls are checked after decoding).
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ from gateway.api.errors import InvalidRequestError
 from gateway.api.schemas import ChatCompletionRequest
 from gateway.tools.tool_dialect import JSON_STYLE, ToolDialect  # the engine's JSON options too
 
+
+
+GUIDE_BACKENDS = ("llguidance", "xgrammar")
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,15 @@ def check_tool_messages(request: ChatCompletionRequest) -> None:
                 f"'tool_calls'; no call has the id '{message.tool_call_id}'.", param=f"messages[{i}].tool_call_id")
 
 
-def tools_guide(plan: ToolPlan, dialect: ToolDialect) -> Guide:
+def tools_guide(plan: ToolPlan, dialect: ToolDialect, backend: str = "llguidance") -> Guide | None:
+    """The guide of ``plan`` for the engine's guide compiler; None: the text stays free."""
+    if backend == "xgrammar":
+        if not plan.forced and plan.choice != "required":
+            return None  # auto / none: xgrammar cannot express a call after free text (README)
+        try:
+            return Guide("regex", dialect.call_regex(plan.tools, plan.choice, plan.parallel))
+        except ValueError as exc:
+            raise InvalidRequestError(f"The tools cannot be enforced while decoding: {exc}", param="tools") from exc
     grammar = dialect.grammar(plan.tools, plan.choice, plan.parallel)
     error = _compile_error(grammar)
     if error:

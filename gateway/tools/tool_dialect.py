@@ -14,20 +14,31 @@ engine keep to the dialect: with ``auto`` free text until the call marker, then 
 valid call of one of the tools (trigger-then-constrain); with ``required`` or a named
 tool a call from the first token; with ``none`` text that never starts a call. The
 arguments of each call follow its tool's parameter schema.
+
+``call_regex`` builds the guide for engines whose guides xgrammar compiles
+(TensorRT-LLM's C++ backend), which accepts neither Lark nor lazy triggers: a
+regular expression for forced calls (``required`` or a named tool), the
+arguments' part generated from the parameter schema by outlines-core (a
+maintained JSON-schema-to-regex compiler). ``auto`` and ``none`` have no such
+guide: the text is free and calls are checked after decoding (README).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
+
+from outlines_core.json_schema import build_regex_from_schema
 
 DIALECTS_FILE = Path(__file__).resolve().parent / "data" / "tool_dialects.json"
 NO_PARAMETERS = {"type": "object", "properties": {}}
 # JSON on one line, as the dialect's examples write it (no free whitespace to wander into); the
 # same options as the engine's JSON guides (llama_engine.guides.JSON_OPTIONS)
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# where the regex guides let JSON have whitespace (the dialect writes ", " and ": "): one space or none
+REGEX_WHITESPACE = "[ ]?"
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,23 @@ class ToolDialect:
             lines.append(f"args_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
         return "\n".join(lines) + "\n" + self._text_terminals()
 
+    def call_regex(self, tools: list[dict], choice: str, parallel: bool) -> str:
+        """A regular expression for forced calls: ``required`` (one or more calls of any of
+        ``tools``, more only if ``parallel``) or a tool's name (that tool, once)."""
+        if choice in ("auto", "none"):
+            raise ValueError(f"tool_choice {choice!r} has no regular-expression guide")
+        parallel = parallel and choice == "required"
+        allowed = [t for t in tools if choice == "required" or t["function"]["name"] == choice]
+        calls = []
+        for tool in allowed:
+            function = tool["function"]
+            head = f'{{"name": {json.dumps(function["name"])}, "arguments": '
+            arguments = arguments_regex(json.dumps(function.get("parameters") or NO_PARAMETERS, sort_keys=True))
+            calls.append(f"{_regex_literal(head)}{arguments}{_regex_literal('}')}")
+        body = f"{_regex_literal(self.call_begin)}(?:{'|'.join(f'(?:{c})' for c in calls)}){_regex_literal(self.call_end)}"
+        more = f"(?:{_regex_literal(self.call_separator)}{body})*" if parallel else ""
+        return body + more
+
     def _text_terminals(self) -> str:
         """PLAIN: any text that does not contain the call marker; ANY: any text."""
         marker = _regex_escape(self.trigger)
@@ -125,6 +153,31 @@ def _arguments_json(call: dict) -> str:
 def _lit(text: str) -> str:
     """A Lark string literal."""
     return json.dumps(text, ensure_ascii=False)
+
+
+@lru_cache(maxsize=256)
+def arguments_regex(schema_json: str) -> str:
+    """The regex of JSON that ``schema_json`` accepts, from outlines-core (cached: voice agents
+    send the same tools on every turn). Raises ``ValueError`` for a schema it cannot compile."""
+    try:
+        return build_regex_from_schema(schema_json, whitespace_pattern=REGEX_WHITESPACE)
+    except Exception as exc:  # outlines-core raises its own error types (a Rust panic text for some)
+        raise ValueError(str(exc)) from exc
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` matched literally, in the regex syntax xgrammar and Python both read."""
+    out = []
+    for c in text:
+        if c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif c in r"\.^$|?*+()[]{}":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+    return "".join(out)
 
 
 def _regex_escape(text: str) -> str:

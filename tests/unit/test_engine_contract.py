@@ -64,7 +64,7 @@ def table(entries):
     return {e.name: (model_config_pb2.DataType.Name(e.data_type), list(e.dims)) for e in entries}
 
 
-@pytest.fixture(scope="module", params=["electron_cpu", "tensorrt_llm"])
+@pytest.fixture(scope="module", params=["electron_cpu", "tensorrt_llm", "electron_trtllm"])
 def config(request):
     return load(request.param)
 
@@ -110,3 +110,13 @@ def test_cpu_and_gpu_models_agree_on_every_shared_tensor():
         if e.name in cpu_in:
             assert cpu_in[e.name].optional == e.optional, e.name
             assert list(cpu_in[e.name].reshape.shape) == list(e.reshape.shape), e.name
+
+
+@pytest.mark.parametrize("model, backend", [("electron_cpu", "llguidance"), ("electron_trtllm", "llguidance"),
+                                            ("tensorrt_llm", "xgrammar")])
+def test_each_engine_declares_the_guide_compiler_the_gateway_writes_for(model, backend):
+    from gateway.tools.guided_request import GUIDE_BACKENDS
+
+    params = {key: p.string_value for key, p in load(model).parameters.items()}
+    assert params["guided_decoding_backend"] == backend
+    assert backend in GUIDE_BACKENDS
