@@ -217,3 +217,23 @@ def test_a_redundant_finished_sequence_gives_its_id_before_any_block_is_evicted(
     c = run(memory, cache, [40, 41, 42, 43, 44])  # needs an id: there is one, nothing evicted
     assert memory.content(b.seq)[:8] == list(range(1, 9)) and cache.cached_blocks >= 3
     assert memory.content(c.seq) == [40, 41, 42, 43, 44]
+
+
+def test_cached_before_counts_only_blocks_computed_before_a_time():
+    now = [10.0]
+    memory = UnifiedCacheModel()
+    cache = PrefixCache(memory, KvLedger(1000), n_seq=8, block_size=4, clock=lambda: now[0])
+    system = list(range(100, 116))  # 4 blocks
+    a = cache.admit(system + [1])
+    memory.decode(a.seq, 0, system[:8])
+    cache.computed(a.seq, system[:8])  # 2 blocks at t=10
+    now[0] = 12.0
+    memory.decode(a.seq, 8, system[8:])
+    cache.computed(a.seq, system[8:])  # 2 more at t=12
+    prompt = system + [2, 3]
+    keys = block_keys(prompt, 4)
+    # what a request that arrived at t=11 would have found cached: the engine counts the rest, computed
+    # for it while it waited, as its own work (not as waiting for others)
+    assert cache.cached_before(prompt, keys, 11.0) == 8
+    assert cache.cached_before(prompt, keys, 12.0) == 16
+    assert cache.cached_before(prompt, keys, 9.0) == 0

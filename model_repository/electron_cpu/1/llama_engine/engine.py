@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, block_keys
 from .sampling import TokenSampler, token_logprob
 from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, paced_wait_s, playback_lead_s
 from .stats import EngineStats
@@ -70,6 +70,7 @@ class _Sequence:
     request: GenerationRequest
     sink: ResponseSink
     arrival_ns: int
+    arrival_clock: float = 0.0  # time.monotonic() at arrival (the prefix cache's clock)
     seq: int = -1
     n_past: int = 0  # positions whose KV exists
     prefilled: int = 0  # prompt tokens whose KV exists
@@ -82,6 +83,8 @@ class _Sequence:
     sent_chars: int = 0  # characters of the tokens already sent
     last_send_ns: int = 0
     new_tokens_estimate: int = 0  # prompt tokens it would prefill itself (not cached or being computed)
+    alone_tokens: int = 0  # prompt tokens it would prefill on a free machine (not cached at arrival)
+    keys: list[int] = field(default_factory=list)  # its prompt's block keys (prefix cache)
     awaits: frozenset = frozenset()  # sequences computing blocks of its prompt at arrival
     sampler: TokenSampler | None = None
     guide: GuideMask | None = None
@@ -131,7 +134,8 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: ResponseSink, guide: GuideMask | None = None) -> None:
         """``guide``: the compiled guide of a guided request (``guides``)."""
         with self._wake:
-            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns(), guide=guide))
+            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns(), arrival_clock=time.monotonic(),
+                                         guide=guide))
             self._wake.notify()
 
     def shutdown(self, timeout: float = 10.0) -> None:
@@ -314,12 +318,12 @@ class Engine:
                 self._send(s, final=False)
 
     # ---- admission, completion, cancellation ------------------------------------------
-    def _load(self, now_ns: int) -> tuple[int, float | None]:
+    def _load(self, now_ns: int, with_prefills: bool = True) -> tuple[int, float | None]:
         """Streams that decode in every step while prompts wait (urgent and unpaced
-        decoders plus the prompts being prefilled, soon decoders), and how long the
-        most urgent stream can wait for its next token."""
+        decoders, plus - ``with_prefills`` - the prompts being prefilled, soon decoders),
+        and how long the most urgent stream can wait for its next token."""
         streams = self._decode_candidates(now_ns)
-        prefilling = sum(1 for s in self._running if s.prompt_left > 0)
+        prefilling = sum(1 for s in self._running if s.prompt_left > 0) if with_prefills else 0
         chosen = self.planner.choose_decodes(streams, prompts_waiting=True)
         return len(chosen) + prefilling, min((c.wait_s for c in streams), default=None)
 
@@ -330,8 +334,12 @@ class Engine:
             return
         arrived, self._arrived = self._arrived, []
         for s in arrived:
-            reusable, computing = self.cache.reusable_prefix(s.request.prompt)
-            s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
+            s.keys = block_keys(s.request.prompt, self.cache.block_size)
+            self._estimate_new_tokens(s)
+            # what it would prefill on a machine free when it arrived: a prefix another request
+            # computed while it waited (in the inbox during a step) is its own work done for it
+            cached = self.cache.cached_before(s.request.prompt, s.keys, s.arrival_clock)
+            s.alone_tokens = len(s.request.prompt) - min(cached, len(s.request.prompt) - 1)
             if (self._running or self._waiting) and self._refused(s, self._queue_delay_s(s), waited_s=0.0):
                 continue
             self._waiting.append(s)
@@ -355,31 +363,50 @@ class Engine:
         (queued, or admitted and waiting for prefill): shorter prompts that arrive later go
         first, so a wait that looked short on arrival can grow past the bound. Those that
         would now be late are refused, still before any of their prefill, so that the
-        admitted ones keep their first token in time."""
+        admitted ones keep their first token in time. Time spent waiting for a shared
+        prefix another request computes is the request's own prefill, not a wait for others."""
         if self.planner.config.overload_ttft_s <= 0:
             return
         kept = []
         for s in self._waiting:
-            if not self._refused(s, self._queue_delay_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+            if not self._refused(s, self._late_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
                 kept.append(s)
         self._waiting = kept
         for s in [s for s in self._running if not s.prefill_started and s.prompt_left > 0]:
-            if self._refused(s, self._queue_delay_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+            if self._refused(s, self._late_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
                 self._running.remove(s)
                 s.sampler.close()
                 self.cache.release(s.seq)
 
+    def _estimate_new_tokens(self, s: _Sequence) -> None:
+        """The prompt tokens ``s`` would prefill itself now (not cached nor being computed by a
+        running prefill) and the sequences computing the rest of its prefix."""
+        reusable, computing = self.cache.reusable_prefix(s.request.prompt, s.keys)
+        s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
+
+    def _late_s(self, s: _Sequence) -> float:
+        """``_queue_delay_s`` with the estimate of a queued request brought up to date (a
+        running prefill may have begun computing its prefix since it arrived)."""
+        if s.seq < 0:
+            self._estimate_new_tokens(s)
+        return self._queue_delay_s(s)
+
     def _queue_delay_s(self, s: _Sequence) -> float:
-        """How much later than on its own ``s`` would get its first token: the other
-        prompt tokens prefilled before it (shortest remaining first), beside the
-        streams that keep decoding, plus the wait for a running slot when all are taken."""
+        """How much later than on a free machine ``s`` would get its first token: the
+        prompt tokens prefilled before its own (shortest remaining first, and the
+        prefixes other requests compute for it), beside the streams that keep decoding,
+        less the prefill of its prompt on its own (a prefix computed for it is work it
+        would otherwise do), plus the wait for a running slot when all are taken."""
         running = s.seq >= 0
         own = s.prompt_left if running else s.new_tokens_estimate
         ahead = sum(r.prompt_left for r in self._running if r is not s and 0 < r.prompt_left
                     and (r.prompt_left <= own or r.seq in s.awaits))
         ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
-        load, wait = self._load(time.time_ns())
-        delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, own)
+        # the prompts ahead are prefilled beside the streams decoding now (with none, in full
+        # chunks, as the step does); once prefilled, a paced stream rests after a few tokens
+        load, wait = self._load(time.time_ns(), with_prefills=False)
+        alone = max(s.alone_tokens, own)
+        delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
         queued = len(self._running) + sum(1 for w in self._waiting if w is not s) - self.max_running
         if not running and queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
             step = self.planner.cost.predict(max(load, 1))

@@ -43,6 +43,7 @@ class Block:
     holders: set[int] = field(default_factory=set)
     children: int = 0
     last_used: float = 0.0  # time.monotonic() of its last use
+    created: float = 0.0  # time.monotonic() when its KV was computed
 
 
 @dataclass
@@ -107,11 +108,20 @@ class PrefixCache:
             return False
         return any(keys[n] in s.planned for s in self._seqs.values() if s.active)
 
-    def reusable_prefix(self, prompt: Sequence[int]) -> tuple[int, set[int]]:
+    def cached_before(self, prompt: Sequence[int], keys: list[int], when: float) -> int:
+        """Leading prompt tokens whose blocks were cached already at ``when`` (clock time)."""
+        n = 0
+        for block in self.match(prompt, keys):
+            if block.created > when:
+                break
+            n += 1
+        return n * self.block_size
+
+    def reusable_prefix(self, prompt: Sequence[int], keys: list[int] | None = None) -> tuple[int, set[int]]:
         """Leading prompt tokens a new request would not prefill itself - cached
         blocks, then blocks running prefills are computing (it waits for those) -
-        and the sequences computing them."""
-        keys = block_keys(prompt, self.block_size)
+        and the sequences computing them. ``keys``: the prompt's block keys, if known."""
+        keys = block_keys(prompt, self.block_size) if keys is None else keys
         n = len(self.match(prompt, keys))
         computing: set[int] = set()
         while n < len(keys):
@@ -162,7 +172,8 @@ class PrefixCache:
             key = hash((parent.key if parent else 0, *chunk))
             block = self._blocks.get(key)
             if block is None or block.tokens != chunk:
-                block = Block(key, chunk, parent, index, last_used=self._clock())
+                now = self._clock()
+                block = Block(key, chunk, parent, index, last_used=now, created=now)
                 self._blocks[key] = block
                 if parent is not None:
                     parent.children += 1

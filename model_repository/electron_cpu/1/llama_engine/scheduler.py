@@ -47,7 +47,10 @@ Policy (documented in the README):
    overload. Requests none of whose prompt has been computed yet are judged
    again every step, with the time they have already waited: a shorter prompt
    arriving later goes first and can push a request past the bound after its
-   arrival; it is refused then, still before any of its prefill.
+   arrival; it is refused then, still before any of its prefill. A prefix
+   another request computes for it (a shared system prompt), also while it
+   waited, is its own work done for it: the wait is measured against the
+   prefill it would need alone on the machine as it was when it arrived.
 """
 
 from __future__ import annotations
