@@ -35,7 +35,7 @@ import signal
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.settings import Settings
 
@@ -92,7 +92,6 @@ class _Slot:
     process: multiprocessing.process.BaseProcess | None = None
     started_at: float = 0.0
     restarts: int = 0
-    exit_codes: list[int] = field(default_factory=list)
 
 
 class WorkerPool:
@@ -146,17 +145,18 @@ class WorkerPool:
     def _restart_dead(self) -> None:
         for slot in self.slots:
             process = slot.process
-            if process is None or process.is_alive():
-                continue
-            process.join()
-            slot.exit_codes.append(process.exitcode)
-            self._forget_metrics(process.pid)
-            if time.monotonic() - slot.started_at < RESTART_MIN_INTERVAL_S:
-                continue  # started again on a later check: a worker that cannot start does not spin
-            slot.restarts += 1
-            log.error("gateway worker %d (pid %d) exited with %s: starting it again", slot.index, process.pid,
-                      process.exitcode)
-            self._start(slot)
+            if process is not None:
+                if process.is_alive():
+                    continue
+                process.join()
+                self._forget_metrics(process.pid)
+                log.error("gateway worker %d (pid %d) exited with %s", slot.index, process.pid, process.exitcode)
+                slot.process = None
+            # a worker that cannot start is started again at most once a RESTART_MIN_INTERVAL_S, not in a spin
+            if time.monotonic() - slot.started_at >= RESTART_MIN_INTERVAL_S:
+                slot.restarts += 1
+                log.warning("starting gateway worker %d again (restart %d)", slot.index, slot.restarts)
+                self._start(slot)
 
     def _forget_metrics(self, pid: int) -> None:
         from prometheus_client import multiprocess

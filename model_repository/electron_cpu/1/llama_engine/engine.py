@@ -333,6 +333,7 @@ class Engine:
         if not self._arrived:
             return
         arrived, self._arrived = self._arrived, []
+        beside = self._load(time.time_ns(), with_prefills=False)  # the streams the prompts ahead prefill beside
         for s in arrived:
             s.keys = block_keys(s.request.prompt, self.cache.block_size)
             self._estimate_new_tokens(s)
@@ -340,7 +341,7 @@ class Engine:
             # computed while it waited (in the inbox during a step) is its own work done for it
             cached = self.cache.cached_before(s.request.prompt, s.keys, s.arrival_clock)
             s.alone_tokens = len(s.request.prompt) - min(cached, len(s.request.prompt) - 1)
-            if (self._running or self._waiting) and self._refused(s, self._queue_delay_s(s), waited_s=0.0):
+            if (self._running or self._waiting) and self._refused(s, self._queue_delay_s(s, beside), waited_s=0.0):
                 continue
             self._waiting.append(s)
 
@@ -365,15 +366,18 @@ class Engine:
         would now be late are refused, still before any of their prefill, so that the
         admitted ones keep their first token in time. Time spent waiting for a shared
         prefix another request computes is the request's own prefill, not a wait for others."""
-        if self.planner.config.overload_ttft_s <= 0:
+        untouched = [s for s in self._running if not s.prefill_started and s.prompt_left > 0]
+        if self.planner.config.overload_ttft_s <= 0 or not (self._waiting or untouched):
             return
+        beside = self._load(now_ns, with_prefills=False)
         kept = []
         for s in self._waiting:
-            if not self._refused(s, self._late_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+            self._estimate_new_tokens(s)  # a running prefill may have begun computing its prefix since
+            if not self._refused(s, self._queue_delay_s(s, beside), waited_s=(now_ns - s.arrival_ns) / 1e9):
                 kept.append(s)
         self._waiting = kept
-        for s in [s for s in self._running if not s.prefill_started and s.prompt_left > 0]:
-            if self._refused(s, self._late_s(s), waited_s=(now_ns - s.arrival_ns) / 1e9):
+        for s in untouched:
+            if self._refused(s, self._queue_delay_s(s, beside), waited_s=(now_ns - s.arrival_ns) / 1e9):
                 self._running.remove(s)
                 s.sampler.close()
                 self.cache.release(s.seq)
@@ -384,27 +388,21 @@ class Engine:
         reusable, computing = self.cache.reusable_prefix(s.request.prompt, s.keys)
         s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
 
-    def _late_s(self, s: _Sequence) -> float:
-        """``_queue_delay_s`` with the estimate of a queued request brought up to date (a
-        running prefill may have begun computing its prefix since it arrived)."""
-        if s.seq < 0:
-            self._estimate_new_tokens(s)
-        return self._queue_delay_s(s)
-
-    def _queue_delay_s(self, s: _Sequence) -> float:
+    def _queue_delay_s(self, s: _Sequence, beside: tuple[int, float | None]) -> float:
         """How much later than on a free machine ``s`` would get its first token: the
         prompt tokens prefilled before its own (shortest remaining first, and the
         prefixes other requests compute for it), beside the streams that keep decoding,
         less the prefill of its prompt on its own (a prefix computed for it is work it
-        would otherwise do), plus the wait for a running slot when all are taken."""
+        would otherwise do), plus the wait for a running slot when all are taken.
+        ``beside``: ``_load(now, with_prefills=False)``, once per judging pass - the prompts
+        ahead are prefilled beside the streams decoding now (with none, in full chunks, as
+        the step does); once prefilled, a paced stream rests after a few tokens."""
         running = s.seq >= 0
         own = s.prompt_left if running else s.new_tokens_estimate
         ahead = sum(r.prompt_left for r in self._running if r is not s and 0 < r.prompt_left
                     and (r.prompt_left <= own or r.seq in s.awaits))
         ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
-        # the prompts ahead are prefilled beside the streams decoding now (with none, in full
-        # chunks, as the step does); once prefilled, a paced stream rests after a few tokens
-        load, wait = self._load(time.time_ns(), with_prefills=False)
+        load, wait = beside
         alone = max(s.alone_tokens, own)
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
         queued = len(self._running) + sum(1 for w in self._waiting if w is not s) - self.max_running
