@@ -267,9 +267,11 @@ async def test_ledger_rows_and_usage_endpoints_equal_the_responses(triton, tmp_p
         usages = []
         system = "You are a helpful voice agent for a bank. " * 20
         messages = [{"role": "system", "content": system}, {"role": "user", "content": "Say hello."}]
+        greetings = []
         for _ in range(2):  # the second reads the cached prefix
-            usages.append(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
-                          .usage)
+            greeting = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+            greetings.append(greeting.choices[0].finish_reason)  # "length", or "stop" if the model ends its hello
+            usages.append(greeting.usage)
         reply = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=5, temperature=0)
         assert reply.choices[0].finish_reason == "length"
         usages.append(reply.usage)
@@ -301,7 +303,7 @@ async def test_ledger_rows_and_usage_endpoints_equal_the_responses(triton, tmp_p
             costs = http.get("/v1/organization/costs", params=[("start_time", start), ("group_by", "line_item")]).json()
         stack.stop()
         rows = await stack.rows()
-        assert [r["status"] for r in rows] == ["length", "length", "length", "stop", "tool_calls", "cancelled"]
+        assert [r["status"] for r in rows] == [*greetings, "length", "stop", "tool_calls", "cancelled"]
         for row, usage in zip(rows, usages):
             assert (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (
                 usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens, usage.completion_tokens)
