@@ -55,7 +55,9 @@ class Settings:
     playback_buffer_s: float = 1.0  # paced streams further ahead of their playhead skip steps while prompts wait
     overload_ttft_s: float = 1.5  # refuse (503) a request whose first token would come later; 0: never
     stream_interval_ms: float = 40.0  # a paced stream well ahead of its playhead sends tokens at most this often
-    threads: int = 0  # 0: all cores
+    threads: int = 0  # 0: all cores this process may use (affinity mask, cgroup quota)
+    # the engine runs fewer threads while other processes take cores, back to `threads` when they free them
+    adaptive_threads: bool = True
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
     # in spin iterations: tens of microseconds): short, so that a thread whose partner lost its core to
     # another process frees its own core instead of spinning a whole time slice (see README)

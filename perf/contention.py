@@ -1,8 +1,11 @@
 """Contention benchmark: the stack beside busy processes that take CPU cores.
 
 For each server variant (``--variant NAME[:ENV=VALUE,...]``: electron started
-with those settings, e.g. ``before:ELECTRON_THREADS=2``) and each number of busy
-processes (``--busy``, default 0 1 2; each is ``python -c "while True: pass"``):
+with those settings, e.g. ``fixed:ELECTRON_ADAPTIVE_THREADS=false``) and each
+competition (``--busy``, default 0 1 2: that many ``python -c "while True: pass"``
+processes; ``gateway:K``: the gateway itself kept busy by K connections sending
+prompts too long for the context, which it parses, tokenizes and refuses,
+``voice_load/gateway_burst.py``):
 
   single   one streamed reply at a time (``--replies``, 48 tokens with
            ``min_tokens`` 48, a ~40-token prompt): reply time, TTFT, largest
@@ -15,7 +18,8 @@ A stall is time a text-to-speech player speaking at 15 characters/s from the
 first text would wait for text that has not arrived (``voice_load.playback``).
 Writes ``perf/results/<date>-contention-<host>/``.
 
-    .venv/bin/python perf/contention.py --variant before:ELECTRON_THREADS=2 --variant after
+    .venv/bin/python perf/contention.py --variant fixed:ELECTRON_ADAPTIVE_THREADS=false --variant adaptive \
+        --busy 0 1 2 gateway:2
 """
 
 from __future__ import annotations
@@ -58,6 +62,29 @@ def busy_processes(n: int):
         for p in procs:
             p.kill()
             p.wait()
+
+
+@contextmanager
+def gateway_burst(base_url: str, concurrency: int, log_path: Path):
+    """A client keeping the gateway itself busy (``voice_load/gateway_burst.py``:
+    prompts too long for the context, tokenized then refused); its request count
+    is appended to ``log_path``."""
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "voice_load" / "gateway_burst.py"),
+                                 base_url, "--concurrency", str(concurrency)], stdout=log, stderr=log)
+        try:
+            time.sleep(1.0)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=70)
+
+
+def competition(spec: str, base_url: str, raw: Path):
+    """``N``: N busy processes; ``gateway:K``: the gateway burst client with K connections."""
+    if spec.startswith("gateway:"):
+        return gateway_burst(base_url, int(spec.split(":", 1)[1]), raw / "gateway-burst.log")
+    return busy_processes(int(spec))
 
 
 def _ms(value) -> float | None:
@@ -159,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", action="append", default=None,
                         help="NAME[:ENV=VALUE,...] (repeatable; default: one variant with the current settings)")
-    parser.add_argument("--busy", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--busy", nargs="+", default=["0", "1", "2"],
+                        help="competition per case: N busy processes, or gateway:K (the gateway kept busy by K "
+                             "connections of over-long prompts it tokenizes and refuses)")
     parser.add_argument("--replies", type=int, default=12)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
@@ -176,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         with electron(env, raw / f"electron-{name}.log") as server:
             for busy in args.busy:
                 row = {"variant": name, "busy": busy, "calls": args.calls}
-                with busy_processes(busy):
+                with competition(busy, server.base_url, raw):
                     if "single" in args.cases:
                         print(f"[contention] {name}: {busy} busy, single replies", file=sys.stderr, flush=True)
                         row["single"] = asyncio.run(single_replies(server.base_url, args.replies))

@@ -67,6 +67,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "overload_ttft_s": str(settings.overload_ttft_s),
         "stream_interval_ms": str(settings.stream_interval_ms),
         "threads": str(settings.threads),
+        "adaptive_threads": str(settings.adaptive_threads).lower(),
     }
 
 

@@ -25,6 +25,7 @@ from llama_engine.params import InvalidRequest, ModelLimits, parse_request
 from llama_engine.prefix_cache import PrefixCache
 from llama_engine.scheduler import SchedulerConfig, StepPlanner
 from llama_engine.stats import EngineStats
+from llama_engine.thread_budget import ThreadBudget, ThreadBudgetWatch, usable_cores
 
 log = logging.getLogger("electron_cpu")
 
@@ -120,6 +121,7 @@ class _MetricsExporter:
         "waiting": "requests waiting to be admitted",
         "kv_cells_used": "KV cache cells in use",
         "cached_blocks": "blocks held by the prefix cache",
+        "threads": "llama.cpp threads the engine steps run on (fewer while other processes take cores)",
     }
 
     def __init__(self, engine: Engine, labels: dict[str, str], period_s: float = 0.25):
@@ -177,9 +179,12 @@ class TritonPythonModel:
             kv_cells=int(p.get("kv_cells", 16384)),
             max_sequences=int(p.get("max_sequences", 64)),
             max_batch_tokens=int(p.get("max_batch_tokens", 512)),
-            threads=int(p.get("threads", 0)) or os.cpu_count() or 1,
+            threads=int(p.get("threads", 0)) or usable_cores(),
         )
         self.runner = LlamaRunner(runner_config)
+        self.thread_budget = None
+        if p.get("adaptive_threads", "true").lower() in ("1", "true", "yes") and runner_config.threads > 1:
+            self.thread_budget = ThreadBudgetWatch(ThreadBudget(runner_config.threads))
         block = int(p.get("tokens_per_block", 4))
         cache = PrefixCache(self.runner, KvLedger(runner_config.kv_cells), runner_config.max_sequences, block)
         planner = StepPlanner(SchedulerConfig(
@@ -195,8 +200,11 @@ class TritonPythonModel:
         self.guides = GuideCompiler.from_llama_vocab(self.runner.vocab, self.runner.eos_id)
         self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)),
                              cache_idle_s=float(p.get("cache_idle_s", 60.0)),
-                             stream_interval_s=float(p.get("stream_interval_ms", 40.0)) / 1000)
+                             stream_interval_s=float(p.get("stream_interval_ms", 40.0)) / 1000,
+                             thread_budget=self.thread_budget)
         self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
+        if self.thread_budget is not None:
+            self.thread_budget.start()
         self.engine.start()
         self.metrics.start()
         log.info("engine ready: %s, %d KV cells, %d tokens per block, max sequence %d tokens",
@@ -228,5 +236,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.metrics.stop()
+        if self.thread_budget is not None:
+            self.thread_budget.stop()
         self.engine.shutdown()
         self.runner.close()

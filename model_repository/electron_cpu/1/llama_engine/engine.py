@@ -24,6 +24,7 @@ from .prefix_cache import PrefixCache, block_keys
 from .sampling import TokenSampler, token_logprob
 from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, paced_wait_s, playback_lead_s
 from .stats import EngineStats
+from .thread_budget import ThreadBudgetWatch
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,11 @@ class _Sequence:
 class Engine:
     def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
                  cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0,
-                 token_chars: Sequence[int] | None = None, stream_interval_s: float = 0.04):
+                 token_chars: Sequence[int] | None = None, stream_interval_s: float = 0.04,
+                 thread_budget: ThreadBudgetWatch | None = None):
         self.runner = runner
+        # llama.cpp threads follow the cores other processes leave free (None: fixed)
+        self.thread_budget = thread_budget
         # a paced stream well ahead of its playhead sends its tokens at most this often (0: every token)
         self.stream_interval_s = stream_interval_s
         # characters each token id adds to the text; paced streams' playheads count them
@@ -203,6 +207,8 @@ class Engine:
         )
         self.stats.paced_skips += len(streams) - len(decoding)
         n, samplers = self._fill_batch(decoding, plan)
+        if self.thread_budget is not None:
+            self.runner.use_threads(self.thread_budget.threads)
         rc = self.runner.decode(n)
         if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
             rc = self.runner.decode(n)
@@ -520,4 +526,5 @@ class Engine:
         st.waiting = len(self._waiting) + len(self._arrived) + len(self._inbox)
         st.kv_cells_used = self.cache.ledger.used_cells()
         st.cached_blocks = self.cache.cached_blocks
+        st.threads = self.thread_budget.threads if self.thread_budget is not None else self.runner.threads
         st.prefix_hits, st.prefix_misses = self.cache.hits, self.cache.misses

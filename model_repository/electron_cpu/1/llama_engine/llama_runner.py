@@ -75,6 +75,7 @@ class LlamaRunner:
         self.eos_id = llama_cpp.llama_vocab_eos(vocab)
         self.train_context = llama_cpp.llama_model_n_ctx_train(self.model)
         self.config = config
+        self.threads = config.threads
         self._alloc_batch(config.max_batch_tokens)
 
     def _alloc_batch(self, size: int) -> None:
@@ -105,6 +106,12 @@ class LlamaRunner:
             piece = buf.raw[: max(n, 0)]
             out.append(sum(1 for b in piece if b & 0xC0 != 0x80))
         return out
+
+    def use_threads(self, threads: int) -> None:
+        """Threads for the next ``decode`` calls (llama.cpp reads them per call)."""
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self.ctx, threads, threads)
+            self.threads = threads
 
     def decode(self, n_tokens: int) -> int:
         """Run the first ``n_tokens`` entries of the batch arrays; llama.cpp's code."""

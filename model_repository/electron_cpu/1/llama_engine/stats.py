@@ -23,3 +23,4 @@ class EngineStats:
     waiting: int = 0
     kv_cells_used: int = 0
     cached_blocks: int = 0
+    threads: int = 0  # llama.cpp threads the next step runs on
