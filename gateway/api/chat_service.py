@@ -17,8 +17,10 @@ Starlette cancelling the response.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, TypeVar
 
@@ -28,7 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from gateway.accounts.limits import Admission
 from gateway.accounts.service import AccountService, Caller, Outcome
 from gateway.api import sse
-from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+from gateway.chat.chat_request import ChatLimits, PreparedChat, parse_body, prepare_chat
 from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
@@ -217,6 +219,12 @@ def _close_later(*generators) -> None:
     task.add_done_callback(_closing.discard)
 
 
+# Request bodies larger than this are parsed, rendered and tokenized on a worker thread
+# (one at a time): tokenizing a long prompt takes hundreds of milliseconds, during which
+# the event loop would relay no token of any other stream.
+PREPARE_OFF_LOOP_BYTES = 32 * 1024
+
+
 class ChatService:
     def __init__(self, settings: Settings, engine: Engine, model: ModelView, accounts: AccountService) -> None:
         self.in_flight = 0  # admitted, not yet settled
@@ -230,6 +238,7 @@ class ChatService:
         self._accounts = accounts
         self._limits: ChatLimits | None = None
         self._tokens_per_block = 0
+        self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-large")
 
     async def limits(self) -> ChatLimits:
         """Resolved on first use (Triton may start after the gateway): the context
@@ -260,6 +269,19 @@ class ChatService:
             log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
         return self._limits
 
+    async def _prepare(self, body: bytes) -> PreparedChat:
+        """Parse (400 before anything else), resolve the limits, render and tokenize;
+        a large body off the event loop."""
+        if len(body) <= PREPARE_OFF_LOOP_BYTES:
+            chat = parse_body(body)
+            return prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
+        loop = asyncio.get_running_loop()
+        log.debug("preparing a %d-byte request off the event loop", len(body))
+        chat = await loop.run_in_executor(self._prepare_pool, contextvars.copy_context().run, parse_body, body)
+        limits = await self.limits()
+        return await loop.run_in_executor(self._prepare_pool, contextvars.copy_context().run, prepare_chat,
+                                          chat, limits, self._model.template, self._model.codec)
+
     async def complete(self, request: Request) -> Response:
         """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
         if self.draining:
@@ -272,8 +294,7 @@ class ChatService:
         except ClientGone:
             log.info("client disconnected while sending the request body")
             return Response(status_code=CLIENT_GONE)
-        chat = parse_body(body)
-        prepared = prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
+        prepared = await self._prepare(body)
         admission = await self._accounts.admit(caller)
         self.in_flight += 1
         bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields,

@@ -1,8 +1,8 @@
 """A client that keeps the gateway's own CPU busy without giving the engine work.
 
 Loops of chat requests whose prompt is too long for the context window: the
-gateway reads and parses the ~250 kB body, renders and tokenizes ~50,000 tokens,
-then answers 400 ``context_length_exceeded``. The client's own cost per request
+gateway reads and parses the ~345 kB body, renders and tokenizes ~145,000 tokens
+(a new text each time), then answers 400 ``context_length_exceeded``. The client's own cost per request
 (one pre-encoded body sent, a short answer read) is small beside the gateway's,
 so what competes with the engine is the gateway process. Prints the number of
 requests sent and their statuses when stopped (SIGTERM).
@@ -24,8 +24,13 @@ import urllib.request
 WORDS = 50_000
 
 
+SALT = b"SALT0000"
+
+
 def body() -> bytes:
-    text = " ".join(f"word{i % 97}" for i in range(WORDS))
+    """The request, with ``SALT`` where each request puts its own number: a text
+    the gateway has not tokenized before (its tokenizer caches repeated texts)."""
+    text = SALT.decode() + " " + " ".join(f"word{i % 97}" for i in range(WORDS))
     return json.dumps({"model": "electron", "max_tokens": 16,
                        "messages": [{"role": "user", "content": text}]}).encode()
 
@@ -40,9 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+    counter = iter(range(10**8))
+
     def loop() -> None:
         while not stop.is_set():
-            request = urllib.request.Request(f"{args.base_url}/chat/completions", data=payload,
+            salted = payload.replace(SALT, b"SALT%04d" % (next(counter) % 10_000), 1)
+            request = urllib.request.Request(f"{args.base_url}/chat/completions", data=salted,
                                              headers={"Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(request, timeout=60) as r:

@@ -250,3 +250,25 @@ async def test_the_official_sdk_reads_both_shapes(app, say):
         await sdk.chat.completions.create(model="electron", messages=USER, n=2)
     assert info.value.code is None and "Use multiple requests" in info.value.message
     await sdk.close()
+
+
+async def test_large_bodies_are_prepared_off_the_event_loop_with_the_same_answers(client, say, engine):
+    from gateway.api.chat_service import PREPARE_OFF_LOOP_BYTES
+    say("Hello")
+    small = json.dumps({"model": "electron", "messages": USER, "max_tokens": 5})
+    large = small + " " * (PREPARE_OFF_LOOP_BYTES + 1)  # JSON whitespace: the same request in a large body
+    answers = []
+    for body in (small, large):
+        r = await client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 200, r.text
+        answers.append(r.json()["choices"][0]["message"]["content"])
+    assert answers == ["Hello", "Hello"]
+    assert engine.calls[0].request.prompt == engine.calls[1].request.prompt
+    # a broken body and an over-long prompt in large bodies: the same 400s as small ones
+    r = await client.post("/v1/chat/completions", content=b"{" + b" " * (PREPARE_OFF_LOOP_BYTES + 1),
+                          headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    huge = " ".join(f"word{i % 97}" for i in range(20000))
+    r = await post(client, messages=[{"role": "user", "content": huge}], max_tokens=5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert len(engine.calls) == 2

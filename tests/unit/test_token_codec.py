@@ -1,6 +1,8 @@
 """The gateway's codec: piecewise, cached encoding equals the tokenizer's; bytes decode exactly."""
 
 import json
+import threading
+import time
 
 import pytest
 from tokenizers import Tokenizer
@@ -46,3 +48,40 @@ def test_token_bytes_rebuild_the_text_exactly(tokenizer):
         ids = tokenizer.encode(line, add_special_tokens=False).ids
         assert b"".join(codec.token_bytes(i) for i in ids).decode() == line
     assert codec.token_bytes(2) == b"" and codec.token_bytes(10**6) == b""
+
+
+def test_long_pieces_encode_exactly_and_huge_ones_stay_out_of_the_cache(tokenizer):
+    codec = TokenCodec(tokenizer)
+    long_system = "Namaste, main aapki kaise madad kar sakti hoon? नमस्ते, मैं आपकी मदद करूँगी। " * 80  # > 4096 chars
+    huge = " ".join(f"word{i % 97}" for i in range(20000))  # > 65536 chars
+    for text in (chatml(long_system, "hi"), chatml("Be brief.", huge)):
+        assert codec.encode(text) == tokenizer.encode(text, add_special_tokens=False).ids
+    assert f"system\n{long_system}" in codec._pieces  # a long shared prompt is still tokenized once
+    assert not any(len(piece) > 65536 for piece in codec._pieces)
+
+
+def test_a_long_piece_is_tokenized_without_holding_the_gil(tokenizer):
+    # the gateway prepares large requests on a worker thread: its event loop must keep running meanwhile
+    codec = TokenCodec(tokenizer)
+    text = " ".join(f"item{i % 89}" for i in range(60000))
+    worst, done = [0.0], threading.Event()
+
+    def tick():
+        while not done.is_set():
+            started = time.perf_counter()
+            time.sleep(0.001)
+            worst[0] = max(worst[0], time.perf_counter() - started)
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        time.sleep(0.05)
+        worst[0] = 0.0
+        started = time.perf_counter()
+        codec.encode(text)
+        took = time.perf_counter() - started
+    finally:
+        done.set()
+        ticker.join()
+    # holding the GIL the other thread would wait the whole encode (~0.2 s here)
+    assert took > 0.05 and worst[0] < took / 2, (took, worst[0])
