@@ -1,6 +1,7 @@
 """Shared test set-up: the engine package lives in the Triton model folder, the load
 generator in perf/."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,15 @@ PERF_DIR = TESTS.parent / "perf"
 for path in (ENGINE_DIR, TESTS, PERF_DIR):  # the engine package; tests/paths.py; voice_load
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+# Engines started by the tests keep a fixed llama.cpp thread count. With adaptive threads (the
+# product default) a step's duration follows the test machine's load, the step-cost model and so
+# the prefill chunks follow it, and llama.cpp's logits differ in their last bits with the batch
+# shapes: greedy replies at near-ties (this small model has many: "What is the capital of France?"
+# under its default system prompt, 'L' 24.743 against 'The' 24.648) then differ between runs, and
+# the tests that compare outputs would fail at random. test_adaptive_threads_e2e.py runs its own
+# engine with adaptive threads on.
+os.environ.setdefault("ELECTRON_ADAPTIVE_THREADS", "false")
 
 
 import itertools  # noqa: E402

@@ -16,6 +16,7 @@ def settings(tmp_path_factory):
         "ELECTRON_TRITON_HTTP_PORT": "18003",
         "ELECTRON_TRITON_METRICS_PORT": "18002",
         "ELECTRON_KV_CELLS": "16384",
+        "ELECTRON_ADAPTIVE_THREADS": "false",  # see tests/conftest.py
     })
 
 

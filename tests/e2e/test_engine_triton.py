@@ -2,11 +2,8 @@
 
 import asyncio
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -394,28 +391,3 @@ def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_
     assert refused.error is not None and "server_overloaded" in refused.error and not refused.tokens
     assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] == 1
 
-
-def _engine_threads_become(settings, expected: int, timeout_s: float = 15.0) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        threads = read_metrics(settings.triton_metrics_port)["electron_engine_threads"]
-        if threads == expected or time.monotonic() > deadline:
-            return threads
-        time.sleep(0.1)
-
-
-def test_the_engine_leaves_a_core_taken_by_another_process_and_takes_it_back_when_freed(triton, chat):
-    cores = len(os.sched_getaffinity(0))  # the engine's default thread count: the cores it may use
-    assert _engine_threads_become(triton, cores) == cores
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores - 1)]
-    try:
-        # the others leave one core: llama.cpp runs one thread, with no partner to wait for at its barriers
-        assert _engine_threads_become(triton, 1) == 1
-        reply = gen(triton, chat(PROMPTS[2]), 24)
-        assert reply.error is None and len(reply.tokens) > 5
-        assert read_metrics(triton.triton_metrics_port)["electron_engine_threads"] == 1
-    finally:
-        for p in busy:
-            p.kill()
-            p.wait()
-    assert _engine_threads_become(triton, cores) == cores
