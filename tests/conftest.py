@@ -18,7 +18,7 @@ for path in (ENGINE_DIR, TESTS, PERF_DIR):  # the engine package; tests/paths.py
 # the prefill chunks follow it, and llama.cpp's logits differ in their last bits with the batch
 # shapes: greedy replies at near-ties (this small model has many: "What is the capital of France?"
 # under its default system prompt, 'L' 24.743 against 'The' 24.648) then differ between runs, and
-# the tests that compare outputs would fail at random. test_adaptive_threads_e2e.py runs its own
+# the tests that compare outputs would fail at random. test_workload_beside_busy_processes_e2e.py runs its own
 # engine with adaptive threads on.
 os.environ.setdefault("ELECTRON_ADAPTIVE_THREADS", "false")
 

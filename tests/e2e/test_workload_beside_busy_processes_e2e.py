@@ -1,5 +1,9 @@
 """The engine's llama.cpp threads follow the cores other processes leave free: a real
-stack of its own (``electron-serve``: Triton and the gateway) with adaptive threads on."""
+stack of its own (``electron-serve``: Triton and the gateway) with adaptive threads on.
+
+Named to run after the tests of the session's shared engine: the ~20 s it takes would change
+how long that engine's cached prompt blocks sit idle between test files, hence which prefixes
+the next tests find cached, hence batch shapes and greedy near-ties they compare."""
 
 import os
 import subprocess
