@@ -115,3 +115,13 @@ def test_the_watch_applies_samples_from_its_thread_and_stops():
     finally:
         watch.stop()
     assert not watch._thread.is_alive()
+
+
+def test_without_readable_cpu_times_the_count_stays_fixed():
+    def unreadable():
+        raise OSError("no /proc here")
+
+    watch = ThreadBudgetWatch(ThreadBudget(2), period_s=0.01, read=unreadable)
+    watch.start()
+    watch.stop()
+    assert watch.threads == 2 and not watch._thread.is_alive()

@@ -146,12 +146,17 @@ class ThreadBudgetWatch:
         return self.budget.threads
 
     def start(self) -> None:
-        self.budget.observe(time.monotonic(), self._read())
+        try:
+            self.budget.observe(time.monotonic(), self._read())
+        except (OSError, ValueError, IndexError) as exc:  # no /proc: the count stays fixed
+            log.warning("cannot read CPU times (%s); llama.cpp threads stay at %d", exc, self.budget.threads)
+            return
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        if self._thread.is_alive():
+            self._thread.join(timeout=1.0)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
