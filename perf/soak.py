@@ -172,6 +172,9 @@ async def ledger_rows(data_dir: Path) -> list[dict]:
         await store.close()
 
 
+CUT_STATUSES = ("cancelled", "stop", "length")  # a hung-up reply's row: cut, or finished first
+
+
 def check_ledger(records, rows) -> dict:
     """Every admitted request (the server answered 200 and gave an id) has exactly one row; a
     completed reply's row has the tokens the client saw; a cut one at least what it received."""
@@ -190,8 +193,11 @@ def check_ledger(records, rows) -> dict:
             continue
         row = found[0]
         if r.cancelled:
-            if row["status"] != "cancelled" or row["completion_tokens"] < len(r.itl_s) + 1:
-                wrong.append((r.request_id, row["status"], row["completion_tokens"]))
+            # The caller hung up after its last wanted delta; the reply may have finished on the
+            # server before the hang-up reached it (then the row has its finish reason). Either way
+            # the row bills at least every delta the caller received (a delta carries >= 1 token).
+            if row["status"] not in CUT_STATUSES or row["completion_tokens"] < len(r.itl_s) + 1:
+                wrong.append((r.request_id, row["status"], row["completion_tokens"], len(r.itl_s) + 1))
         elif (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) != (
                 r.prompt_tokens, r.cached_tokens, r.completion_tokens):
             wrong.append((r.request_id, row["status"], row["completion_tokens"], r.completion_tokens))
@@ -240,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
               f"Refused for overload (503, not errors: load shedding): {refused}",
               f"Ledger: {ledger['admitted']} admitted requests and {ledger['refused']} refused, {ledger['rows']} rows; "
               f"missing {ledger['missing']}, "
-              f"duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}",
+              f"duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}"
+              + (f" (examples of missing, duplicated, wrong: {json.dumps(ledger['examples'])})"
+                 if ledger["missing"] or ledger["duplicated"] or ledger["wrong"] else ""),
               f"Errors: {len(errors)}{' ' + json.dumps(errors[:3]) if errors else ''}; gateway exit code {code}",
               f"Verdict: {'PASS' if verdict else 'FAIL'}"]
     write_results(args.out, "soak", meta, {"per_minute": minutes, "samples": samples, "slopes_mb_per_hour": slopes,

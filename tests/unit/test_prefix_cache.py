@@ -5,7 +5,7 @@ import random
 import pytest
 
 from llama_engine.kv_ledger import KvLedger
-from llama_engine.prefix_cache import PrefixCache, block_keys
+from llama_engine.prefix_cache import PrefixCache, block_keys, shared_blocks
 
 
 class UnifiedCacheModel:
@@ -171,6 +171,15 @@ def test_block_keys_name_whole_prefixes():
     a = block_keys([1, 2, 3, 4, 5, 6, 7, 8], 4)
     b = block_keys([9, 2, 3, 4, 5, 6, 7, 8], 4)
     assert len(a) == 2 and a[1] != b[1]  # same second block, different prefix
+
+
+def test_shared_blocks_counts_the_common_leading_blocks_of_two_prompts():
+    system = list(range(100, 164))  # four blocks of 16
+    a, b = block_keys(system + [1, 2, 3] * 10, 16), block_keys(system + [4, 5] * 20, 16)
+    assert shared_blocks(a, b) == 4 and shared_blocks(b, a) == 4
+    assert shared_blocks(a, a) == len(a)
+    assert shared_blocks(a, block_keys([7] + system, 16)) == 0  # same blocks shifted: no shared prefix
+    assert shared_blocks(a, []) == 0
 
 
 @pytest.mark.parametrize("seed", range(12))

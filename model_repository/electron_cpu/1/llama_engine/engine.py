@@ -20,7 +20,7 @@ from typing import Protocol, Sequence
 from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
-from .prefix_cache import PrefixCache, block_keys
+from .prefix_cache import PrefixCache, block_keys, shared_blocks
 from .sampling import TokenSampler, token_logprob
 from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, paced_wait_s, playback_lead_s
 from .stats import EngineStats
@@ -407,7 +407,7 @@ class Engine:
         own = s.prompt_left if running else s.new_tokens_estimate
         ahead = sum(r.prompt_left for r in self._running if r is not s and 0 < r.prompt_left
                     and (r.prompt_left <= own or r.seq in s.awaits))
-        ahead += sum(w.new_tokens_estimate for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
+        ahead += sum(self._work_beside(w, s) for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
         load, wait = beside
         alone = max(s.alone_tokens, own)
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
@@ -417,6 +417,15 @@ class Engine:
             left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
             delay += left[min(queued, len(left) - 1)] * step if left else 0.0
         return delay
+
+    def _work_beside(self, w: _Sequence, s: _Sequence) -> int:
+        """Prompt tokens the queued ``w`` would prefill that ``s`` does not need: the blocks
+        their prompts share are computed once, by whichever goes first, and are part of
+        ``s``'s own prefill (a burst of calls with a new system prompt waits only for the
+        others' own turns, not for the system prompt once per call)."""
+        reusable = len(w.request.prompt) - w.new_tokens_estimate  # cached or being computed already
+        common = shared_blocks(w.keys, s.keys) * self.cache.block_size
+        return max(min(w.new_tokens_estimate, 1), w.new_tokens_estimate - max(0, common - reusable))  # its logits
 
     def _admit(self) -> None:
         if not self._waiting:

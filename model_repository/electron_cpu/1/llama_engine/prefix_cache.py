@@ -70,6 +70,17 @@ def block_keys(tokens: Sequence[int], size: int) -> list[int]:
     return keys
 
 
+def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading blocks two prompts share, from their chain keys (equal keys at
+    the same place mean equal prefixes up to there)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 class PrefixCache:
     def __init__(self, ops: MemoryOps, ledger: KvLedger, n_seq: int, block_size: int, clock=time.monotonic):
         self.block_size = block_size
