@@ -50,13 +50,39 @@ def collect_stream(stream):
     return chunks, text
 
 
+MAX_TIE_GAP = 0.5  # log probability; batch-shape noise is far smaller, a real bug far larger
+
+
+def assert_same_or_near_tie(whole, chunks) -> bool:
+    """The streamed reply equals the whole one, or (both asked with ``logprobs``) the two greedy
+    paths part at a near-tie: the same context up to there, and the two chosen tokens about as
+    likely (llama.cpp's logits differ in the last bits with the batch shape and what the prefix
+    cache held, which can flip a near-tie of this small model; README, Sampling). Returns
+    whether the texts are equal."""
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    content = whole.choices[0].message.content
+    if text == content:
+        return True
+    a = whole.choices[0].logprobs.content
+    b = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert len(a) == whole.usage.completion_tokens  # one entry per token
+    at = next((i for i, (x, y) in enumerate(zip(a, b)) if x.token != y.token), None)
+    assert at is not None, f"one reply is a cut copy of the other: {content!r} vs {text!r}"
+    gap = abs(a[at].logprob - b[at].logprob)
+    assert gap < MAX_TIE_GAP, f"replies part at token {at} ({a[at].token!r} vs {b[at].token!r}), gap {gap:.3f}"
+    return False
+
+
 def test_streaming_and_non_streaming_give_the_same_text_at_temperature_0(sdk, warm):
     for question in ("What is the capital of France?", "Give me two tips for a phone interview."):
         warm(ask(question))
-        whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
+        whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40,
+                                            logprobs=True)
         chunks, text = collect_stream(sdk.chat.completions.create(
-            model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
-        assert whole.choices[0].message.content and text == whole.choices[0].message.content
+            model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True, logprobs=True))
+        assert whole.choices[0].message.content
+        if not assert_same_or_near_tie(whole, chunks):
+            continue  # a near-tie: the finish reasons may differ too
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
         assert finish == [whole.choices[0].finish_reason]
         assert chunks[0].choices[0].delta.role == "assistant"
@@ -77,8 +103,9 @@ def test_include_usage_chunk_is_present_and_exact(sdk, warm, tokenizer):
                 "<|im_start|>assistant\n")
     assert last.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False).ids)
     whole = sdk.chat.completions.create(model=MODEL, messages=ask(question, system), temperature=0, max_tokens=30)
-    assert whole.choices[0].message.content == text
-    assert last.usage.completion_tokens == whole.usage.completion_tokens > 0
+    assert whole.usage.completion_tokens > 0 and last.usage.completion_tokens > 0
+    if whole.choices[0].message.content == text:  # else a near-tie flipped (the streaming test checks that)
+        assert last.usage.completion_tokens == whole.usage.completion_tokens
     assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
 
 
@@ -141,10 +168,12 @@ def test_length_finish_and_exact_completion_tokens(sdk):
 def test_indic_prompt_streams_without_broken_characters(sdk, warm):
     question = "नमस्ते! कृपया मुझे बताइए कि कल मौसम कैसा रहेगा? மழை பெய்யுமா?"
     warm(ask(question))
-    whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40)
+    whole = sdk.chat.completions.create(model=MODEL, messages=ask(question), temperature=0, max_tokens=40,
+                                        logprobs=True)
     chunks, text = collect_stream(sdk.chat.completions.create(
-        model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True))
-    assert text == whole.choices[0].message.content
+        model=MODEL, messages=ask(question), temperature=0, max_tokens=40, stream=True, logprobs=True))
+    assert_same_or_near_tie(whole, chunks)
+    assert "\ufffd" not in whole.choices[0].message.content
     assert all("\ufffd" not in (c.choices[0].delta.content or "") for c in chunks if c.choices)
 
 

@@ -50,7 +50,9 @@ Policy (documented in the README):
    arrival; it is refused then, still before any of its prefill. A prefix
    another request computes for it (a shared system prompt), also while it
    waited, is its own work done for it: the wait is measured against the
-   prefill it would need alone on the machine as it was when it arrived.
+   prefill it would need alone on the machine as it was when it arrived; and
+   the blocks it shares with requests queued ahead of it count once, as its
+   own prefill (whichever goes first computes them for both).
 """
 
 from __future__ import annotations
