@@ -25,7 +25,7 @@ from llama_engine.params import InvalidRequest, ModelLimits, parse_request
 from llama_engine.prefix_cache import PrefixCache
 from llama_engine.scheduler import SchedulerConfig, StepPlanner
 from llama_engine.stats import EngineStats
-from llama_engine.thread_budget import ThreadBudget, ThreadBudgetWatch, usable_cores
+from llama_engine.thread_budget import ThreadBudget, ThreadBudgetWatch, cgroup_cpu_limit, usable_cores
 
 log = logging.getLogger("electron_cpu")
 
@@ -184,7 +184,7 @@ class TritonPythonModel:
         self.runner = LlamaRunner(runner_config)
         self.thread_budget = None
         if p.get("adaptive_threads", "true").lower() in ("1", "true", "yes") and runner_config.threads > 1:
-            self.thread_budget = ThreadBudgetWatch(ThreadBudget(runner_config.threads))
+            self.thread_budget = ThreadBudgetWatch(ThreadBudget(runner_config.threads, quota_cores=cgroup_cpu_limit()))
         block = int(p.get("tokens_per_block", 4))
         cache = PrefixCache(self.runner, KvLedger(runner_config.kv_cells), runner_config.max_sequences, block)
         planner = StepPlanner(SchedulerConfig(

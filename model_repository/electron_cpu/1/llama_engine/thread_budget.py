@@ -24,6 +24,13 @@ it with hysteresis:
 
 The rule is in cores, not in fractions, so it reads the same on 2 cores and on
 16: with one busy process a 16-core engine runs 15 threads.
+
+In a container with a CPU quota (``docker --cpus``: cgroup v2 ``cpu.max``, or
+v1 ``cpu.cfs_quota_us``) the CPUs' idle time is the host's: a core idle on the
+host may be one the quota does not give us. There the sampler also reads the
+container's own CPU time (v2 ``cpu.stat`` ``usage_usec``, v1 ``cpuacct.usage``): what the quota leaves us is the quota less what
+the container's other processes (the gateway, Redis) used, and ``available`` is
+the smaller of that and the host's idle time plus ours.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ class CpuSample:
 
     idle_s: float  # idle + iowait summed over the CPUs the engine may run on
     ours_s: float  # user + system time of this process, all its threads
+    group_s: float | None = None  # CPU time of the whole cgroup (container), when it has a quota
 
 
 def engine_cpus() -> frozenset[int]:
@@ -57,15 +65,82 @@ def engine_cpus() -> frozenset[int]:
         return frozenset(range(os.cpu_count() or 1))
 
 
-def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> float | None:
-    """Cores a cgroup v2 CPU quota allows (``docker --cpus``), or None without one."""
+@dataclass(frozen=True)
+class CgroupDirs:
+    """This process's cgroup directories: the unified (v2) one and the v1 ``cpu`` and
+    ``cpuacct`` ones (only those that exist are read)."""
+
+    v2: str
+    cpu: str
+    cpuacct: str
+
+
+def own_cgroup_dirs(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> CgroupDirs:
+    """Where this process's CPU quota and CPU time are, from ``/proc/self/cgroup``
+    (``id:controllers:path`` lines). In a container the path is ``/`` (a cgroup
+    namespace) or, without one, a host path not mounted inside: then the mount's root."""
+    paths = {"v2": "/", "cpu": "/", "cpuacct": "/"}
     try:
-        quota, period = open(path).read().split()[:2]
+        for line in open(proc_cgroup).read().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for name in (controllers.split(",") if controllers else ["v2"]):
+                if name in paths:
+                    paths[name] = path
+    except (OSError, ValueError):
+        pass
+
+    def place(mount: str, path: str) -> str:
+        inside = f"{mount}{path}".rstrip("/")
+        return inside if os.path.isdir(inside) else mount
+
+    return CgroupDirs(v2=place(root, paths["v2"]), cpu=place(f"{root}/cpu", paths["cpu"]),
+                      cpuacct=place(f"{root}/cpuacct", paths["cpuacct"]))
+
+
+def cgroup_cpu_limit(dirs: CgroupDirs | None = None) -> float | None:
+    """Cores this process's CPU quota allows (``docker --cpus``, systemd ``CPUQuota=``;
+    cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), or None without one."""
+    dirs = dirs or own_cgroup_dirs()
+    try:
+        quota, period = open(f"{dirs.v2}/cpu.max").read().split()[:2]
+    except FileNotFoundError:
+        try:  # cgroup v1: a quota of -1 means none
+            quota = open(f"{dirs.cpu}/cpu.cfs_quota_us").read().strip()
+            period = open(f"{dirs.cpu}/cpu.cfs_period_us").read().strip()
+        except OSError:
+            return None
+        if int(quota) <= 0:
+            return None
     except (OSError, ValueError):
         return None
     if quota == "max":
         return None
     return int(quota) / int(period)
+
+
+def cgroup_cpu_usage_s(path: str) -> float:
+    """CPU seconds the cgroup's processes have used: ``usage_usec`` of cgroup v2's
+    ``cpu.stat``, or cgroup v1's ``cpuacct.usage`` (nanoseconds)."""
+    with open(path) as f:
+        if path.endswith("cpuacct.usage"):
+            return int(f.read()) / 1e9
+        for line in f:
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    raise ValueError(f"no usage_usec in {path}")
+
+
+def cgroup_usage_path(dirs: CgroupDirs | None = None) -> str | None:
+    """Where this process's cgroup CPU time can be read (v2, else v1), or None."""
+    dirs = dirs or own_cgroup_dirs()
+    for path in (f"{dirs.v2}/cpu.stat", f"{dirs.cpuacct}/cpuacct.usage"):
+        try:
+            cgroup_cpu_usage_s(path)
+            return path
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def usable_cores() -> int:
@@ -78,7 +153,8 @@ def usable_cores() -> int:
 
 
 def read_cpu_sample(cpus: frozenset[int], stat_path: str = "/proc/stat",
-                    self_stat_path: str = "/proc/self/stat") -> CpuSample:
+                    self_stat_path: str = "/proc/self/stat", group_stat_path: str | None = None) -> CpuSample:
+    """Idle time of ``cpus``, this process's CPU time and, with ``group_stat_path``, its cgroup's."""
     idle_ticks = 0
     with open(stat_path) as f:
         for line in f:
@@ -91,16 +167,19 @@ def read_cpu_sample(cpus: frozenset[int], stat_path: str = "/proc/stat",
     with open(self_stat_path) as f:
         after_name = f.read().rsplit(")", 1)[1].split()  # the name may hold spaces
     ours_ticks = int(after_name[11]) + int(after_name[12])  # utime, stime (fields 14 and 15)
-    return CpuSample(idle_ticks / _TICKS_PER_S, ours_ticks / _TICKS_PER_S)
+    group_s = cgroup_cpu_usage_s(group_stat_path) if group_stat_path else None
+    return CpuSample(idle_ticks / _TICKS_PER_S, ours_ticks / _TICKS_PER_S, group_s)
 
 
 class ThreadBudget:
     """The thread count for the next steps, from successive CPU samples."""
 
-    def __init__(self, max_threads: int, lower_margin: float = 0.4, raise_margin: float = 0.6):
+    def __init__(self, max_threads: int, lower_margin: float = 0.4, raise_margin: float = 0.6,
+                 quota_cores: float | None = None):
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
+        self.quota_cores = quota_cores  # the cgroup's CPU quota in cores, if it has one
         self.lower_margin = lower_margin
         self.raise_margin = raise_margin
         self.threads = max_threads
@@ -114,7 +193,11 @@ class ThreadBudget:
         if last is None or now <= last[0]:
             return None
         elapsed = now - last[0]
-        available = ((sample.idle_s - last[1].idle_s) + (sample.ours_s - last[1].ours_s)) / elapsed
+        ours = (sample.ours_s - last[1].ours_s) / elapsed
+        available = (sample.idle_s - last[1].idle_s) / elapsed + ours
+        if self.quota_cores is not None and sample.group_s is not None and last[1].group_s is not None:
+            others = max(0.0, (sample.group_s - last[1].group_s) / elapsed - ours)  # the container's other processes
+            available = min(available, self.quota_cores - others)
         self.available = available
         threads = self.threads
         if available < threads - self.lower_margin:
@@ -137,7 +220,9 @@ class ThreadBudgetWatch:
         self.budget = budget
         self.period_s = period_s
         cpus = engine_cpus()
-        self._read = read or (lambda: read_cpu_sample(cpus))
+        # no quota (or no way to see the container's use of it): the CPUs' idle time only
+        group_stat = cgroup_usage_path() if budget.quota_cores is not None else None
+        self._read = read or (lambda: read_cpu_sample(cpus, group_stat_path=group_stat))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="thread-budget", daemon=True)
 
