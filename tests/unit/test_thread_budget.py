@@ -109,6 +109,8 @@ def test_cgroup_quota_caps_the_cores(tmp_path):
     assert cgroup_cpu_limit(dirs) == 2.5  # cgroup v1
     (v1 / "cpu.cfs_quota_us").write_text("-1\n")
     assert cgroup_cpu_limit(dirs) is None
+    (v1 / "cpu.cfs_quota_us").write_text("garbage\n")
+    assert cgroup_cpu_limit(dirs) is None
     (v2 / "cpu.max").write_text("150000 100000\n")  # v2 first
     assert cgroup_cpu_limit(dirs) == 1.5
     (v2 / "cpu.max").write_text("max 100000\n")

@@ -28,9 +28,10 @@ The rule is in cores, not in fractions, so it reads the same on 2 cores and on
 In a container with a CPU quota (``docker --cpus``: cgroup v2 ``cpu.max``, or
 v1 ``cpu.cfs_quota_us``) the CPUs' idle time is the host's: a core idle on the
 host may be one the quota does not give us. There the sampler also reads the
-container's own CPU time (v2 ``cpu.stat`` ``usage_usec``, v1 ``cpuacct.usage``): what the quota leaves us is the quota less what
-the container's other processes (the gateway, Redis) used, and ``available`` is
-the smaller of that and the host's idle time plus ours.
+container's own CPU time (v2 ``cpu.stat`` ``usage_usec``, v1 ``cpuacct.usage``):
+what the quota leaves us is the quota less what the container's other processes
+(the gateway, Redis) used, and ``available`` is the smaller of that and the
+host's idle time plus ours.
 """
 
 from __future__ import annotations
@@ -107,9 +108,9 @@ def cgroup_cpu_limit(dirs: CgroupDirs | None = None) -> float | None:
         try:  # cgroup v1: a quota of -1 means none
             quota = open(f"{dirs.cpu}/cpu.cfs_quota_us").read().strip()
             period = open(f"{dirs.cpu}/cpu.cfs_period_us").read().strip()
-        except OSError:
-            return None
-        if int(quota) <= 0:
+            if int(quota) <= 0 or int(period) <= 0:
+                return None
+        except (OSError, ValueError):
             return None
     except (OSError, ValueError):
         return None
