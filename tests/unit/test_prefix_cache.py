@@ -180,6 +180,8 @@ def test_shared_blocks_counts_the_common_leading_blocks_of_two_prompts():
     assert shared_blocks(a, a) == len(a)
     assert shared_blocks(a, block_keys([7] + system, 16)) == 0  # same blocks shifted: no shared prefix
     assert shared_blocks(a, []) == 0
+    assert shared_blocks(a, b, start=2) == 4  # compared from the third block on
+    assert shared_blocks(a, b, start=5) == 5  # none past the start: the start
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -424,7 +424,9 @@ class Engine:
         ``s``'s own prefill (a burst of calls with a new system prompt waits only for the
         others' own turns, not for the system prompt once per call)."""
         reusable = len(w.request.prompt) - w.new_tokens_estimate  # cached or being computed already
-        common = shared_blocks(w.keys, s.keys) * self.cache.block_size
+        # only blocks past those matter (this runs for every pair of queued requests each step:
+        # a cached system prompt is not walked again)
+        common = shared_blocks(w.keys, s.keys, start=reusable // self.cache.block_size) * self.cache.block_size
         return max(min(w.new_tokens_estimate, 1), w.new_tokens_estimate - max(0, common - reusable))  # its logits
 
     def _admit(self) -> None:

@@ -70,13 +70,13 @@ def block_keys(tokens: Sequence[int], size: int) -> list[int]:
     return keys
 
 
-def shared_blocks(a: Sequence[int], b: Sequence[int]) -> int:
+def shared_blocks(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
     """How many leading blocks two prompts share, from their chain keys (equal keys at
-    the same place mean equal prefixes up to there)."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
+    the same place mean equal prefixes up to there). Keys are compared from ``start``
+    on, the blocks before it counted as shared: for a caller that only needs to know how
+    many past ``start`` are (the answer is ``start`` when none is)."""
+    n, end = start, min(len(a), len(b))
+    while n < end and a[n] == b[n]:
         n += 1
     return n
 
