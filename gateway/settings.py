@@ -56,6 +56,10 @@ class Settings:
     overload_ttft_s: float = 1.5  # refuse (503) a request whose first token would come later; 0: never
     stream_interval_ms: float = 40.0  # a paced stream well ahead of its playhead sends tokens at most this often
     threads: int = 0  # 0: all cores this process may use (affinity mask, cgroup quota)
+    # llama.cpp's CPU paths, tried at start in a child process, never assumed from the build
+    # (model_repository/electron_cpu/1/llama_engine/cpu_paths.py):
+    weight_buffers: str = "auto"  # auto: extra buffer types (AMX, repacking) only if their probe passes; extra; plain
+    flash_attention: str = "auto"  # auto: whichever of on/off is faster at start; on; off
     # the engine runs fewer threads while other processes take cores, back to `threads` when they free them
     adaptive_threads: bool = True
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,

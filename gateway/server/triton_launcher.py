@@ -51,6 +51,11 @@ def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts)
     return min(limits)
 
 
+def cpu_paths_cache_dir(settings: Settings) -> Path:
+    """Where the CPU engine keeps the CPU paths its start-up probe chose (per machine)."""
+    return Path(settings.artifacts_dir) / "cpu_paths"
+
+
 def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, str]:
     return {
         "gguf_path": str(artifacts.gguf_path),
@@ -67,6 +72,9 @@ def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, 
         "overload_ttft_s": str(settings.overload_ttft_s),
         "stream_interval_ms": str(settings.stream_interval_ms),
         "threads": str(settings.threads),
+        "weight_buffers": settings.weight_buffers,
+        "flash_attention": settings.flash_attention,
+        "cpu_paths_cache": str(cpu_paths_cache_dir(settings)),
         "adaptive_threads": str(settings.adaptive_threads).lower(),
     }
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from llama_cpp import Llama
 
+from reference_model import reference_llama
+
 MAX_TIE_GAP = 0.5  # logits; batch-shape noise is far smaller, a real bug far larger
 
 
@@ -23,14 +25,14 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 class NearTieJudge:
     """Holds one llama.cpp model (created at first need) to read the logits at a divergence."""
 
-    def __init__(self, gguf_path) -> None:
+    def __init__(self, settings, gguf_path) -> None:
+        self._settings = settings
         self._path = str(gguf_path)
         self._model: Llama | None = None
 
     def gap(self, context: list[int], a: int, b: int) -> float:
         if self._model is None:
-            self._model = Llama(model_path=self._path, n_ctx=2048, n_threads=2, flash_attn=True, logits_all=True,
-                                verbose=False)
+            self._model = reference_llama(self._settings, self._path, n_ctx=2048, n_threads=2, logits_all=True)
         self._model.reset()
         self._model.eval(context)
         logits = self._model.scores[len(context) - 1]

@@ -17,6 +17,7 @@ import threading
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
 from llama_engine.engine import Engine, StepOutput
 from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
 from llama_engine.kv_ledger import KvLedger
@@ -124,7 +125,7 @@ class _MetricsExporter:
         "threads": "llama.cpp threads the engine steps run on (fewer while other processes take cores)",
     }
 
-    def __init__(self, engine: Engine, labels: dict[str, str], period_s: float = 0.25):
+    def __init__(self, engine: Engine, labels: dict[str, str], cpu_paths: CpuPaths, period_s: float = 0.25):
         self._engine = engine
         self._period_s = period_s
         self._stop = threading.Event()
@@ -132,6 +133,11 @@ class _MetricsExporter:
         self._families = []
         self._metrics = {}
         self._last = EngineStats()
+        info = pb_utils.MetricFamily(name="electron_engine_cpu_paths_info", kind=pb_utils.MetricFamily.GAUGE,
+                                     description="the CPU paths the engine runs (weights' buffer types, flash "
+                                                 "attention) and how they were chosen; always 1")
+        self._families.append(info)
+        info.Metric(labels={**labels, **cpu_paths.labels()}).set(1)
         for kind, table in ((pb_utils.MetricFamily.COUNTER, self.COUNTERS), (pb_utils.MetricFamily.GAUGE, self.GAUGES)):
             for name, description in table.items():
                 suffix = "_total" if kind == pb_utils.MetricFamily.COUNTER else ""
@@ -174,12 +180,21 @@ class TritonPythonModel:
         gguf_path = p.get("gguf_path", "")
         if not gguf_path or gguf_path.startswith("${") or not os.path.isfile(gguf_path):
             raise pb_utils.TritonModelException(f"parameter gguf_path {gguf_path!r} is not a GGUF file")
+        threads = int(p.get("threads", 0)) or usable_cores()
+        try:  # before the engine loads the model: a path that crashes costs a fallback, not the service
+            self.cpu_paths = choose_cpu_paths(gguf_path, threads, weights=p.get("weight_buffers", "auto"),
+                                              flash_attn=p.get("flash_attention", "auto"),
+                                              cache_dir=p.get("cpu_paths_cache", ""))
+        except (RuntimeError, ValueError) as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
         runner_config = RunnerConfig(
             gguf_path=gguf_path,
             kv_cells=int(p.get("kv_cells", 16384)),
             max_sequences=int(p.get("max_sequences", 64)),
             max_batch_tokens=int(p.get("max_batch_tokens", 512)),
-            threads=int(p.get("threads", 0)) or usable_cores(),
+            threads=threads,
+            flash_attn=self.cpu_paths.flash_attn,
+            extra_buffer_types=self.cpu_paths.weights == "extra",
         )
         self.runner = LlamaRunner(runner_config)
         self.thread_budget = None
@@ -202,7 +217,7 @@ class TritonPythonModel:
                              cache_idle_s=float(p.get("cache_idle_s", 60.0)),
                              stream_interval_s=float(p.get("stream_interval_ms", 40.0)) / 1000,
                              thread_budget=self.thread_budget)
-        self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]})
+        self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]}, self.cpu_paths)
         if self.thread_budget is not None:
             self.thread_budget.start()
         self.engine.start()

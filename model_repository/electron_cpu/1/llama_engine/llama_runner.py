@@ -1,8 +1,9 @@
 """The llama.cpp model, context and batch behind the engine loop.
 
 One context with a *unified* KV cache (one cell pool shared by every sequence,
-so ``seq_cp`` shares cells instead of copying them) and flash attention (whose
-CPU kernel skips masked cells, so a large pool of cached cells costs little).
+so ``seq_cp`` shares cells instead of copying them). Flash attention and the
+weights' buffer types (llama.cpp's extra buffer types: AMX tiles, repacked
+weights) are per machine: the model chooses them at start (``cpu_paths``).
 The batch buffers are numpy arrays that ``llama_decode`` reads in place.
 """
 
@@ -28,6 +29,10 @@ class RunnerConfig:
     max_sequences: int = 64  # llama.cpp sequence ids: running + cached (<= 256)
     max_batch_tokens: int = 512  # tokens per llama_decode call
     threads: int = 2
+    flash_attn: bool = False  # llama.cpp's CPU flash attention (slower at depth on the CPUs measured)
+    kv_unified: bool = True  # one cell pool for all sequences (the prefix cache shares cells in it)
+    # weights in llama.cpp's extra buffer types (AMX, repacked); only where cpu_paths' probe passed
+    extra_buffer_types: bool = False
 
 
 _LOG_CALLBACK = None  # keeps the ctypes callback alive
@@ -53,6 +58,7 @@ class LlamaRunner:
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
+        mparams.use_extra_bufts = config.extra_buffer_types
         self.model = llama_cpp.llama_model_load_from_file(config.gguf_path.encode(), mparams)
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {config.gguf_path}")
@@ -63,8 +69,9 @@ class LlamaRunner:
         cparams.n_seq_max = config.max_sequences
         cparams.n_threads = config.threads
         cparams.n_threads_batch = config.threads
-        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        cparams.kv_unified = True
+        cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
+                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.kv_unified = config.kv_unified
         cparams.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
