@@ -65,15 +65,16 @@ class Result:
 
 
 async def generate(url: str, model: str, inputs: list[InferInput], stop_after: int | None = None,
-                   request_id: str = "") -> Result:
+                   request_id: str = "", result: Result | None = None) -> Result:
     """Run one request on its own gRPC stream; ``stop_after`` cancels after that many
     responses. Otherwise the stream is read to its end: the request iterator ends
     (the client half-closes) and Triton closes the stream after the final response.
     Cancelling a stream whose request already finished can leave Triton's stream
     handler waiting for a cancellation callback that never comes, which then blocks
-    the model's unload at shutdown (seen with this Triton build)."""
+    the model's unload at shutdown (seen with this Triton build). ``result``: filled in
+    as responses arrive, for a caller that watches a stream while it runs."""
     client = grpcaio.InferenceServerClient(url)
-    result = Result()
+    result = Result() if result is None else result
 
     async def requests():
         yield {"model_name": model, "inputs": inputs, "request_id": request_id}

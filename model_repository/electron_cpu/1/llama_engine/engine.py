@@ -98,16 +98,23 @@ class _Sequence:
     def prompt_left(self) -> int:
         return len(self.request.prompt) - self.prefilled
 
-    def cells_still_needed(self) -> int:
-        return len(self.request.prompt) + self.request.max_new_tokens - self.n_past
+    def cells_ahead(self, reply_reserve: int) -> int:
+        """KV cells it will need soon: the rest of its prompt and up to ``reply_reserve``
+        more reply tokens (a request without ``max_tokens`` may run to the context's end,
+        but reserving all of it would shut every other caller out of the pool)."""
+        replied = self.n_past - min(self.n_past, len(self.request.prompt))
+        reply_left = min(self.request.max_new_tokens - replied, max(reply_reserve - replied, 0))
+        return max(len(self.request.prompt) - self.n_past, 0) + max(reply_left, 0)
 
 
 class Engine:
     def __init__(self, runner: LlamaRunner, cache: PrefixCache, planner: StepPlanner, max_running: int,
                  cancel_check_period_s: float = 0.02, cache_idle_s: float = 60.0,
                  token_chars: Sequence[int] | None = None, stream_interval_s: float = 0.04,
-                 thread_budget: ThreadBudgetWatch | None = None):
+                 thread_budget: ThreadBudgetWatch | None = None, reply_reserve_tokens: int = 512):
         self.runner = runner
+        # reply tokens of each running request admission keeps KV cells for (a voice reply: 150-250)
+        self.reply_reserve_tokens = reply_reserve_tokens
         # llama.cpp threads follow the cores other processes leave free (None: fixed)
         self.thread_budget = thread_budget
         # a paced stream well ahead of its playhead sends its tokens at most this often (0: every token)
@@ -212,6 +219,9 @@ class Engine:
         rc = self.runner.decode(n)
         if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
             rc = self.runner.decode(n)
+        if rc == DECODE_NO_KV_SLOT:
+            self._end_longest()  # running replies alone fill the pool; the next step plans again
+            return
         if rc != DECODE_OK:
             self._fail_batch(decoding, plan, rc)
             return
@@ -444,7 +454,8 @@ class Engine:
             admission = self.cache.admit(s.request.prompt)
             s.seq, s.n_past = admission.seq, admission.reused_tokens
             s.prefilled, s.reused_blocks = admission.reused_tokens, admission.reused_blocks
-            needed = s.cells_still_needed() + sum(r.cells_still_needed() for r in self._running)
+            reserve = self.reply_reserve_tokens
+            needed = s.cells_ahead(reserve) + sum(r.cells_ahead(reserve) for r in self._running)
             if not self.cache.make_room(needed):
                 self.cache.release(s.seq)  # not enough KV now; try again when some finish
                 s.seq, s.n_past, s.prefilled, s.reused_blocks = -1, 0, 0, 0
@@ -489,6 +500,15 @@ class Engine:
         else:
             self.stats.completed += 1
             self._send(s, final=True)
+
+    def _end_longest(self) -> None:
+        """The KV pool is full of running sequences (admission reserves ``reply_reserve_tokens``
+        of each reply, not the whole context): end the reply holding the most cells as if it
+        had reached its limit, so that the others go on."""
+        longest = max(self._running, key=lambda r: r.n_past)
+        log.warning("request %s ended after %d tokens: the KV pool (%d cells) is full of running requests",
+                    longest.sink.request_id, len(longest.generated), self.cache.ledger.n_cells)
+        self._finish(longest)
 
     def _fail_batch(self, decoding, plan, rc: int) -> None:
         log.error("llama_decode returned %d for a batch of %d sequences", rc, len(decoding) + len(plan))
