@@ -440,3 +440,16 @@ def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_
     assert refused.error is not None and "server_overloaded" in refused.error and not refused.tokens
     assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] == 1
 
+
+
+def test_the_cpu_paths_the_probe_chose_are_exposed_as_an_info_metric(triton, artifacts):
+    import urllib.request
+
+    from reference_model import engine_cpu_paths
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{triton.triton_metrics_port}/metrics", timeout=5).read().decode()
+    line = next(line for line in text.splitlines() if line.startswith("electron_engine_cpu_paths_info{"))
+    paths = engine_cpu_paths(triton, artifacts.gguf_path)  # the choice kept by the engine's start
+    assert f'weights="{paths.weights}"' in line and line.endswith(" 1")
+    assert f'flash_attn="{"on" if paths.flash_attn else "off"}"' in line
+    assert 'probe="probed: extra buffer types ' in line
