@@ -9,7 +9,7 @@ Scenarios (``name[:calls]``; ``--calls`` when no number is given):
   sweep        closed runs at 1, 2, 4, 8, 16, 32 calls
 
 By default the suite starts both servers on this machine (electron with
-``electron-serve``, llama-server built by ``perf/build_llama_server.sh`` on the
+``electron-serve``, llama-server built by ``perf/build_llama_tools.sh`` on the
 same GGUF, same thread count, one slot per call) and runs every scenario
 against both in alternation (A B A B, ``--rounds`` times). ``--url`` points the
 same harness at any one OpenAI-compatible endpoint instead. Writes

@@ -95,7 +95,8 @@ class LlamaServer(_Server):
 
 
 def build_llama_server() -> Path:
-    """The cached llama-server binary, built first if needed (several minutes)."""
-    out = subprocess.run(["bash", str(ROOT / "perf" / "build_llama_server.sh")], cwd=ROOT, check=True,
+    """The cached llama-server binary, built first if needed (several minutes; with
+    llama.cpp's other tools, by ``perf/build_llama_tools.sh``)."""
+    out = subprocess.run(["bash", str(ROOT / "perf" / "build_llama_tools.sh")], cwd=ROOT, check=True,
                          stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    return ROOT / out
+    return ROOT / out / "llama-server"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's own tools -- llama-server (the peer of the voice benchmark),
+# llama-bench and llama-batched-bench (the peers of perf/engine_vs_llamacpp.py) and
+# llama-quantize -- from the llama.cpp vendored in the llama-cpp-python source
+# distribution the engine runs (the version pinned in build/install.sh), with native
+# CPU flags; cached per CPU feature set under perf/.cache/llama-tools/ (gitignored).
+# Prints the directory that holds the four binaries.
+#   bash perf/build_llama_tools.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VERSION=$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION=\([0-9.]*\)$/\1/p' build/install.sh)
+[ -n "$VERSION" ] || { echo "LLAMA_CPP_PYTHON_VERSION not found in build/install.sh" >&2; exit 1; }
+TOOLS=(llama-server llama-bench llama-batched-bench llama-quantize)
+key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+out="perf/.cache/llama-tools/$VERSION-$key"
+have_all() { for t in "${TOOLS[@]}"; do [ -x "$out/$t" ] || return 1; done; }
+if have_all; then
+  echo "$out"
+  exit 0
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python=.venv/bin/python
+[ -x "$python" ] || python=python3
+"$python" -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$VERSION" >&2
+tar -xzf "$work"/llama_cpp_python-"$VERSION".tar.gz -C "$work"
+cmake -S "$work/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON >&2
+cmake --build "$work/build" --target "${TOOLS[@]}" -j "$(nproc)" >&2
+mkdir -p "$out"
+for t in "${TOOLS[@]}"; do cp "$work/build/bin/$t" "$out/$t"; done
+echo "$out"
