@@ -9,6 +9,10 @@ A stream is read to its end after the final response (the request iterator
 ends, Triton closes the stream). It is cancelled only while the request is
 still generating: cancelling a stream whose request already finished can leave
 Triton 2.51's stream handler waiting forever (see the README, "Known issues").
+
+A model whose python backend process died (``dead_model``) is reported as
+unavailable (503), never as an engine error: its live requests end at once and
+the engine is unready until the model answers again.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from gateway.engine.dead_model import PROBE, PROBE_REQUEST_ID, DeadModelGuard, is_dead_model_error
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
-from gateway.api.errors import EngineError, EngineTimeoutError, EngineUnavailableError, ServerOverloadedError
+from gateway.api.errors import (APIError, EngineError, EngineTimeoutError, EngineUnavailableError,
+                               ServerOverloadedError)
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +182,7 @@ class TritonEngine:
         self._timeout_s = timeout_s
         self._client: grpcaio.InferenceServerClient | None = None
         self._info: EngineInfo | None = None
+        self._dead = DeadModelGuard()
 
     @property
     def client(self) -> grpcaio.InferenceServerClient:
@@ -190,10 +197,27 @@ class TritonEngine:
             self._client = None
 
     async def ready(self) -> bool:
+        """Triton's model readiness; while the model is marked dead, also a one-token request."""
         try:
-            return bool(await self.client.is_model_ready(self._model, client_timeout=self._timeout_s))
+            if not await self.client.is_model_ready(self._model, client_timeout=self._timeout_s):
+                return False
         except InferenceServerException:
             return False
+        return not self._dead.dead or await self._probe()
+
+    async def _probe(self) -> bool:
+        """Any answer but the dead model's, within ``timeout_s``, means the model is back."""
+        async def first_answer() -> None:
+            async for _output in self.generate(PROBE, PROBE_REQUEST_ID):
+                pass
+
+        try:
+            await asyncio.wait_for(first_answer(), self._timeout_s)
+        except (EngineUnavailableError, asyncio.TimeoutError):
+            return False
+        except APIError:  # overloaded, or failed otherwise: a live model answered
+            self._dead.seen_alive()
+        return not self._dead.dead
 
     async def info(self) -> EngineInfo:
         if self._info is None:
@@ -224,6 +248,7 @@ class TritonEngine:
         started = time.perf_counter()
         call = self.client.stream_infer(one_request())
         watchdog = IdleWatchdog(self._idle_timeout_s, call.cancel)
+        live = self._dead.track(call)  # cancelled if the model dies under it: no response would come
         finished = seen_tokens = False
         failure: Exception | None = None
         try:
@@ -232,13 +257,20 @@ class TritonEngine:
                 if error is not None:
                     # an error response is the request's last: read on to the stream's end
                     finished = True
+                    self._dead.untrack(live)
                     failure = failure or self._error(error.message())
                     continue
+                if self._dead.dead:
+                    self._dead.seen_alive()
                 output = parse_output(result, first=not seen_tokens)
                 seen_tokens = seen_tokens or bool(output.token_ids)
                 finished = finished or output.final
                 yield output
         except asyncio.CancelledError:
+            if live.aborted:
+                finished = True
+                raise EngineUnavailableError(f"The model '{self._model}' lost its engine process while "
+                                             "generating; retry in a moment.") from None
             if not watchdog.fired:
                 raise  # our own task is being cancelled (client gone, shutdown)
             finished = True  # the watchdog cancelled the call
@@ -253,6 +285,7 @@ class TritonEngine:
             raise EngineError(f"The engine stream failed: {exc.code().name} {exc.details()}") from exc
         finally:
             watchdog.stop()
+            self._dead.untrack(live)
             if not finished:
                 call.cancel()
                 log.info("engine request cancelled after %.1f ms", (time.perf_counter() - started) * 1e3)
@@ -265,4 +298,8 @@ class TritonEngine:
                                          "retry on another replica or in a moment.")
         if _not_serving(message):
             return EngineUnavailableError(f"The model '{self._model}' is not ready: {message}")
+        if is_dead_model_error(message):
+            self._dead.seen_dead(message)
+            return EngineUnavailableError(f"The model '{self._model}' lost its engine process and must be "
+                                          f"restarted; retry in a moment ({message})")
         return EngineError(f"The engine failed the request: {message}")

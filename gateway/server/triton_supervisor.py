@@ -1,23 +1,34 @@
 """Keeps ``tritonserver`` running under ``electron-serve``.
 
 ``TritonSupervisor.start()`` starts Triton and waits for the model (as the
-launcher does), then a thread watches it every ``triton_check_s``: if the
-process exited (it is reaped, never left a zombie) or its model has not been
-ready for ``triton_unready_s``, Triton is stopped (its whole process group) and
-started again, with a backoff that doubles from 1 s up to
-``triton_restart_backoff_max_s`` while restarts keep failing. Meanwhile the
-gateway answers 503 with ``retry-after`` (its engine calls fail fast) and
-``/ready`` says not ready; when the model is back the gateway serves again on
-its own (its gRPC channel reconnects within ~1 s).
+launcher does), then a thread watches it every ``triton_check_s``:
+
+- the process exited (it is reaped, never left a zombie), or its model has not
+  been ready for ``triton_unready_s``: Triton is stopped (its whole process
+  group) and started again;
+- the model's python backend stub died while Triton lives (``stub_watch``;
+  Triton would keep the model READY and fail every request): Triton's process
+  group is killed at once (a dead model has nothing to drain; a SIGTERM would
+  wait out Triton's 10 s exit timeout) and started again.
+
+Restarts that fail are retried with a backoff that doubles from 1 s up to
+``triton_restart_backoff_max_s``. Meanwhile the gateway answers 503 with
+``retry-after`` (its engine calls fail fast), streams that were running end
+with an error event, and ``/ready`` says not ready; when the model is back the
+gateway serves again on its own (its gRPC channel reconnects within ~1 s).
+Triton is one process for all gateway workers, so a restart heals them all.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
 
+from gateway.server.stub_watch import StubWatch
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
 
@@ -58,11 +69,19 @@ class TritonSupervisor:
 
         client = grpcclient.InferenceServerClient(self._settings.triton_grpc_url)
         unready_since: float | None = None
+        stubs = StubWatch(self._process.pid)
         try:
             while not self._stopping.wait(self._settings.triton_check_s):
                 process = self._process
+                if stubs.triton_pid != process.pid:  # restarted
+                    stubs = StubWatch(process.pid)
                 if process.poll() is not None:
                     log.error("tritonserver exited with code %s: restarting it", process.returncode)
+                elif (dead_stub := stubs.check()) is not None:
+                    log.error("python backend stub of %s (pid %d) died while tritonserver (pid %d) lives: "
+                              "killing and restarting tritonserver", self._settings.triton_model, dead_stub.pid,
+                              process.pid)
+                    os.killpg(process.pid, signal.SIGKILL)  # a dead model has nothing to drain
                 elif self._ready(client):
                     unready_since = None
                     continue
