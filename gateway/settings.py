@@ -60,6 +60,9 @@ class Settings:
     # (model_repository/electron_cpu/1/llama_engine/cpu_paths.py):
     weight_buffers: str = "auto"  # auto: extra buffer types (AMX, repacking) only if their probe passes; extra; plain
     flash_attention: str = "auto"  # auto: whichever of on/off is faster at start; on; off
+    # the GGUF the engine loads (gateway/server/weight_choice.py): auto: a requantized copy of the shipped
+    # file where it is faster on this machine and passes the quality gate (measured once, kept); shipped; q8_0; q4_0
+    weight_format: str = "auto"
     # the engine runs fewer threads while other processes take cores, back to `threads` when they free them
     adaptive_threads: bool = True
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
@@ -99,6 +102,9 @@ class Settings:
     price_input_per_million: str = "0.40"  # USD per million uncached prompt tokens
     price_cached_input_per_million: str = "0.10"  # USD per million cached prompt tokens
     price_output_per_million: str = "1.60"  # USD per million completion tokens
+    # a request cancelled before its first token pays for the prompt tokens the engine took in for it:
+    # cached (all at the cached-input price), full (as any request), none (README, "The ledger")
+    cancelled_prompt_billing: str = "cached"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -65,5 +65,25 @@ def cost_of(prompt_tokens: int, cached_tokens: int, completion_tokens: int, pric
                 completion_tokens * prices.output)
 
 
+# How a request cancelled before the engine's first token pays for the prompt tokens the
+# engine took in for it (``Settings.cancelled_prompt_billing``; README, "The ledger").
+CANCELLED_PROMPT_BILLING = ("cached", "full", "none")
+
+
+def cancelled_prompt_cost(prompt_tokens: int, cached_tokens: int, prices: Prices, policy: str) -> Cost:
+    """``cached``: every prompt token the engine took in (computed or reused) at the cached
+    input price - the computed ones stay in the prefix cache, and the call's next request
+    pays them at that price again; ``full``: as any request (computed at the input price,
+    reused at the cached price); ``none``: nothing."""
+    if policy == "none":
+        return NO_COST
+    if policy == "full":
+        return cost_of(prompt_tokens, cached_tokens, 0, prices)
+    if policy == "cached":
+        cost_of(prompt_tokens, cached_tokens, 0, prices)  # the same checks of the counts
+        return Cost(0, prompt_tokens * prices.cached_input, 0)
+    raise ValueError(f"cancelled-prompt billing {policy!r} is not one of {', '.join(CANCELLED_PROMPT_BILLING)}")
+
+
 def usd(pico: int) -> Decimal:
     return Decimal(pico) / PICO

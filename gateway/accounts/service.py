@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from gateway.accounts.api_keys import bearer_token, hash_key, same_hash
 from gateway.accounts.ledger import UsageLedger, UsageRow, usage_row
 from gateway.accounts.limits import UNLIMITED, Admission, Limiter, Limits, LocalLimiter, Refusal
-from gateway.accounts.pricing import NO_COST, Prices, cost_of
+from gateway.accounts.pricing import CANCELLED_PROMPT_BILLING, NO_COST, Prices, cancelled_prompt_cost, cost_of
 from gateway.accounts.rate_headers import refusal_headers, window_headers
 from gateway.accounts.store import AccountStore, KeyRecord
 from gateway.api.errors import AuthenticationError, RateLimitError
@@ -52,10 +52,12 @@ class Caller:
 class Outcome:
     """How an admitted request ended, for its usage row."""
     status: str  # stop, length, tool_calls, cancelled, error, overloaded (refused by the engine, no tokens)
-    prompt_tokens: int
+    prompt_tokens: int  # what the engine took in: all of the prompt once it produced an output
     cached_tokens: int
     completion_tokens: int
-    engine_produced: bool  # the engine delivered at least one output: only then is it billed
+    # the engine delivered at least one output: billed in full; before that only a cancelled
+    # request is billed, for its prompt tokens (``cancelled_prompt_billing``)
+    engine_produced: bool
     ttft_ms: float | None
 
 
@@ -108,6 +110,9 @@ class AccountService:
     def __init__(self, settings: Settings, limiter: Limiter | None = None) -> None:
         self._settings = settings
         self._prices = Prices.from_settings(settings)
+        if settings.cancelled_prompt_billing not in CANCELLED_PROMPT_BILLING:
+            raise ValueError(f"ELECTRON_CANCELLED_PROMPT_BILLING={settings.cancelled_prompt_billing!r} is not one of "
+                             f"{', '.join(CANCELLED_PROMPT_BILLING)}")
         self._defaults = Limits(settings.default_concurrency, settings.default_rpm, settings.default_tpm)
         self._open_allowed = is_loopback(settings.gateway_host)
         self.limiter = limiter or make_limiter(settings)
@@ -202,9 +207,8 @@ class AccountService:
         if admission.released:
             return None
         self.limiter.release(admission)
-        cost = (cost_of(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens, self._prices)
-                if outcome.engine_produced else NO_COST)
-        if outcome.engine_produced and caller.limits.tpm:
+        cost = self._cost(outcome)
+        if (outcome.engine_produced or cost.total) and caller.limits.tpm:
             self.limiter.record_tokens(admission, outcome.prompt_tokens + outcome.completion_tokens)
         finished = time.time()
         row = usage_row(
@@ -215,6 +219,14 @@ class AccountService:
             duration_ms=(finished - started_at) * 1000)
         self.ledger.record(row)
         return row
+
+    def _cost(self, outcome: Outcome):
+        if outcome.engine_produced:
+            return cost_of(outcome.prompt_tokens, outcome.cached_tokens, outcome.completion_tokens, self._prices)
+        if outcome.status == "cancelled":  # hung up before the first token: the prompt it had the engine compute
+            return cancelled_prompt_cost(outcome.prompt_tokens, outcome.cached_tokens, self._prices,
+                                         self._settings.cancelled_prompt_billing)
+        return NO_COST  # refused by the engine or failed in it before any output
 
 
 def _or(value: int | None, default: int) -> int:

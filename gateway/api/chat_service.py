@@ -100,7 +100,9 @@ class ModelView:
 class Bill:
     """Settles one admitted request exactly once: releases its concurrency slot and
     records its usage row, whichever way it ends. ``settle`` does no I/O, so it
-    also completes inside a cancelled task."""
+    also completes inside a cancelled task. The row's prompt and cached tokens are
+    what the engine took in for the request (``CompletionRun.engine_prompt_tokens``):
+    the whole prompt once it produced an output, as far as its prefill got before."""
 
     def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
                  model: str, summary: dict, on_settle=None) -> None:
@@ -125,7 +127,7 @@ class Bill:
                                                   else "cancelled")
         outcome = Outcome(
             status=status,
-            prompt_tokens=run.prompt_tokens if run else self.prompt_tokens,
+            prompt_tokens=run.engine_prompt_tokens if run else self.prompt_tokens,
             cached_tokens=run.cached_tokens if run else 0,
             completion_tokens=run.completion_tokens if run else 0,
             engine_produced=bool(run and run.engine_outputs),

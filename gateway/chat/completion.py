@@ -9,7 +9,10 @@ text follows one token later. Usage
 counts every token the engine delivered, and is final once the generator is
 done, whichever way it ends: run to the end, stopped by a stop string (the
 engine request is cancelled at once), or closed early because the client went
-away. It is logged once, at that moment.
+away. It is logged once, at that moment. Before the engine's first token, its
+prefill progress reports (``EngineOutput.prefilled_tokens``) say how much of the
+prompt it has taken in: what a request cancelled before its first token is billed
+for.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class CompletionRun:
         self._choice = ChoiceStream(token_bytes, prepared.stops, prepared.engine_request.max_tokens,
                                     logprobs=prepared.logprobs, tools=prepared.tools)
         self._reused_blocks = 0
+        self._prefilled = 0  # prompt tokens the engine had taken in, by its last progress report
         self._engine_ttft_ms: float | None = None
         self.first_text_ms: float | None = None  # the first audible text
         self.first_token_ms: float | None = None  # the engine's first output, as the gateway saw it
@@ -52,9 +56,16 @@ class CompletionRun:
         return self._choice.completion_tokens
 
     @property
+    def engine_prompt_tokens(self) -> int:
+        """Prompt tokens the engine took in for this request, reused or computed: the whole
+        prompt once it produced an output; before that, as far as its last prefill progress
+        report said (0 from an engine that sends none, or before its first prompt chunk)."""
+        return self.prompt_tokens if self.engine_outputs else min(self._prefilled, self.prompt_tokens)
+
+    @property
     def cached_tokens(self) -> int:
-        """Prompt tokens served from the engine's prefix cache (never more than the prompt)."""
-        return min(self._reused_blocks * self._tokens_per_block, self.prompt_tokens)
+        """Prompt tokens served from the engine's prefix cache (never more than it took in)."""
+        return min(self._reused_blocks * self._tokens_per_block, self.engine_prompt_tokens)
 
     @property
     def finish_reason(self) -> str | None:
@@ -71,6 +82,10 @@ class CompletionRun:
                 yield opening
             last = None
             async for output in outputs:
+                if output.prefilled_tokens is not None:  # prefill progress: no token yet
+                    self._prefilled = output.prefilled_tokens
+                    self._reused_blocks = output.reused_blocks or 0
+                    continue
                 now = time.perf_counter()
                 self.engine_outputs += 1
                 if last is not None:

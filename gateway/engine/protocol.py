@@ -44,6 +44,9 @@ class EngineOutput:
     final: bool = False
     reused_blocks: int | None = None  # prefix-cache blocks this request reused
     engine_ttft_ms: float | None = None  # engine arrival to first token; on the first output with tokens
+    # a prefill progress report (no tokens, not final): prompt tokens whose KV the engine has
+    # for this request, reused or computed (``EngineInfo.reports_prefill``)
+    prefilled_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,10 @@ class EngineInfo:
     max_sequence_length: int | None  # None: the engine does not say
     paces_playback: bool = False  # the model takes playback_chars_per_s (the embedded CPU engine)
     guide_backend: str = "llguidance"  # what compiles its guides: llguidance or xgrammar (config parameter)
+    # the model takes return_prefill_progress (the embedded CPU engine): while a prompt is
+    # prefilled in several steps it reports how far it got, so that a request cancelled
+    # before its first token is billed for the prompt the engine computed for it
+    reports_prefill: bool = False
 
 
 class Engine(Protocol):

@@ -49,9 +49,10 @@ def _tensor(name: str, value, dtype) -> InferInput:
     return tensor
 
 
-def request_inputs(request: EngineRequest, vocab_size: int, paces_playback: bool = False) -> list[InferInput]:
-    """``paces_playback``: the model declares the ``playback_chars_per_s`` input
-    (Triton refuses inputs a model does not declare)."""
+def request_inputs(request: EngineRequest, vocab_size: int, paces_playback: bool = False,
+                   reports_prefill: bool = False) -> list[InferInput]:
+    """``paces_playback``, ``reports_prefill``: the model declares the ``playback_chars_per_s``,
+    ``return_prefill_progress`` inputs (Triton refuses inputs a model does not declare)."""
     inputs = [
         _tensor("input_ids", request.prompt, np.int32),
         _tensor("input_lengths", len(request.prompt), np.int32),
@@ -84,6 +85,8 @@ def request_inputs(request: EngineRequest, vocab_size: int, paces_playback: bool
         inputs.append(_text_tensor("guided_decoding_guide", request.guide or ""))
     if paces_playback and request.playback_chars_per_s > 0:
         inputs.append(_tensor("playback_chars_per_s", request.playback_chars_per_s, np.float32))
+    if reports_prefill:
+        inputs.append(_tensor("return_prefill_progress", True, np.bool_))
     return inputs
 
 
@@ -107,6 +110,9 @@ def parse_output(result, first: bool = False) -> EngineOutput:
     logprobs = result.as_numpy("output_log_probs")
     flag = result.get_response().parameters.get("triton_final_response")
     final = bool(flag is not None and flag.bool_param)
+    if not tokens and not final:  # a prefill progress report (``return_prefill_progress``)
+        return EngineOutput(token_ids=[], reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
+                            prefilled_tokens=_scalar(result, "sequence_length"))
     reused_blocks = engine_ttft_ms = None
     if first and (tokens or final):
         reused_blocks = _scalar(result, "kv_cache_reused_blocks")
@@ -235,12 +241,15 @@ class TritonEngine:
                 tokens_per_block=int(value("tokens_per_block") or 0),
                 max_sequence_length=int(max_length) if max_length.isdigit() and int(max_length) > 0 else None,
                 paces_playback="playback_chars_per_s" in inputs,
+                reports_prefill="return_prefill_progress" in inputs,
                 guide_backend=value("guided_decoding_backend") or "llguidance",
             )
         return self._info
 
     async def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]:
-        inputs = request_inputs(request, self._vocab_size, self._info is not None and self._info.paces_playback)
+        info = self._info
+        inputs = request_inputs(request, self._vocab_size, info is not None and info.paces_playback,
+                                info is not None and info.reports_prefill)
 
         async def one_request():
             yield {"model_name": self._model, "inputs": inputs, "request_id": request_id}

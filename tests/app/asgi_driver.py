@@ -15,12 +15,16 @@ class Exchange:
 
 
 async def post_and_hang_up(app, path: str, body: dict, hang_up_after_body_messages: int,
-                           timeout_s: float = 5.0, headers: dict[str, str] | None = None) -> Exchange:
+                           timeout_s: float = 5.0, headers: dict[str, str] | None = None,
+                           hang_up_after_s: float = 0.0) -> Exchange:
     """POST ``body``; after that many response body messages (0: before the
-    response starts), every further ``receive`` answers ``http.disconnect``."""
+    response starts; then ``hang_up_after_s`` after the request), every further
+    ``receive`` answers ``http.disconnect``."""
     exchange = Exchange()
     gone = asyncio.Event()
-    if hang_up_after_body_messages == 0:
+    if hang_up_after_body_messages == 0 and hang_up_after_s > 0:
+        asyncio.get_running_loop().call_later(hang_up_after_s, gone.set)
+    elif hang_up_after_body_messages == 0:
         gone.set()
     sent_request = False
 

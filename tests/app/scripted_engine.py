@@ -2,8 +2,9 @@
 
 Each request is answered by a script: the token ids to stream (split into
 responses of ``per_response`` tokens), an optional error raised after some
-responses, an optional delay between responses. It records what it was asked
-and whether each request was abandoned before its final output.
+responses, an optional delay between responses, optional prefill progress
+reports before the first token. It records what it was asked and whether each
+request was abandoned before its final output.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Script:
     error: APIError | None = None
     delay_s: float = 0.0
     logprob: float = -0.5
+    prefill_progress: tuple[int, ...] = ()  # prompt tokens taken in, reported before the first token
+    first_token_delay_s: float = 0.0  # after the progress reports
 
 
 @dataclass
@@ -62,6 +65,10 @@ class ScriptedEngine:
         tokens = s.tokens[:request.max_tokens]
         pieces = [tokens[i:i + s.per_response] for i in range(0, len(tokens), s.per_response)] or [[]]
         try:
+            for prefilled in s.prefill_progress:
+                await asyncio.sleep(s.delay_s)
+                yield EngineOutput(token_ids=[], reused_blocks=s.reused_blocks, prefilled_tokens=prefilled)
+            await asyncio.sleep(s.first_token_delay_s)
             for n, piece in enumerate(pieces):
                 if s.error_after is not None and n == s.error_after:
                     raise s.error

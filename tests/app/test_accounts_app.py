@@ -215,6 +215,37 @@ async def test_a_slot_is_released_and_a_row_written_whichever_way_a_client_hangs
             assert (row["cost_pico"] > 0) == (call.responses_sent > 0)
 
 
+@pytest.mark.parametrize("policy", ["cached", "full", "none"])
+async def test_a_request_cancelled_during_its_prefill_pays_for_the_prompt_the_engine_took_in(
+        open_gateway, say, engine, policy):
+    # the engine reports its prefill after each chunk: 1 block (16 tokens) reused, then 20 and
+    # 28 of the 33 prompt tokens taken in; the caller hangs up before the first token
+    say("a b c d", reused_blocks=1, prefill_progress=(20, 28), delay_s=0.01, first_token_delay_s=5.0)
+    async with open_gateway(cancelled_prompt_billing=policy) as gw:
+        key = await gw.key()
+        exchange = await post_and_hang_up(gw.app, "/v1/chat/completions",
+                                          {"model": "electron", "messages": USER, "stream": True}, 0,
+                                          headers={"Authorization": f"Bearer {key}"}, hang_up_after_s=0.2)
+        assert exchange.status in (499, None) and engine.calls[0].abandoned
+        say("a b c d")
+        waited = await post_and_hang_up(gw.app, "/v1/chat/completions",  # hung up before the engine did anything
+                                        {"model": "electron", "messages": USER, "stream": True}, 0,
+                                        headers={"Authorization": f"Bearer {key}"})
+        assert waited.status in (499, None)
+        [row, nothing] = await gw.rows()
+    assert (row["status"], row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) == (
+        "cancelled", 28, 16, 0)
+    expected = {"cached": (0, 28 * 100_000), "full": (12 * 400_000, 16 * 100_000), "none": (0, 0)}[policy]
+    assert (row["cost_input_pico"], row["cost_cached_input_pico"], row["cost_output_pico"]) == (*expected, 0)
+    assert row["cost_pico"] == sum(expected)
+    assert (nothing["status"], nothing["prompt_tokens"], nothing["cost_pico"]) == ("cancelled", 0, 0)
+
+
+def test_an_unknown_cancelled_prompt_billing_policy_fails_the_start(settings):
+    with pytest.raises(ValueError, match="ELECTRON_CANCELLED_PROMPT_BILLING"):
+        AccountService(dataclasses.replace(settings, cancelled_prompt_billing="half"))
+
+
 async def test_ledger_rows_equal_the_usage_of_every_kind_of_ending(open_gateway, say, engine, store_url):
     prices = Prices(400_000, 100_000, 1_600_000)
     async with open_gateway(database_url=store_url) as gw:

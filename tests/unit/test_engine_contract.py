@@ -92,7 +92,7 @@ def test_batching_decoupled_and_block_size(config):
 
 # inputs only the CPU engine declares: optional, and the gateway sends them only to a
 # model whose config declares them (Triton refuses undeclared inputs)
-CPU_EXTENSIONS = {"playback_chars_per_s"}
+CPU_EXTENSIONS = {"playback_chars_per_s", "return_prefill_progress"}
 
 
 def test_cpu_and_gpu_models_agree_on_every_shared_tensor():

@@ -71,6 +71,22 @@ def test_second_request_reuses_full_blocks_of_shared_prefix():
     assert cache.hits == 2
 
 
+def test_a_prefill_cancelled_midway_leaves_its_computed_blocks_for_the_next_request():
+    memory, cache = make()
+    system = list(range(100, 140))  # 40 tokens: 10 blocks
+    speculative = cache.admit(system + [1, 2, 3])
+    for start in (0, 9):  # two prompt chunks (the second ends mid-block), then the client cancels
+        chunk = system[start : start + 9]
+        memory.decode(speculative.seq, start, chunk)
+        cache.computed(speculative.seq, chunk)
+    cache.release(speculative.seq)  # what the engine does with a cancelled request
+    assert memory.content(speculative.seq) == system[:16]  # the partial block's cells are gone
+    assert cache.ledger.used_cells() == len(memory.cells) == 16
+    nxt = cache.admit(system + [1, 2, 3, 4, 5])  # the same call's next request
+    assert nxt.reused_tokens == 16 and nxt.reused_blocks == 4
+    assert memory.content(nxt.seq) == system[:16]
+
+
 def test_whole_prompt_cached_still_leaves_one_token_to_prefill():
     memory, cache = make()
     prompt = list(range(1, 9))  # exactly 2 blocks

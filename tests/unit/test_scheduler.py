@@ -14,8 +14,12 @@ def planner():
                        StepCostModel(overhead_s=0.006, per_token_s=0.004))
 
 
-def test_no_stream_decoding_prefills_a_whole_batch():
-    assert planner().prefill_budget(decodes=0) == 512
+def test_a_prefill_alone_goes_in_chunks_of_a_short_step():
+    p = planner()  # 6 ms + 4 ms per token: a 0.1 s step holds 23 prompt tokens
+    budget = p.prefill_budget(decodes=0)
+    assert budget == 23 and p.cost.predict(budget) <= p.config.lone_step_s < p.cost.predict(budget + 1)
+    big = StepPlanner(SchedulerConfig(lone_step_s=10.0), p.cost)
+    assert big.prefill_budget(decodes=0) == 512  # never more than the batch holds
 
 
 def test_prefill_chunk_keeps_every_stream_above_the_busy_floor_and_uses_the_room():
@@ -97,9 +101,9 @@ def test_paced_streams_ahead_of_their_playhead_rest_while_prompts_wait():
 
 def test_the_step_may_take_what_the_most_urgent_stream_can_wait():
     p = planner()
-    assert p.step_deadline_s(0.4) == 0.8 * 0.4
+    assert p.step_deadline_s(0.2) == pytest.approx(0.8 * 0.2)
     assert p.step_deadline_s(0.01) == 0.8 / 6  # never below the busy floor
-    assert p.step_deadline_s(5.0) == 0.8 * (1 / 12 + 0.5)  # capped
+    assert p.step_deadline_s(0.4) == p.step_deadline_s(5.0) == 0.25  # never above max_step_s (policy 8)
     assert p.prefill_budget(decodes=3, wait_s=0.4) > p.prefill_budget(decodes=3, wait_s=0.1)
 
 
@@ -211,3 +215,58 @@ def test_cost_model_catches_up_within_a_few_steps_when_steps_get_dearer():
     for _ in range(6):  # a long prompt's chunks now cost 1.6x (attention over more positions)
         cost.observe(64, 1.6 * 0.262)
     assert cost.predict(64) > 1.45 * 0.262
+
+
+# ---- policy 8: no long step, so that a cancel or a newcomer never waits long --------------
+
+
+def _true_step_s(tokens: int, depth: int) -> float:
+    """A 2-core CPU's step: ~6 ms a prompt token, dearer with depth (attention)."""
+    return 0.008 + tokens * (0.0055 + 1.5e-6 * depth)
+
+
+def _prefill_alone(planner: StepPlanner, prompt: int) -> list[float]:
+    """Step times of one prompt prefilled with nothing else running, the cost model
+    learning from each step as the engine's does."""
+    steps, done = [], 0
+    while done < prompt:
+        take = planner.plan_prefill([PrefillCandidate("p", prompt - done, 0.0)], planner.prefill_budget(0))[0][1]
+        took = _true_step_s(take, done)
+        planner.cost.observe(take, took)
+        steps.append(took)
+        done += take
+    return steps
+
+
+def test_a_long_prompt_alone_runs_in_steps_a_cancel_need_not_wait_for():
+    p = StepPlanner(SchedulerConfig())  # the engine's defaults and the prior cost line
+    for prompt in (809, 2000):
+        steps = _prefill_alone(p, prompt)
+        # a cancel (checked before every step) waits at most for the step under way
+        assert max(steps) <= 0.15, (prompt, max(steps))
+        assert max(steps[3:]) <= 0.11  # once the cost line has been learned: lone_step_s
+    big = StepPlanner(SchedulerConfig(lone_step_s=60.0))  # the old policy: the whole batch
+    assert max(_prefill_alone(big, 809)) > 2.5  # what the engine did before: one 512-token step took ~3 s
+
+
+def test_no_step_beside_streams_is_planned_longer_than_max_step():
+    p = planner()
+    for decodes in (0, 1, 8, 20):
+        for wait in (None, -1.0, 0.1, 0.4, 2.0, 30.0):
+            if decodes == 0 and wait is None:
+                continue  # alone: lone_step_s, above
+            budget = p.prefill_budget(decodes, wait)
+            step = p.cost.predict(decodes + budget)
+            # within max_step_s, unless the decoders alone already take longer (a minimal chunk then)
+            assert step <= max(p.config.max_step_s, p.cost.predict(decodes + p.config.min_prefill_chunk)) + 1e-9
+    # the bound never undercuts the busy floor (policy 4): a later turn still goes in one or two steps
+    tight = StepPlanner(SchedulerConfig(max_step_s=0.01), p.cost)
+    assert tight.step_deadline_s(5.0) == pytest.approx(0.8 / 6) and tight.prefill_budget(8) >= 20
+
+
+def test_the_step_bound_follows_a_cost_model_that_runs_over():
+    p = planner()
+    p.cost.bias = 1.6  # recent steps took 1.6x the line (a long prompt's chunks at depth)
+    budget = p.prefill_budget(0)
+    assert p.cost.predict(budget) <= p.config.lone_step_s < p.cost.predict(budget + 1) and budget == 14
+    assert p.cost.predict(3 + p.prefill_budget(3, 5.0)) <= p.config.max_step_s

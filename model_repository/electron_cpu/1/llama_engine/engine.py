@@ -45,7 +45,8 @@ class PerfMetrics:
 
 @dataclass(frozen=True)
 class StepOutput:
-    """One response of a request: new tokens, or all of them when not streaming."""
+    """One response of a request: new tokens, or all of them when not streaming; none in
+    a prefill progress report (``Engine._report_prefill``)."""
 
     tokens: list[int]
     log_probs: list[float] | None
@@ -268,6 +269,8 @@ class Engine:
             s.prefill_started = True
             s.prefilled += take
             s.n_past += take
+            if s.prompt_left > 0 and s.request.streaming and s.request.return_prefill_progress:
+                self._report_prefill(s)
         for s, index in samplers:
             try:
                 token = s.sampler.sample(self.runner.ctx, index)
@@ -527,23 +530,27 @@ class Engine:
         s.sent_chars = s.chars
         s.last_send_ns = time.time_ns()
         total = len(request.prompt) + len(s.generated)
-        block = self.cache.block_size
-        output = StepOutput(
-            tokens=tokens,
-            log_probs=log_probs,
-            final=final,
-            sequence_length=total,
-            num_input_tokens=len(request.prompt),
-            perf=PerfMetrics(
-                reused_blocks=s.reused_blocks,
-                new_blocks=math.ceil(total / block) - s.reused_blocks,
-                total_blocks=math.ceil(total / block),
-                arrival_ns=s.arrival_ns,
-                first_scheduled_ns=s.first_scheduled_ns,
-                first_token_ns=s.first_token_ns,
-                last_token_ns=s.last_token_ns,
-            ),
-        )
+        self._deliver(s, StepOutput(tokens=tokens, log_probs=log_probs, final=final, sequence_length=total,
+                                    num_input_tokens=len(request.prompt), perf=self._perf(s, total)))
+
+    def _report_prefill(self, s: _Sequence) -> None:
+        """Prefill progress (electron extension ``return_prefill_progress``): after each chunk
+        of a prompt that is not complete yet, a response without tokens whose
+        ``sequence_length`` is the prompt tokens whose KV exists (reused + computed) and whose
+        perf metrics hold the reused blocks: what a request cancelled before its first token
+        had done (a client cancelling its stream gets no final response to read it from)."""
+        self._deliver(s, StepOutput(tokens=[], log_probs=[] if s.request.return_log_probs else None, final=False,
+                                    sequence_length=s.prefilled, num_input_tokens=len(s.request.prompt),
+                                    perf=self._perf(s, s.prefilled)))
+
+    def _perf(self, s: _Sequence, total: int) -> PerfMetrics:
+        """``total``: the sequence's tokens so far."""
+        blocks = math.ceil(total / self.cache.block_size)
+        return PerfMetrics(reused_blocks=s.reused_blocks, new_blocks=blocks - s.reused_blocks, total_blocks=blocks,
+                           arrival_ns=s.arrival_ns, first_scheduled_ns=s.first_scheduled_ns,
+                           first_token_ns=s.first_token_ns, last_token_ns=s.last_token_ns)
+
+    def _deliver(self, s: _Sequence, output: StepOutput) -> None:
         try:
             s.sink.send(output)
         except Exception as exc:  # the client went away between two checks

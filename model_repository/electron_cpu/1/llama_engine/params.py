@@ -54,6 +54,7 @@ class GenerationRequest:
     return_perf_metrics: bool = False
     guide: tuple[str, str] | None = None  # (guided_decoding_guide_type, guided_decoding_guide)
     playback_chars_per_s: float = 0.0  # the client plays the text at this pace (0: not played; see scheduler)
+    return_prefill_progress: bool = False  # a response without tokens after each prompt chunk (streaming only)
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ def parse_request(tensors: Mapping[str, np.ndarray], limits: ModelLimits) -> Gen
         return_perf_metrics=_scalar(tensors, "return_perf_metrics", bool, False),
         guide=parse_guide(tensors),
         playback_chars_per_s=_playback_pace(tensors),
+        return_prefill_progress=_scalar(tensors, "return_prefill_progress", bool, False),
     )
 
 
