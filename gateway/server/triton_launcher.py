@@ -1,6 +1,8 @@
 """Start the ``tritonserver`` binary of the ``nvidia-pytriton`` wheel on this machine.
 
-Steps: prepare the model artifacts; render the model repository into the run
+Steps: prepare the model artifacts and choose the engine's weights
+(``weight_choice``: the shipped GGUF or a faster requantized copy that passed the
+quality gate); render the model repository into the run
 directory (``${...}`` parameters of ``config.pbtxt`` filled in from settings,
 the version folder linked to the source); assemble a python backend folder with
 the stub built for the running Python; start Triton with the wheel's libraries on
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 from gateway.server.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
+from gateway.server.weight_choice import engine_weights
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,9 +59,11 @@ def cpu_paths_cache_dir(settings: Settings) -> Path:
     return Path(settings.artifacts_dir) / "cpu_paths"
 
 
-def template_values(settings: Settings, artifacts: ModelArtifacts) -> dict[str, str]:
+def template_values(settings: Settings, artifacts: ModelArtifacts, gguf_path: Path) -> dict[str, str]:
+    """``gguf_path``: the weights the engine loads (``engine_weights``); the tokenizer and chat
+    template stay those of ``artifacts`` (the shipped file's, same vocabulary)."""
     return {
-        "gguf_path": str(artifacts.gguf_path),
+        "gguf_path": str(gguf_path),
         "tokens_per_block": str(settings.tokens_per_block),
         "kv_cells": str(settings.kv_cells),
         "cache_idle_s": str(settings.cache_idle_s),
@@ -188,7 +193,8 @@ def wait_until_ready(settings: Settings, process: subprocess.Popen) -> None:
 def start_triton(settings: Settings) -> subprocess.Popen:
     """Start tritonserver and return once the model is ready (logs go to our stderr)."""
     artifacts = prepare_artifacts(settings)
-    repository = render_repository(settings, template_values(settings, artifacts))
+    weights = engine_weights(settings, artifacts)  # measured once per machine, then read back
+    repository = render_repository(settings, template_values(settings, artifacts, weights.path))
     backends = assemble_backends(settings)
     command = triton_command(settings, repository, backends)
     log.info("starting %s", " ".join(command))

@@ -5,6 +5,7 @@ from tokenizers import Tokenizer
 
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from gateway.server.weight_choice import engine_weights
 from voice_load.servers import ElectronServer
 
 
@@ -23,6 +24,13 @@ def settings(tmp_path_factory):
 @pytest.fixture(scope="session")
 def artifacts(settings):
     return prepare_artifacts(settings)
+
+
+@pytest.fixture(scope="session")
+def engine_gguf(settings, artifacts):
+    """The GGUF the engine loads (the shipped file or the requantized copy chosen for this
+    machine): what a reference that llama.cpp runs directly must load too."""
+    return engine_weights(settings, artifacts).path
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """llama.cpp called directly, on the CPU paths the engine chose on this machine.
 
 The reference the e2e tests compare the engine with must run what the engine runs:
-the same flash attention setting and the same weights' buffer types, which the
+the same GGUF (the shipped file or the requantized copy chosen for this machine: the
+``engine_gguf`` fixture), the same flash attention setting and the same weights' buffer types, which the
 engine's start-up probe chose (``llama_engine.cpu_paths``, kept in the artifacts
 folder). llama-cpp-python's ``Llama`` has no argument for the buffer types, so its
 model parameters are adjusted while it loads.

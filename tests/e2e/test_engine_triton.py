@@ -47,12 +47,12 @@ def unique_text(n_words: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def judge(settings, artifacts):
-    return NearTieJudge(settings, artifacts.gguf_path)
+def judge(settings, engine_gguf):
+    return NearTieJudge(settings, engine_gguf)
 
 
-def test_greedy_output_equals_llama_cpp_called_directly(triton, artifacts, chat, judge):
-    reference = reference_llama(triton, artifacts.gguf_path, n_ctx=2048, n_threads=2)
+def test_greedy_output_equals_llama_cpp_called_directly(triton, engine_gguf, chat, judge):
+    reference = reference_llama(triton, engine_gguf, n_ctx=2048, n_threads=2)
     for text in PROMPTS[:3]:
         prompt = chat(text)
         expected = []
@@ -442,14 +442,14 @@ def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_
 
 
 
-def test_the_cpu_paths_the_probe_chose_are_exposed_as_an_info_metric(triton, artifacts):
+def test_the_cpu_paths_the_probe_chose_are_exposed_as_an_info_metric(triton, engine_gguf):
     import urllib.request
 
     from reference_model import engine_cpu_paths
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{triton.triton_metrics_port}/metrics", timeout=5).read().decode()
     line = next(line for line in text.splitlines() if line.startswith("electron_engine_cpu_paths_info{"))
-    paths = engine_cpu_paths(triton, artifacts.gguf_path)  # the choice kept by the engine's start
+    paths = engine_cpu_paths(triton, engine_gguf)  # the choice kept by the engine's start
     assert f'weights="{paths.weights}"' in line and line.endswith(" 1")
     assert f'flash_attn="{"on" if paths.flash_attn else "off"}"' in line
     assert 'probe="probed: extra buffer types ' in line
