@@ -1,0 +1,266 @@
+"""The engine's step costs next to llama.cpp's own benchmarks, same GGUF, same threads, one run.
+
+Rows (the voice load's shapes): prefill of 16, 64 and 512 tokens on one sequence at 0, 1k and
+4k tokens of history; decode steps of 1, 8, 16 and 32 sequences with 1k history each.
+
+- the engine: its runner (``llama_engine.llama_runner.LlamaRunner``), one subprocess per
+  configuration (flash attention on/off, unified KV pool vs per-sequence streams,
+  GOMP_SPINCOUNT 200 / 10,000 / unset, n_ubatch 512 / 256), see ``engine_steps.py``;
+- ``llama-bench`` (prefill rows with ``-p``/``-d``, the 1-sequence decode with ``-n``/``-d``)
+  and ``llama-batched-bench`` (decode rows: ``-pps -npp 1024 -npl 1,8,16,32``, unified and
+  per-sequence streams), flash attention off and on, built by ``perf/build_llama_tools.sh``
+  from the same vendored llama.cpp (``llamacpp_tools.py``).
+
+Ratios: engine ms / llama.cpp's best ms for the row (any tool, any of its configurations),
+and engine ms / the tool with the engine configuration's own settings. Output:
+``perf/results/<date>-engine-vs-llamacpp-<host>/engine-vs-llamacpp.{md,json}``.
+
+    .venv/bin/python perf/engine_vs_llamacpp.py [--threads 2] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+PERF = Path(__file__).resolve().parent
+ROOT = PERF.parent
+sys.path.insert(0, str(PERF))
+sys.path.insert(0, str(ROOT))
+
+import llamacpp_tools as tools  # noqa: E402
+import quiet  # noqa: E402
+from results_dir import run_meta, write_results  # noqa: E402
+
+KIND = "engine-vs-llamacpp"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    flash_attn: bool
+    kv_unified: bool
+    spin_count: int | None  # GOMP_SPINCOUNT; None: unset (libgomp's default)
+    ubatch: int
+
+    @property
+    def name(self) -> str:
+        spin = "default" if self.spin_count is None else str(self.spin_count)
+        return (f"fa={'on' if self.flash_attn else 'off'} {'unified' if self.kv_unified else 'streams'} "
+                f"spin={spin} ub={self.ubatch}")
+
+
+def engine_configs(quick: bool) -> list[EngineConfig]:
+    """A baseline and one change at a time from it (not the full cross product: each
+    configuration costs about a minute here)."""
+    if quick:
+        return [EngineConfig(False, False, None, 512), EngineConfig(True, True, None, 512)]
+    return [
+        EngineConfig(False, False, None, 512),
+        EngineConfig(True, False, None, 512),
+        EngineConfig(False, True, None, 512),
+        EngineConfig(True, True, None, 512),
+        EngineConfig(False, False, 200, 512),
+        EngineConfig(False, False, 10000, 512),
+        EngineConfig(False, False, None, 256),
+    ]
+
+
+def step_plan(quick: bool) -> dict:
+    if quick:
+        return {"prefill_sizes": (16, 64), "depths": (0, 256), "batch_sizes": (1, 4), "history": 256,
+                "prefill_reps": 1, "long_prefill_reps": 1, "decode_steps": 2}
+    return {"prefill_sizes": (16, 64, 512), "depths": (0, 1024, 4096), "batch_sizes": (1, 8, 16, 32),
+            "history": 1024, "prefill_reps": 5, "long_prefill_reps": 3, "decode_steps": 8}
+
+
+def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict[str, dict]:
+    """One engine configuration in a fresh process (GOMP_SPINCOUNT is read when libgomp loads)."""
+    job = {"config": asdict(config), "gguf": gguf, "threads": threads, "plan": plan}
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+                          env=tools.tool_env(config.spin_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"engine child {config.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_main(job: dict) -> int:
+    from engine_steps import StepPlan, measure
+
+    plan = StepPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["plan"].items()})
+    rows = measure(job["gguf"], job["threads"], job["config"], plan)
+    out = {}
+    for row in rows:
+        key = (tools.prefill_key(row["tokens"], row["depth"]) if row["kind"] == "prefill"
+               else tools.decode_key(row["sequences"], row["depth"]))
+        out[key] = {"ms": row["ms"], "samples_ms": row["samples_ms"]}
+    sys.stdout.write(json.dumps(out) + "\n")
+    return 0
+
+
+def cpu_info() -> dict:
+    model, flags = "unknown", ""
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].strip()
+    return {"model": model, "flags": flags, "cpus": os.cpu_count()}
+
+
+def tool_units(tool_dir: Path, gguf: str, threads: int, plan: dict, quick: bool) -> list[tuple[str, Callable]]:
+    """llama.cpp's tool runs, each a unit of its own (measured again if disturbed)."""
+    reps, rounds = (1, 1) if quick else (3, 2)
+    sizes, depths, history = list(plan["prefill_sizes"]), list(plan["depths"]), plan["history"]
+    long = [n for n in sizes if n > 256]  # n_ubatch only splits prompts longer than 256
+    units = []
+    for fa in (False, True):
+        units.append((f"llama-bench fa={fa} ub=512", partial(tools.llama_bench, tool_dir, gguf, threads, reps, fa,
+                                                             sizes, depths, 512, gen=32, gen_depth=history)))
+        if long:
+            units.append((f"llama-bench fa={fa} ub=256", partial(tools.llama_bench, tool_dir, gguf, threads, reps,
+                                                                 fa, long, depths, 256)))
+    for unified in (False, True):
+        for fa in (False, True):
+            units.append((f"batched-bench fa={fa} unified={unified}",
+                          partial(tools.batched_bench, tool_dir, gguf, threads, fa, unified, history, 16,
+                                  list(plan["batch_sizes"]), rounds)))
+    return units
+
+
+def same_settings(config: EngineConfig, key: str, runs: list[tools.ToolRun]) -> tools.ToolRun | None:
+    """The tool run with the engine configuration's flash attention (and n_ubatch for
+    prefill, KV layout for batched decode rows); the tools run at the default spin count."""
+    fa = f"fa={'on' if config.flash_attn else 'off'}"
+    if key.startswith("prefill"):
+        wanted = [f"llama-bench {fa} ub={config.ubatch}", f"llama-bench {fa} ub=512"]
+    else:
+        wanted = [f"batched-bench {fa} {'unified' if config.kv_unified else 'streams'}"]
+    for name in wanted:
+        for run in runs:
+            if run.name == name and key in run.ms:
+                return run
+    return None
+
+
+def best_tool(key: str, runs: list[tools.ToolRun]) -> tuple[float, str]:
+    ms, name = min((run.ms[key], run.name) for run in runs if key in run.ms)
+    return ms, name
+
+
+def _f(ms: float) -> str:
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def render(meta: dict, keys: list[str], configs: list[EngineConfig], engine: dict, runs: list[tools.ToolRun]) -> str:
+    lines = [f"# Engine steps vs llama.cpp's own tools ({meta['date']}, {meta['machine']})", "",
+             f"- command: `{meta['command']}`",
+             f"- CPU: {meta['cpu']['model']}, {meta['cpu']['cpus']} logical CPUs; threads {meta['threads']}",
+             f"- flags: {meta['cpu']['flags']}",
+             f"- load average (1/5/15 min) before: {meta['load_before']}, after: {meta['load_after']}",
+             f"- GGUF: {meta['gguf']}; llama-cpp-python {meta['llama_cpp_python']}; wall time {meta['wall_s']:.0f} s",
+             "- engine: median ms of each step through the runner (prefill: one warm-up, then the repetitions;"
+             " decode: one warm-up step, then the steps); decode histories are one 1k-token prompt copied to"
+             " every sequence with seq_cp (shared cells in a unified pool, a buffer copy per stream), as"
+             " batched-bench's -pps does; prefill rows run one sequence in a context of its own (n_seq_max 1:"
+             " unified and streams are the same layout there); ub=256 is the runner's n_batch = n_ubatch = 256"
+             " (a 512-token prefill takes two decode calls); llama.cpp's tools run with GOMP_SPINCOUNT unset"
+             " and weight repacking off", "",
+             "## Ratio engine / llama.cpp's best, per engine configuration", "",
+             "| row | llama.cpp best ms (tool) | " + " | ".join(c.name for c in configs) + " | fastest engine config |",
+             "|---|---|" + "---|" * len(configs) + "---|"]
+    for key in keys:
+        best, name = best_tool(key, runs)
+        cells = [f"{_f(engine[c.name][key]['ms'])} ms ({engine[c.name][key]['ms'] / best:.2f}x)" for c in configs]
+        fastest = min(configs, key=lambda c: engine[c.name][key]["ms"])
+        lines.append(f"| {key} | {_f(best)} ({name}) | " + " | ".join(cells) + f" | {fastest.name} |")
+    lines += ["", "## llama.cpp's tools, ms per row (spin count unset)", "",
+              "| row | " + " | ".join(r.name for r in runs) + " |", "|---|" + "---|" * len(runs)]
+    for key in keys:
+        lines.append(f"| {key} | " + " | ".join(_f(r.ms[key]) if key in r.ms else "-" for r in runs) + " |")
+    for config in configs:
+        lines += ["", f"## engine {config.name}", "",
+                  "| row | engine ms | llama.cpp same settings ms (tool) | ratio | llama.cpp best ms | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for key in keys:
+            ms = engine[config.name][key]["ms"]
+            same, best = same_settings(config, key, runs), best_tool(key, runs)[0]
+            same_cell = f"{_f(same.ms[key])} ({same.name}) | {ms / same.ms[key]:.2f}x" if same else "- | -"
+            lines.append(f"| {key} | {_f(ms)} | {same_cell} | {_f(best)} | {ms / best:.2f}x |")
+    lines += ["", f"## other processes' CPU use while each unit ran (cores; a unit above {meta['max_noise']}"
+              " was measured once more outside --quick, the quieter try kept)", ""]
+    lines += [f"- {name}: {cores:.2f}" for name, cores in meta["others_cores"].items()]
+    lines += ["", "## commands", ""] + [f"- `{c}`" for r in runs for c in r.command] + [""]
+    return "\n".join(lines)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="small sizes, two engine configurations (smoke test)")
+    parser.add_argument("--out", type=Path, default=PERF / "results")
+    parser.add_argument("--max-noise", type=float, default=0.2,
+                        help="cores other processes may use during a unit before it is measured again (once)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child_main(json.loads(args.child))
+    import llama_cpp
+
+    logging.basicConfig(level=logging.INFO, format="[engine-vs-llamacpp] %(message)s")
+    from gateway.server.model_artifacts import embedded_gguf_path
+
+    began, load_before = time.monotonic(), load_average()
+    gguf, plan, configs = str(embedded_gguf_path()), step_plan(args.quick), engine_configs(args.quick)
+    tool_dir = tools.build_tools()
+    keys = ([tools.prefill_key(n, d) for d in plan["depths"] for n in plan["prefill_sizes"]]
+            + [tools.decode_key(n, plan["history"]) for n in plan["batch_sizes"]])
+    measure = partial(quiet.measured, max_cores=args.max_noise, tries=1 if args.quick else 2,
+                      wait_s=0 if args.quick else 600)
+    engine, noise = {}, {}
+    for config in configs:
+        sys.stderr.write(f"[engine-vs-llamacpp] engine {config.name}\n")
+        engine[config.name], noise[f"engine {config.name}"] = measure(
+            config.name, partial(run_child, config, gguf, args.threads, plan))
+    runs = []
+    for name, unit in tool_units(tool_dir, gguf, args.threads, plan, args.quick):
+        sys.stderr.write(f"[engine-vs-llamacpp] {name}\n")
+        run, cores = measure(name, unit)
+        runs.append(run)
+        noise[run.name] = cores
+    meta = run_meta(command=" ".join([".venv/bin/python", "perf/engine_vs_llamacpp.py"]
+                                     + (sys.argv[1:] if argv is None else argv)),
+                    cpu=cpu_info(), threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
+                    load_before=load_before, load_after=load_average(), wall_s=time.monotonic() - began,
+                    others_cores=noise, max_noise=args.max_noise,
+                    quick=args.quick)
+    for key in keys:
+        for name, rows in engine.items():
+            if not (key in rows and math.isfinite(rows[key]["ms"]) and rows[key]["ms"] > 0):
+                raise RuntimeError(f"engine {name} has no figure for {key}")
+    table = render(meta, keys, configs, engine, runs)
+    payload = {"rows": keys, "engine": {c.name: {"config": asdict(c), "rows": engine[c.name]} for c in configs},
+               "llama_cpp": [{"name": r.name, "commands": r.command, "ms": r.ms, "samples_ms": r.samples_ms}
+                             for r in runs]}
+    out = write_results(args.out, KIND, meta, payload, table)
+    sys.stderr.write(f"[engine-vs-llamacpp] wrote {out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
