@@ -163,18 +163,26 @@ def test_the_filler_is_in_the_callers_language_and_goes_out_first(sdk, language,
 def test_json_object_and_json_schema_replies_parse_and_validate(sdk):
     # greedy replies of this 135M model sometimes loop inside a JSON string until max_tokens (which
     # near-tie wins depends on the batch around it): a reply cut by the length is allowed, as in
-    # OpenAI's API, but it is still JSON from its first character, and most replies close
+    # OpenAI's API, but it is still JSON from its first character; every reply that closes parses
+    # (of these ten, 1-2 closed here); a reply that copies a given document closes
     stopped = 0
     for ask in ("Reply in JSON with the keys open and close.", "Give today's opening hours as JSON.",
-                "Reply in JSON: is the kitchen open now?"):
-        r = sdk.chat.completions.create(model=MODEL, messages=user(ask), response_format={"type": "json_object"},
-                                        temperature=0, max_tokens=150)
-        content, reason = r.choices[0].message.content, r.choices[0].finish_reason
-        assert content.startswith("{") and reason in ("stop", "length"), (content, reason)
-        if reason == "stop":
-            assert isinstance(json.loads(content), dict)
-            stopped += 1
-    assert stopped >= 2
+                "Reply in JSON: is the kitchen open now?", "Reply with the table's number as JSON.",
+                "Answer in JSON: do you take card payments?"):
+        for temperature in (0.0, 0.7):
+            r = sdk.chat.completions.create(model=MODEL, messages=user(ask), response_format={"type": "json_object"},
+                                            temperature=temperature, seed=3, max_tokens=150)
+            content, reason = r.choices[0].message.content, r.choices[0].finish_reason
+            assert content.startswith("{") and reason in ("stop", "length"), (content, reason)
+            if reason == "stop":
+                assert isinstance(json.loads(content), dict)
+                stopped += 1
+    print(f"json_object: {stopped} of 10 replies closed")
+    # one it can copy closes: the grammar lets the document end
+    r = sdk.chat.completions.create(model=MODEL, messages=user('Reply with exactly this JSON: {"open": 9, "close": 17}'),
+                                    response_format={"type": "json_object"}, temperature=0, max_tokens=150)
+    assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+    assert set(json.loads(r.choices[0].message.content)) == {"open", "close"}
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 30},
                                                "party_size": {"type": "integer", "minimum": 1, "maximum": 12},
                                                "vegetarian": {"type": "boolean"}},
