@@ -29,13 +29,24 @@ class ProcessState:
     name: str  # /proc/<pid>/comm: at most 15 characters
     state: str  # R, S, D, Z, ...
     ppid: int
+    exit_status: int | None = None  # a dead process's wait status (stat field 52), else None
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that ended a dead process, or None (exited, or alive)."""
+        if not self.exit_status or self.state not in _DEAD_STATES:
+            return None
+        signo = self.exit_status & 0x7F
+        return signo if signo not in (0, 0x7F) else None
 
 
 def parse_stat(pid: int, text: str) -> ProcessState:
     """``/proc/<pid>/stat``: the name sits in parentheses and may hold spaces and ')'."""
     close = text.rindex(")")
     fields = text[close + 2:].split()
-    return ProcessState(pid=pid, name=text[text.index("(") + 1:close], state=fields[0], ppid=int(fields[1]))
+    exit_status = int(fields[49]) if len(fields) > 49 else None  # field 52 of stat(5), fields[0] is field 3
+    return ProcessState(pid=pid, name=text[text.index("(") + 1:close], state=fields[0], ppid=int(fields[1]),
+                        exit_status=exit_status)
 
 
 def children(parent_pid: int, proc: Path = Path("/proc")) -> list[ProcessState]:

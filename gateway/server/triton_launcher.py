@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.server.engine_state import cpu_paths_cache_dir, crash_note
 from gateway.server.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
 from gateway.server.weight_choice import engine_weights
 from gateway.settings import Settings
@@ -54,11 +55,6 @@ def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts)
     return min(limits)
 
 
-def cpu_paths_cache_dir(settings: Settings) -> Path:
-    """Where the CPU engine keeps the CPU paths its start-up probe chose (per machine)."""
-    return Path(settings.artifacts_dir) / "cpu_paths"
-
-
 def template_values(settings: Settings, artifacts: ModelArtifacts, gguf_path: Path) -> dict[str, str]:
     """``gguf_path``: the weights the engine loads (``engine_weights``); the tokenizer and chat
     template stay those of ``artifacts`` (the shipped file's, same vocabulary)."""
@@ -80,6 +76,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts, gguf_path: Pa
         "weight_buffers": settings.weight_buffers,
         "flash_attention": settings.flash_attention,
         "cpu_paths_cache": str(cpu_paths_cache_dir(settings)),
+        "engine_crash": crash_note(settings),
         "adaptive_threads": str(settings.adaptive_threads).lower(),
     }
 

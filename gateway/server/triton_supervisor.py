@@ -9,7 +9,9 @@ launcher does), then a thread watches it every ``triton_check_s``:
 - the model's python backend stub died while Triton lives (``stub_watch``;
   Triton would keep the model READY and fail every request): Triton's process
   group is killed at once (a dead model has nothing to drain; a SIGTERM would
-  wait out Triton's 10 s exit timeout) and started again.
+  wait out Triton's 10 s exit timeout) and started again; a death by a fault
+  signal is recorded so that the engine's next starts run plain CPU buffers
+  (``engine_state``).
 
 Restarts that fail are retried with a backoff that doubles from 1 s up to
 ``triton_restart_backoff_max_s``. Meanwhile the gateway answers 503 with
@@ -28,6 +30,7 @@ import subprocess
 import threading
 import time
 
+from gateway.server.engine_state import record_crash
 from gateway.server.stub_watch import StubWatch
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
@@ -78,9 +81,12 @@ class TritonSupervisor:
                 if process.poll() is not None:
                     log.error("tritonserver exited with code %s: restarting it", process.returncode)
                 elif (dead_stub := stubs.check()) is not None:
-                    log.error("python backend stub of %s (pid %d) died while tritonserver (pid %d) lives: "
+                    how = signal.Signals(dead_stub.signal).name if dead_stub.signal else "exited"
+                    log.error("python backend stub of %s (pid %d, %s) died while tritonserver (pid %d) lives: "
                               "killing and restarting tritonserver", self._settings.triton_model, dead_stub.pid,
-                              process.pid)
+                              how, process.pid)
+                    if dead_stub.signal:
+                        record_crash(self._settings, dead_stub.pid, dead_stub.signal)
                     os.killpg(process.pid, signal.SIGKILL)  # a dead model has nothing to drain
                 elif self._ready(client):
                     unready_since = None

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.server import weight_gate
+from gateway.server.engine_state import cpu_paths_cache_dir
 from gateway.server.model_artifacts import ModelArtifacts, read_gguf_metadata
 from gateway.settings import Settings
 
@@ -243,7 +244,7 @@ def _engine_spec(settings: Settings) -> dict:
     return {"kv_cells": settings.kv_cells, "max_sequences": settings.max_sequences,
             "max_batch_tokens": settings.max_batch_tokens, "threads": settings.threads,
             "weight_buffers": settings.weight_buffers, "flash_attention": settings.flash_attention,
-            "cpu_paths_cache": str(Path(settings.artifacts_dir) / "cpu_paths")}
+            "cpu_paths_cache": str(cpu_paths_cache_dir(settings))}
 
 
 def _child(settings: Settings, command: str, spec: dict | None, args: list[str] | None = None,

@@ -15,7 +15,7 @@ import contextlib
 import llama_cpp.llama_cpp as llama_cpp_lib
 from llama_cpp import Llama
 
-from gateway.server.triton_launcher import cpu_paths_cache_dir
+from gateway.server.engine_state import cpu_paths_cache_dir
 from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
 from llama_engine.thread_budget import usable_cores
 

@@ -188,6 +188,13 @@ async def test_a_stub_killed_by_sigsegv_mid_stream_is_seen_and_healed(tmp_path):
     text = log.read_text()
     assert "python backend stub of electron_cpu" in text and "tritonserver restarted (restart 1)" in text
     assert "not healthy" not in text.split("tritonserver restarted (restart 1)")[1]  # healed, not failing on
+    # a fault signal is kept for the engine's next start: plain CPU buffers, the extra ones not tried
+    assert f"python backend stub of electron_cpu (pid {stub}, SIGSEGV)" in text
+    assert f"the engine's stub (pid {stub}) died of SIGSEGV at " in text
+    restarted = text.split(f"the engine's stub (pid {stub}) died of SIGSEGV at ")[1]
+    paths = next(line for line in restarted.splitlines() if "llama_engine.cpu_paths INFO CPU paths" in line)
+    # plain buffers: kept from before (where the probe chose them) or taken without trying the extra ones
+    assert "extra buffer types not tried" in paths or "probed: extra buffer types passed" not in paths, paths
 
 
 async def test_a_stub_killed_while_idle_is_seen_and_healed_with_two_gateway_workers(tmp_path, redis_server):
@@ -224,6 +231,7 @@ async def test_a_stub_killed_while_idle_is_seen_and_healed_with_two_gateway_work
     assert all(r["completion_tokens"] == 4 for r in rows if r["status"] == "length")
     text = log.read_text()
     assert "python backend stub of electron_cpu" in text and "tritonserver restarted (restart 1)" in text
+    assert f"(pid {stub}, SIGKILL)" in text and "extra buffer types not tried" not in text  # not a fault
 
 
 async def test_without_a_supervisor_the_gateway_alone_answers_503_and_ends_the_live_stream(tmp_path):

@@ -68,3 +68,20 @@ def test_this_machines_probe_decides_and_the_choice_is_kept(tmp_path, caplog):
     caplog.clear()
     assert choose_cpu_paths(GGUF, 2, flash_attn="auto", cache_dir=str(tmp_path)) == paths
     assert not any("passed in" in r.getMessage() for r in caplog.records), "the kept choice ran the probe again"
+
+
+def test_after_the_engine_crashed_serving_auto_takes_plain_buffers_over_a_kept_choice(tmp_path, caplog):
+    """The gateway's crash record (engine_crash) beats a kept "extra" choice and the probe:
+    serving crashed where the probe passed."""
+    caplog.set_level(logging.INFO, logger="llama_engine.cpu_paths")
+    kept = choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path))
+    cache = next(tmp_path.glob("*.json"))
+    cache.write_text(cache.read_text().replace(f'"weights": "{kept.weights}"', '"weights": "extra"'))
+    assert choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path)).weights == "extra"
+    caplog.clear()
+    note = "the engine's stub (pid 42) died of SIGSEGV at 2026-12-04T12:00:00Z"
+    paths = choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path), engine_crash=note)
+    assert paths.weights == "plain" and paths.reason.startswith(f"extra buffer types not tried: {note}")
+    assert any("passed in" in r.getMessage() and "'plain'" in r.getMessage() for r in caplog.records)
+    assert not any("'extra'" in r.getMessage() for r in caplog.records), "the extra buffer types were tried"
+    assert choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path)) == paths  # kept from now on

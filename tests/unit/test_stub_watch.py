@@ -87,3 +87,20 @@ def test_a_real_killed_child_is_seen_as_a_dead_stub_in_the_real_proc():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_dead_stubs_signal_is_read_from_its_wait_status():
+    """A real child killed by SIGSEGV and not yet reaped: a zombie whose stat names the signal."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(child.pid, signal.SIGSEGV)
+        _wait_for(lambda: any(p.pid == child.pid and p.state == "Z" for p in children(os.getpid())))
+        dead = next(p for p in children(os.getpid()) if p.pid == child.pid)
+        assert dead.signal == signal.SIGSEGV
+    finally:
+        child.kill()
+        child.wait()
+    alive = parse_stat(12, "12 (a) S 34 " + " ".join(["0"] * 49))
+    assert alive.exit_status == 0 and alive.signal is None
+    exited = parse_stat(12, "12 (a) Z 34 " + " ".join(["0"] * 47) + f" {3 << 8} 0")  # exit code 3, no signal
+    assert exited.exit_status == 768 and exited.signal is None

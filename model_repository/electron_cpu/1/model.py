@@ -184,7 +184,8 @@ class TritonPythonModel:
         try:  # before the engine loads the model: a path that crashes costs a fallback, not the service
             self.cpu_paths = choose_cpu_paths(gguf_path, threads, weights=p.get("weight_buffers", "auto"),
                                               flash_attn=p.get("flash_attention", "auto"),
-                                              cache_dir=p.get("cpu_paths_cache", ""))
+                                              cache_dir=p.get("cpu_paths_cache", ""),
+                                              engine_crash=p.get("engine_crash", ""))
         except (RuntimeError, ValueError) as exc:
             raise pb_utils.TritonModelException(str(exc)) from exc
         runner_config = RunnerConfig(

@@ -21,6 +21,11 @@ prefill and a decode step at 1k tokens of history, on and off; the faster is kep
 Xeon). The choice is kept in a cache file per llama.cpp build, GGUF, CPU and
 thread count, so that only a machine's first start pays the ~10 s.
 
+After the serving engine itself died of a fault signal (the gateway records it,
+``gateway/server/engine_state.py``, and passes it as the ``engine_crash``
+parameter), ``auto`` takes plain buffers without trying the extra ones, over a kept
+choice too: the probe passed them, serving did not.
+
 Child command: ``python -m llama_engine.cpu_paths GGUF MODE THREADS [--crash] [--calibrate]``
 (``--crash``: the child kills itself with SIGSEGV after loading the model, as the
 AMX kernels did; the tests' way to exercise the fallback).
@@ -106,22 +111,29 @@ def agrees(probe: ProbeResult, reference: ProbeResult) -> bool:
 
 
 def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn: str = "auto",
-                     cache_dir: str = "", crash: frozenset[str] = frozenset(), timeout_s: float = 120.0) -> CpuPaths:
+                     cache_dir: str = "", crash: frozenset[str] = frozenset(), timeout_s: float = 120.0,
+                     engine_crash: str = "") -> CpuPaths:
     """The CPU paths the engine takes. ``weights``: ``auto`` (probe), ``extra`` or ``plain``
     (forced: probed only to fail the start loudly if it cannot decode); ``flash_attn``:
     ``auto`` (calibrate), ``on``, ``off``. ``cache_dir``: where a choice is kept for the
     same library build, GGUF, CPU and threads (empty: probe every start). ``crash``: modes
-    whose probe child crashes on purpose (tests). Raises RuntimeError when the chosen or
-    forced path cannot decode: the model cannot run here."""
+    whose probe child crashes on purpose (tests). ``engine_crash``: a crash of the serving
+    engine seen before (a fault signal, the gateway's record): ``auto`` then takes plain
+    buffers without trying the extra ones, also over a kept choice. Raises RuntimeError when
+    the chosen or forced path cannot decode: the model cannot run here."""
     if weights not in CHOICES or flash_attn not in ("auto", "on", "off"):
         raise ValueError(f"weight_buffers must be one of {CHOICES} and flash_attention auto/on/off, "
                          f"not {weights!r}/{flash_attn!r}")
     cache = _cache_file(cache_dir, gguf, threads, weights, flash_attn) if cache_dir and not crash else None
     if cache is not None and cache.is_file():
         paths = CpuPaths(**json.loads(cache.read_text()))
-        log.info("CPU paths (chosen before on this machine, %s): %s", cache, paths.reason)
-        return paths
-    mode, reason = _choose_weights(gguf, threads, weights, crash, timeout_s)
+        if not (engine_crash and weights == "auto" and paths.weights == "extra"):
+            log.info("CPU paths (chosen before on this machine, %s): %s", cache, paths.reason)
+            return paths
+    if engine_crash and weights == "auto":
+        mode, reason = _choose_after_crash(gguf, threads, engine_crash, crash, timeout_s)
+    else:
+        mode, reason = _choose_weights(gguf, threads, weights, crash, timeout_s)
     if flash_attn == "auto":
         timed = _run_child(gguf, mode, threads, False, True, timeout_s)
         if not timed.ok:
@@ -158,6 +170,15 @@ def _choose_weights(gguf: str, threads: int, weights: str, crash: frozenset[str]
     if candidate.ok:
         return "plain", "probed: extra buffer types disagreed with plain buffers"
     return "plain", f"probed: extra buffer types {candidate.detail}"
+
+
+def _choose_after_crash(gguf: str, threads: int, engine_crash: str, crash: frozenset[str],
+                        timeout_s: float) -> tuple[str, str]:
+    log.warning("the engine crashed before (%s): plain CPU buffers, extra buffer types not tried", engine_crash)
+    reference = _run_child(gguf, "plain", threads, "plain" in crash, False, timeout_s)
+    if not reference.ok:
+        raise RuntimeError(f"llama.cpp cannot decode {gguf} on this CPU even with plain buffers: {reference.detail}")
+    return "plain", f"extra buffer types not tried: {engine_crash}"
 
 
 def _cache_file(cache_dir: str, gguf: str, threads: int, weights: str, flash_attn: str) -> Path:
