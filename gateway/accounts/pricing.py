@@ -55,12 +55,17 @@ class Cost:
 NO_COST = Cost(0, 0, 0)
 
 
-def cost_of(prompt_tokens: int, cached_tokens: int, completion_tokens: int, prices: Prices) -> Cost:
-    """Uncached prompt tokens at the input price, cached ones at the cached price,
-    completion tokens at the output price."""
+def check_counts(prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> None:
+    """ValueError unless 0 <= cached <= prompt and completion >= 0."""
     if not 0 <= cached_tokens <= prompt_tokens or completion_tokens < 0:
         raise ValueError(f"inconsistent token counts: prompt={prompt_tokens} cached={cached_tokens} "
                          f"completion={completion_tokens}")
+
+
+def cost_of(prompt_tokens: int, cached_tokens: int, completion_tokens: int, prices: Prices) -> Cost:
+    """Uncached prompt tokens at the input price, cached ones at the cached price,
+    completion tokens at the output price."""
+    check_counts(prompt_tokens, cached_tokens, completion_tokens)
     return Cost((prompt_tokens - cached_tokens) * prices.input, cached_tokens * prices.cached_input,
                 completion_tokens * prices.output)
 
@@ -80,7 +85,7 @@ def cancelled_prompt_cost(prompt_tokens: int, cached_tokens: int, prices: Prices
     if policy == "full":
         return cost_of(prompt_tokens, cached_tokens, 0, prices)
     if policy == "cached":
-        cost_of(prompt_tokens, cached_tokens, 0, prices)  # the same checks of the counts
+        check_counts(prompt_tokens, cached_tokens, 0)
         return Cost(0, prompt_tokens * prices.cached_input, 0)
     raise ValueError(f"cancelled-prompt billing {policy!r} is not one of {', '.join(CANCELLED_PROMPT_BILLING)}")
 

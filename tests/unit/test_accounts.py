@@ -8,7 +8,7 @@ import pytest
 
 from gateway.accounts.api_keys import KEY_PREFIX, bearer_token, hash_key, new_key, same_hash
 from gateway.accounts.limits import Admission, Limits, LocalLimiter, Refusal
-from gateway.accounts.pricing import Prices, cost_of, micro_per_million, usd
+from gateway.accounts.pricing import Prices, cancelled_prompt_cost, cost_of, micro_per_million, usd
 from gateway.accounts.rate_headers import duration, refusal_headers, window_headers
 from gateway.accounts.service import is_loopback
 from gateway.settings import Settings
@@ -166,3 +166,16 @@ def test_rate_limit_headers():
     headers = refusal_headers(refused)
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert headers["retry-after"] == "60" and headers["retry-after-ms"] == "60000"
+
+
+def test_a_request_cancelled_before_its_first_token_pays_its_prompt_by_the_policy():
+    prices = Prices(input=400_000, cached_input=100_000, output=1_600_000)  # per million: $0.40, $0.10, $1.60
+    cached = cancelled_prompt_cost(800, 200, prices, "cached")
+    assert (cached.input, cached.cached_input, cached.output) == (0, 800 * 100_000, 0)
+    full = cancelled_prompt_cost(800, 200, prices, "full")
+    assert (full.input, full.cached_input, full.output) == (600 * 400_000, 200 * 100_000, 0)
+    assert cancelled_prompt_cost(800, 200, prices, "none").total == 0
+    with pytest.raises(ValueError, match="inconsistent token counts"):
+        cancelled_prompt_cost(100, 200, prices, "cached")
+    with pytest.raises(ValueError, match="not one of cached, full, none"):
+        cancelled_prompt_cost(800, 200, prices, "half")
