@@ -5,7 +5,8 @@ Rows (the voice load's shapes): prefill of 16, 64 and 512 tokens on one sequence
 
 - the engine: its runner (``llama_engine.llama_runner.LlamaRunner``), one subprocess per
   configuration (flash attention on/off, unified KV pool vs per-sequence streams,
-  GOMP_SPINCOUNT 200 / 10,000 / unset, n_ubatch 512 / 256), see ``engine_steps.py``;
+  GOMP_SPINCOUNT the engine's default (``ELECTRON_ENGINE_SPIN_COUNT``) / 200 / unset, n_ubatch
+  512 / 256), see ``engine_steps.py``;
 - ``llama-bench`` (prefill rows with ``-p``/``-d``, the 1-sequence decode with ``-n``/``-d``)
   and ``llama-batched-bench`` (decode rows: ``-pps -npp 1024 -npl 1,8,16,32``, unified and
   per-sequence streams), flash attention off and on, built by ``perf/build_llama_tools.sh``
@@ -40,9 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 import llamacpp_tools as tools  # noqa: E402
 import quiet  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
 from results_dir import run_meta, write_results  # noqa: E402
 
 KIND = "engine-vs-llamacpp"
+SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,15 @@ def engine_configs(quick: bool) -> list[EngineConfig]:
     """A baseline and one change at a time from it (not the full cross product: each
     configuration costs about a minute here)."""
     if quick:
-        return [EngineConfig(False, False, None, 512), EngineConfig(True, True, None, 512)]
+        return [EngineConfig(False, False, SERVED_SPIN, 512), EngineConfig(True, True, SERVED_SPIN, 512)]
     return [
-        EngineConfig(False, False, None, 512),
-        EngineConfig(True, False, None, 512),
-        EngineConfig(False, True, None, 512),
-        EngineConfig(True, True, None, 512),
+        EngineConfig(False, False, SERVED_SPIN, 512),
+        EngineConfig(True, False, SERVED_SPIN, 512),
+        EngineConfig(False, True, SERVED_SPIN, 512),
+        EngineConfig(True, True, SERVED_SPIN, 512),
         EngineConfig(False, False, 200, 512),
-        EngineConfig(False, False, 10000, 512),
-        EngineConfig(False, False, None, 256),
+        EngineConfig(False, False, None, 512),
+        EngineConfig(False, False, SERVED_SPIN, 256),
     ]
 
 
