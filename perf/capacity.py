@@ -53,8 +53,9 @@ async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], 
             figures["wall_s"] = wall
             points[server][n] = figures
             misses[server] = 0 if figures["meets_slo"] else misses[server] + 1
-            t = figures["ttft_ms"]
-            print(f"{server:>12} x{n:<3} TTFT p50/p95 {t['p50'] or 0:6.0f} / {t['p95'] or 0:6.0f} ms, "
+            t, later = figures["ttft_ms"], figures["later_ttft_ms"]
+            print(f"{server:>12} x{n:<3} TTFT p50/p95 {t['p50'] or 0:6.0f} / {t['p95'] or 0:6.0f} ms "
+                  f"(later turns {later['p50'] or 0:.0f} / {later['p95'] or 0:.0f}), "
                   f"stalled {figures['stalled_share']:.1%}, refused {figures['refused']}, failed {figures['failed']}"
                   f" -> {'meets' if figures['meets_slo'] else 'misses'} the SLO", flush=True)
     return points

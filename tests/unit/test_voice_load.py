@@ -190,7 +190,19 @@ def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
     assert capacity(points["electron"], ttft_p95_ms=600) == 32 and capacity(points["llama-server"], 600) == 24
     table = markdown(points, slo, "t")
     assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
-    assert "| 32 | electron | 100 | 100 / 500 / 500 | 0 / 0 | 0.0% | 0 | 0 | no |" in table
+    assert "| 32 | electron | 100 | 100 / 500 / 500 | - / - | 0 / 0 | 0.0% | 0 | 0 | no |" in table
+
+
+def test_capacity_reports_the_later_turns_ttft_apart_from_first_turns():
+    from voice_load.capacity import Slo, judge, markdown
+    # first turns compute the system prompt (slow), later turns only their new text (fast)
+    records = [TurnRecord(call, turn, _paced_turn(0.6 if turn == 0 else 0.08 + 0.01 * call))
+               for call in range(4) for turn in range(3)]
+    records.append(TurnRecord(4, 1, _paced_turn(0.0, status=503)))  # a refused later turn has no TTFT
+    point = judge(records, Slo())
+    assert point["ttft_ms"]["p95"] == pytest.approx(600.0)
+    assert point["later_ttft_ms"]["p50"] == pytest.approx(95.0) and point["later_ttft_ms"]["p95"] == pytest.approx(110.0)
+    assert "| 4 | electron | 13 | 105 / 600 / 600 | 95 / 110 |" in markdown({"electron": {4: point}}, Slo(), "t")
 
 
 def test_capacity_plot_is_written(tmp_path):
