@@ -22,6 +22,18 @@ def test_a_prefill_alone_goes_in_chunks_of_a_short_step():
     assert big.prefill_budget(decodes=0) == 512  # never more than the batch holds
 
 
+def test_a_short_prompt_alone_goes_in_one_step_a_long_one_in_short_steps():
+    p = planner()  # 6 ms + 4 ms per token: 0.25 s (max_step_s) holds 61 prompt tokens, 0.1 s 23
+    assert p.prefill_budget(0, prompt_tokens=30) == 30  # a later turn: one step, not 23 + 7
+    assert p.prefill_budget(0, prompt_tokens=60) == 60
+    assert p.prefill_budget(0, prompt_tokens=63) == 23  # longer: chunks a cancel need not wait for
+    assert p.prefill_budget(0, prompt_tokens=800) == 23
+    assert p.prefill_budget(1, 0.5, prompt_tokens=30) == p.prefill_budget(1, 0.5)  # beside streams: unchanged
+    # the overload judge's estimate follows: a short prompt is one step, a long one its chunks
+    assert p.prefill_time_s(0, None, 30) == pytest.approx(p.cost.predict(30))
+    assert p.prefill_time_s(0, None, 92) == pytest.approx(4 * p.cost.predict(23))
+
+
 def test_prefill_chunk_keeps_every_stream_above_the_busy_floor_and_uses_the_room():
     p = planner()  # busy floor 6 tok/s: a step carrying prefill may take 0.8 / 6 = 133 ms
     for decodes in (1, 4, 8):

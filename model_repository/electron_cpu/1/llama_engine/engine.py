@@ -209,7 +209,8 @@ class Engine:
         streams = self._decode_candidates(now)
         decoding = [c.key for c in self.planner.choose_decodes(streams, prompts_waiting=bool(prefilling))]
         wait = min((c.wait_s for c in streams), default=None)
-        budget = self.planner.prefill_budget(len(decoding), wait) if prefilling else 0
+        budget = self.planner.prefill_budget(len(decoding), wait, sum(s.prompt_left for s in prefilling)) \
+            if prefilling else 0
         plan = self.planner.plan_prefill(
             [PrefillCandidate(s, s.prompt_left, (now - s.arrival_ns) / 1e9) for s in prefilling], budget
         )
