@@ -85,12 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     (out / "raw").mkdir(parents=True, exist_ok=True)  # server logs; not committed
     servers = [] if args.url else start_servers(args.servers, max(counts), out / "raw")
     endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
+    meta.update({f"{s.name}_repack": s.repack for s in servers if hasattr(s, "repack")})
     try:
         points = asyncio.run(measure(endpoints, plan, counts, slo, args.stop_after))
     finally:
         for server in servers:
             server.stop()
     title = f"Capacity - {meta['date']} on {meta['machine']} ({meta['servers']})"
+    if meta.get("llama-server_repack") is False:
+        title += "\n\nllama-server ran with --no-repack: with llama.cpp's extra buffer types it crashed on this CPU."
     payload = {"points": {s: {str(n): f for n, f in p.items()} for s, p in points.items()},
                "capacity": {s: capacity(p) for s, p in points.items()},
                "capacity_at": {s: {str(b): capacity(p, b, slo.max_failed_share) for b in OTHER_BOUNDS_MS}

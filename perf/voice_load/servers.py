@@ -40,9 +40,10 @@ class _Server:
     process: subprocess.Popen
     base_url: str
 
-    def _start(self, command: list[str], log_path: Path | None, **popen) -> None:
-        """Output goes to ``log_path``, or to this process's own output when None."""
-        self._log = open(log_path, "w") if log_path else None
+    def _start(self, command: list[str], log_path: Path | None, mode: str = "w", **popen) -> None:
+        """Output goes to ``log_path`` (``mode`` "a": after an earlier start's), or to this
+        process's own output when None."""
+        self._log = open(log_path, mode) if log_path else None
         self.process = subprocess.Popen(command, stdout=self._log, stderr=self._log, **popen)
 
     def stop(self) -> int:
@@ -89,9 +90,23 @@ class LlamaServer(_Server):
                  port: int = 18300, log_path: Path | None = None) -> None:
         command = [str(binary), "-m", str(gguf), "-t", str(threads), "-np", str(slots),
                    "-c", str(ctx_per_slot * slots), "--host", "127.0.0.1", "--port", str(port)]
-        self._start(command, log_path)
         self.base_url = f"http://127.0.0.1:{port}/v1"
-        _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
+        self.repack = True  # llama.cpp's default: extra buffer types (AMX, weight repacking) where built
+        self._start(command, log_path)
+        try:
+            _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
+        except RuntimeError:
+            if self.process.returncode is None or self.process.returncode >= 0:
+                raise
+            # killed by a signal while loading or warming up: the native build's extra buffer
+            # types crash on some CPUs (AMX on Intel Xeon VMs); fall back as the engine's probe does
+            sys.stderr.write(f"[servers] llama-server killed by signal {-self.process.returncode} while "
+                             "starting; again with --no-repack\n")
+            if self._log is not None:
+                self._log.close()
+            self.repack = False
+            self._start(command + ["--no-repack"], log_path, mode="a")
+            _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
 
 
 def build_llama_server() -> Path:
