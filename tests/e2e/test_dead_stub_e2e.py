@@ -8,6 +8,7 @@ every admitted request has its row, and the stack serves again by itself. Withou
 says not ready until the model answers again."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -261,14 +262,19 @@ async def test_without_a_supervisor_the_gateway_alone_answers_503_and_ends_the_l
                         killed = time.monotonic()
                         refused = await chats.post({**SHORT, "stream": False})
                         chats.assert_refused(refused)
-                        assert "is not healthy" in refused.json()["error"]["message"]  # Triton's words
+                        message = refused.json()["error"]["message"]
+                        # Triton's own words while it lives on. A stub killed while it holds the python
+                        # backend's shared-memory lock can take tritonserver down with it (Triton aborts
+                        # on boost's lock_exception, seen once in CI): then nothing answers on its port
+                        assert "is not healthy" in message or "is unreachable" in message, message
                         refused_after = time.monotonic() - killed
             stream_ended = time.monotonic() - killed
             assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "engine_unavailable"
             assert stream_ended < refused_after + 2  # ended with the refusal, not by the 30 s idle timeout
             assert (await http.get("/ready")).status_code == 503  # while Triton still calls the model READY
 
-            os.killpg(triton.pid, signal.SIGKILL)  # what an operator's restart does
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(triton.pid, signal.SIGKILL)  # what an operator's restart does
             stop_triton(triton)
             triton = start_triton(settings)
             deadline = time.monotonic() + SERVES_AGAIN_WITHIN_S
@@ -280,7 +286,8 @@ async def test_without_a_supervisor_the_gateway_alone_answers_503_and_ends_the_l
     finally:
         if server is not None:
             assert server.stop() == 0
-        os.killpg(triton.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(triton.pid, signal.SIGKILL)
         stop_triton(triton)
     rows = await _rows(data, 1 + chats.admitted())
     assert [r["status"] for r in rows] == ["error", "error", "length"]
