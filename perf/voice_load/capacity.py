@@ -91,8 +91,8 @@ def markdown(by_server: dict[str, dict[int, dict]], slo: Slo, title: str) -> str
             if n not in points:
                 continue
             f = points[n]
-            t, s, later = f["ttft_ms"], f["stall_ms"], f.get("later_ttft_ms", {})
+            t, later, s = f["ttft_ms"], f["later_ttft_ms"], f["stall_ms"]
             lines.append(f"| {n} | {server} | {f['turns']} | {_fmt(t['p50'])} / {_fmt(t['p95'])} / {_fmt(t['p99'])} "
-                         f"| {_fmt(later.get('p50'))} / {_fmt(later.get('p95'))} | {_fmt(s['p95'])} / {_fmt(s['max'])} | {f['stalled_share']:.1%} | {f['refused']} "
-                         f"| {f['failed']} | {'yes' if f['meets_slo'] else 'no'} |")
+                         f"| {_fmt(later['p50'])} / {_fmt(later['p95'])} | {_fmt(s['p95'])} / {_fmt(s['max'])} "
+                         f"| {f['stalled_share']:.1%} | {f['refused']} | {f['failed']} | {'yes' if f['meets_slo'] else 'no'} |")
     return "\n".join(lines) + "\n"
