@@ -192,7 +192,7 @@ async def test_a_stub_killed_by_sigsegv_mid_stream_is_seen_and_healed(tmp_path):
     # a fault signal is kept for the engine's next start: plain CPU buffers, the extra ones not tried
     assert f"python backend stub of electron_cpu (pid {stub}, SIGSEGV)" in text
     assert f"the engine's stub (pid {stub}) died of SIGSEGV at " in text
-    restarted = text.split(f"the engine's stub (pid {stub}) died of SIGSEGV at ")[1]
+    restarted = text.split(f"the engine's stub (pid {stub}) died of SIGSEGV at ", 1)[1]
     paths = next(line for line in restarted.splitlines() if "llama_engine.cpu_paths INFO CPU paths" in line)
     # plain buffers: kept from before (where the probe chose them) or taken without trying the extra ones
     assert "extra buffer types not tried" in paths or "probed: extra buffer types passed" not in paths, paths

@@ -84,4 +84,7 @@ def test_after_the_engine_crashed_serving_auto_takes_plain_buffers_over_a_kept_c
     assert paths.weights == "plain" and paths.reason.startswith(f"extra buffer types not tried: {note}")
     assert any("passed in" in r.getMessage() and "'plain'" in r.getMessage() for r in caplog.records)
     assert not any("'extra'" in r.getMessage() for r in caplog.records), "the extra buffer types were tried"
-    assert choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path)) == paths  # kept from now on
+    # the record belongs to its run directory: the machine's kept choice is not overwritten, so
+    # another run directory (or this one once the record is deleted) still gets the probe's choice
+    assert choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path)).weights == "extra"
+    assert choose_cpu_paths(GGUF, 2, flash_attn="off", cache_dir=str(tmp_path), engine_crash=note) == paths
