@@ -282,3 +282,19 @@ def test_the_step_bound_follows_a_cost_model_that_runs_over():
     budget = p.prefill_budget(0)
     assert p.cost.predict(budget) <= p.config.lone_step_s < p.cost.predict(budget + 1) and budget == 14
     assert p.cost.predict(3 + p.prefill_budget(3, 5.0)) <= p.config.max_step_s
+
+
+def test_one_stalled_step_or_the_first_after_idle_does_not_make_every_prediction_dear():
+    """A single step that ran 5x over its line (a preempted core) moves the bias by at most
+    ``max_step_ratio``'s share; the first step after the engine slept is not learned from."""
+    cost = StepCostModel(overhead_s=0.006, per_token_s=0.004)
+    for _ in range(50):
+        cost.observe(20, 0.006 + 0.004 * 20)
+    warm = cost.predict(20)
+    cost.observe(20, 5 * warm)
+    assert cost.predict(20) < 1.45 * warm  # unclipped: bias 0.7 + 0.3 * 5 = 2.2 on a line 20% up, 2.6x
+    for _ in range(10):
+        cost.observe(20, warm)
+    settled = cost.predict(20), cost.predict(9)
+    cost.observe(9, 3 * settled[1], after_idle=True)  # threads woke from sleep: 3x the warm line
+    assert (cost.predict(20), cost.predict(9)) == settled

@@ -130,6 +130,7 @@ class Engine:
         self.cache = cache
         self.planner = planner
         self.max_running = max_running
+        self._after_idle = True  # the engine slept before the next step (its cost is not learned from)
         self.stats = EngineStats()
         self._inbox: collections.deque[_Sequence] = collections.deque()
         self._waiting: list[_Sequence] = []
@@ -164,6 +165,7 @@ class Engine:
         while True:
             with self._wake:
                 while not self._stop and not self._inbox and not self._arrived and not self._running and not self._waiting:
+                    self._after_idle = True
                     last_trim = self._trim_idle_cache(last_trim)
                     self._refresh_gauges()
                     self._wake.wait(timeout=0.5)
@@ -234,7 +236,8 @@ class Engine:
             log.debug("step: %d decodes (%d resting), %d prompt tokens, predicted %.1f ms, took %.1f ms",
                       len(decoding), len(streams) - len(decoding), n - len(decoding),
                       1e3 * self.planner.cost.predict(n), 1e3 * took)
-        self.planner.cost.observe(n, took)
+        self.planner.cost.observe(n, took, after_idle=self._after_idle)
+        self._after_idle = False
         self.stats.decode_steps += 1
         self.stats.step_tokens += n
         self.stats.prefill_tokens += sum(take for _, take in plan)

@@ -80,7 +80,16 @@ class StepCostModel:
     fitted online by exponentially weighted least squares over measured steps.
     (On CPU a decode token and a prompt token cost about the same inside one
     batch; the fixed part is reading the weights once per step.) Until steps of
-    different sizes were seen, the prior line is used."""
+    different sizes were seen, the prior line is used.
+
+    Two kinds of step would teach it wrong: the first step after the engine slept
+    (its threads wake, its caches are cold: on an AMD EPYC a 9-token step took 54 ms
+    where the warm line said 24) is not learned from at all, and one step's excess
+    moves the running ``bias`` by at most ``max_step_ratio`` - a single stall (a
+    preempted core) must not make every prediction three times too dear for the
+    next steps, which would refuse requests as overloaded and keep streams out."""
+
+    max_step_ratio = 2.0  # one step's measured / predicted time counts at most this much
 
     def __init__(self, overhead_s: float = 0.006, per_token_s: float = 0.0045, memory: float = 0.95):
         self.overhead_s = overhead_s
@@ -91,10 +100,16 @@ class StepCostModel:
         # quickly (a long prompt's chunks attend over more and more positions)
         self.bias = 1.0
 
-    def observe(self, tokens: int, seconds: float) -> None:
+    def observe(self, tokens: int, seconds: float, after_idle: bool = False) -> None:
+        """Learn from a step of ``tokens`` that took ``seconds``; ``after_idle``: the
+        engine slept before it (not learned from)."""
+        if after_idle:
+            return
         line = self.overhead_s + self.per_token_s * tokens
         if line > 0:
-            self.bias = min(max(0.7 * self.bias + 0.3 * seconds / line, 0.8), 3.0)
+            ratio = min(max(seconds / line, 1.0 / self.max_step_ratio), self.max_step_ratio)
+            self.bias = min(max(0.7 * self.bias + 0.3 * ratio, 0.8), 3.0)
+            seconds = ratio * line  # the line too learns at most that much from one step
         m = self._memory
         self._w = m * self._w + 1.0
         self._n = m * self._n + tokens
