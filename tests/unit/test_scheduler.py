@@ -1,6 +1,7 @@
 """Step planning: playback pacing, the stream-rate floor, time to first token, fairness, overload."""
 
 import math
+import random
 from dataclasses import dataclass, field
 
 import pytest
@@ -298,3 +299,16 @@ def test_one_stalled_step_or_the_first_after_idle_does_not_make_every_prediction
     settled = cost.predict(20), cost.predict(9)
     cost.observe(9, 3 * settled[1], after_idle=True)  # threads woke from sleep: 3x the warm line
     assert (cost.predict(20), cost.predict(9)) == settled
+
+
+def test_steps_of_alike_sizes_do_not_tilt_the_line():
+    """A lone prompt's chunks are all ~20-26 tokens and their times vary with depth and
+    noise, not size: a raw fit of those once gave a slope of 1e-5 s a token, and a 512-token
+    step was then planned at 73 ms (it took 1.4 s). The slope must stay near the truth."""
+    rng = random.Random(3)
+    cost = StepCostModel(overhead_s=0.006, per_token_s=0.0045)
+    for i in range(40):
+        tokens = rng.choice([20, 22, 23, 25, 26])
+        cost.observe(tokens, 0.006 + 0.0042 * 23 + rng.uniform(-0.02, 0.02))  # size-blind noise
+    assert cost.per_token_s > 0.003
+    assert cost.predict(512) > 1.5  # truth ~2.2 s

@@ -80,7 +80,9 @@ class StepCostModel:
     fitted online by exponentially weighted least squares over measured steps.
     (On CPU a decode token and a prompt token cost about the same inside one
     batch; the fixed part is reading the weights once per step.) Until steps of
-    different sizes were seen, the prior line is used.
+    different sizes were seen, the prior line is used: the slope follows the fit only
+    once recent steps' sizes spread by ``slope_min_var`` (a standard deviation of 10
+    tokens), so steps of alike sizes move the overhead, not the slope.
 
     Two kinds of step would teach it wrong: the first step after the engine slept
     (its threads wake, its caches are cold: on an AMD EPYC a 9-token step took 54 ms
@@ -90,6 +92,7 @@ class StepCostModel:
     next steps, which would refuse requests as overloaded and keep streams out."""
 
     max_step_ratio = 2.0  # one step's measured / predicted time counts at most this much
+    slope_min_var = 100.0  # tokens^2: how widely recent step sizes must spread to move the slope
 
     def __init__(self, overhead_s: float = 0.006, per_token_s: float = 0.0045, memory: float = 0.95):
         self.overhead_s = overhead_s
@@ -118,11 +121,17 @@ class StepCostModel:
         self._nt = m * self._nt + tokens * seconds
         mean_n, mean_t = self._n / self._w, self._t / self._w
         var_n = self._nn / self._w - mean_n * mean_n
-        if var_n > 4.0:  # sizes differ enough to separate the two terms
-            slope = (self._nt / self._w - mean_n * mean_t) / var_n
+        if var_n > self.slope_min_var:
+            # sizes spread enough to separate the two terms: the slope moves toward the
+            # least-squares one, by var_n / (var_n + slope_min_var) of the way each step.
+            # Steps of alike sizes (a lone prompt's 20-26-token chunks, whose times differ by
+            # noise and depth, not size) leave it alone: their raw fit once gave 1e-5 s a
+            # token, and a 512-token step was planned at 73 ms; it took 1.4 s, and a cancel
+            # waited for it
+            cov = self._nt / self._w - mean_n * mean_t
+            slope = (cov + self.slope_min_var * self.per_token_s) / (var_n + self.slope_min_var)
             self.per_token_s = min(max(slope, 1e-5), 0.1)
-            self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
-        elif mean_n > 0:
+        if mean_n > 0:
             self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
 
     def predict(self, tokens: int) -> float:
