@@ -41,7 +41,7 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_dir import run_meta, write_results  # noqa: E402
+from results_dir import cpu_info, run_meta, write_results  # noqa: E402
 from voice_load.servers import ElectronServer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,7 +162,9 @@ def summarize(hangups: list[Hangup], cancels: dict[str, tuple[float, int]]) -> l
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Cancel latency - {meta['date']} on {meta['machine']} ({meta['cpu']})", "",
+    cpu = meta["cpu"]
+    lines = [f"Cancel latency - {meta['date']} on {meta['machine']}, {cpu['model']} ({cpu['cpus']} CPUs)", "",
+             f"- command: `.venv/bin/python {meta['command']}`", f"- CPU flags: {cpu['flags']}", "",
              "From the client closing its connection to the engine's `cancelled` log line "
              "(ms; not cancelled: the request ended before the hang-up reached the engine).", "",
              "| stage | hang-ups | cancelled | p50 ms | max ms |", "|---|---|---|---|---|"]
@@ -171,11 +173,6 @@ def markdown(rows: list[dict], meta: dict) -> str:
         top = "-" if r["max_ms"] is None else f"{r['max_ms']:.0f}"
         lines.append(f"| {r['stage']} | {r['hangups']} | {r['cancelled']} | {p50} | {top} |")
     return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
 
 
 def main() -> None:
@@ -193,7 +190,7 @@ def main() -> None:
     finally:
         server.stop()
     rows = summarize(hangups, engine_cancel_times(log_path.read_text(errors="replace")))
-    meta = run_meta(cpu=cpu_model(), reps=args.reps, command="perf/cancel_latency.py")
+    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"perf/cancel_latency.py --reps {args.reps}")
     write_results(args.out, "cancel-latency", meta, {"stages": rows}, markdown(rows, meta))
 
 

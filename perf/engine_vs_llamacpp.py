@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 import llamacpp_tools as tools  # noqa: E402
 import quiet  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
-from results_dir import run_meta, write_results  # noqa: E402
+from results_dir import cpu_info, run_meta, write_results  # noqa: E402
 
 KIND = "engine-vs-llamacpp"
 SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default
@@ -109,17 +109,6 @@ def child_main(job: dict) -> int:
         out[key] = {"ms": row["ms"], "samples_ms": row["samples_ms"]}
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
-
-
-def cpu_info() -> dict:
-    model, flags = "unknown", ""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    return {"model": model, "flags": flags, "cpus": os.cpu_count()}
 
 
 def tool_units(tool_dir: Path, gguf: str, threads: int, plan: dict, quick: bool) -> list[tuple[str, Callable]]:
