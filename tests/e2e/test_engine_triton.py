@@ -414,7 +414,7 @@ def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
 
 
 def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_prefill(triton, chat):
-    """While a small prompt's prefill runs (~0.7 s, one step), a medium prompt arrives, then a
+    """While a small prompt's prefill runs (~0.7 s, in 0.1 s chunks), a medium prompt arrives, then a
     shorter one. Judged on arrival both could start in time (nothing shorter is ahead of either);
     but the shorter one goes first (shortest remaining first) and would make the medium one wait
     seconds: the medium one is refused then, before any of its prefill. The others are served."""
@@ -427,7 +427,7 @@ def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_
 
     async def scenario():
         first = asyncio.create_task(generate(url(triton), MODEL, request_inputs(small, 2)))
-        await asyncio.sleep(0.1)  # the small prompt's one prefill step is running
+        await asyncio.sleep(0.1)  # the small prompt's prefill is running
         second = asyncio.create_task(generate(url(triton), MODEL, request_inputs(medium, 2)))
         await asyncio.sleep(0.1)
         third = asyncio.create_task(generate(url(triton), MODEL, request_inputs(short, 2)))
