@@ -130,8 +130,7 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
         if not (engine_crash and weights == "auto" and paths.weights == "extra"):
             log.info("CPU paths (chosen before on this machine, %s): %s", cache, paths.reason)
             return paths
-    after_crash = bool(engine_crash and weights == "auto")
-    if after_crash:
+    if engine_crash and weights == "auto":
         # the crash is this run directory's record, not a fact of the machine: the choice
         # it forces is not kept beside the probe's (another run directory still probes)
         mode, reason = _choose_after_crash(gguf, threads, engine_crash, crash, timeout_s)
