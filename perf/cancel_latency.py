@@ -18,7 +18,7 @@ Stages:
 - ``one-step-turn``: a later turn of a call (~45 new tokens behind a cached system
   prompt), hung up 30 ms after it was sent: a short prompt alone runs in one step of up
   to ``max_step_s`` (0.25 s), the longest a cancel can wait for a step.
-- ``decoding``: a reply hung up after its 10th chunk.
+- ``decoding``: a reply hung up after its 10th delta.
 
     .venv/bin/python perf/cancel_latency.py --reps 8
 """
@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results_dir import cpu_info, run_meta, write_results  # noqa: E402
 from voice_load.servers import ElectronServer  # noqa: E402
+from voice_load.sse_client import stream_chat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("harbor lantern signal window river morning station ticket order number account balance "
@@ -67,7 +68,6 @@ class Hangup:
     stage: str
     request_id: str
     closed_at: float  # epoch seconds when the client's connection was closed
-    chunks: int  # SSE data lines received before the hang-up
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -75,77 +75,61 @@ def words(rng: random.Random, n: int) -> str:
 
 
 async def hang_up(base_url: str, stage: str, body: dict, after_s: float | None = None,
-                  after_chunks: int | None = None) -> Hangup:
+                  after_deltas: int | None = None) -> Hangup:
     """Streams ``body`` and closes the connection ``after_s`` after sending or after
-    ``after_chunks`` data lines, whichever is set."""
+    ``after_deltas`` deltas, whichever is set."""
     rid = f"cancel-{stage}-{uuid.uuid4().hex[:8]}"
-    chunks = 0
-
-    async def consume(http: httpx2.AsyncClient) -> None:
-        nonlocal chunks
-        async with http.stream("POST", "/chat/completions", json={**body, "stream": True},
-                               headers={"x-request-id": rid}) as r:
-            assert r.status_code == 200, (r.status_code, await r.aread())
-            async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    chunks += 1
-                    if after_chunks is not None and chunks >= after_chunks:
-                        return
-
-    async with httpx2.AsyncClient(base_url=base_url, timeout=120) as http:
-        task = asyncio.ensure_future(consume(http))
+    async with httpx2.AsyncClient(base_url=base_url, timeout=120, headers={"x-request-id": rid}) as http:
+        task = asyncio.ensure_future(stream_chat(http, body, cancel_after_deltas=after_deltas))
         if after_s is not None:
             await asyncio.wait([task], timeout=after_s)
             task.cancel()
         try:
-            await task
+            result = await task
+            assert result.status == 200, (result.status, result.error)
         except asyncio.CancelledError:
             pass
         closed_at = time.time()
-    return Hangup(stage, rid, closed_at, chunks)
+    return Hangup(stage, rid, closed_at)
 
 
-async def background_stream(base_url: str, stop: asyncio.Event, rng: random.Random) -> None:
-    body = {"model": "electron", "messages": [{"role": "user", "content": words(rng, 20)}], "stream": True,
-            "max_tokens": 4000, "min_tokens": 4000, "playback_chars_per_s": 0}
-    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:
-        async with http.stream("POST", "/chat/completions", json=body) as r:
-            async for _ in r.aiter_lines():
-                if stop.is_set():
-                    return
+def long_prompt(rng: random.Random) -> dict:
+    return {"model": "electron", "max_tokens": 50, "messages": [{"role": "user", "content": words(rng, 2500)}]}
+
+
+def later_turn(rng: random.Random, system: str) -> dict:
+    return {"model": "electron", "max_tokens": 50,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": words(rng, 35)}]}
 
 
 async def run(base_url: str, reps: int, seed: int) -> list[Hangup]:
     rng = random.Random(seed)
     hangups = []
-    long_prompt = lambda: {"model": "electron", "max_tokens": 50,  # noqa: E731
-                           "messages": [{"role": "user", "content": words(rng, 2500)}]}
     for _ in range(reps):
-        hangups.append(await hang_up(base_url, "lone-prefill", long_prompt(), after_s=0.6))
+        hangups.append(await hang_up(base_url, "lone-prefill", long_prompt(rng), after_s=0.6))
         await asyncio.sleep(0.5)
-    stop = asyncio.Event()
-    streams = [asyncio.ensure_future(background_stream(base_url, stop, rng)) for _ in range(3)]
-    await asyncio.sleep(2.0)  # their prompts are prefilled, they decode
-    for _ in range(reps):
-        hangups.append(await hang_up(base_url, "prefill-beside-streams", long_prompt(), after_s=0.6))
-        await asyncio.sleep(0.5)
-    stop.set()
-    for task in streams:
-        task.cancel()
-    await asyncio.gather(*streams, return_exceptions=True)
+    async with httpx2.AsyncClient(base_url=base_url, timeout=300) as http:
+        busy = {"model": "electron", "max_tokens": 4000, "min_tokens": 4000, "playback_chars_per_s": 0}
+        streams = [asyncio.ensure_future(stream_chat(http, {**busy, "messages": [
+            {"role": "user", "content": words(rng, 20)}]})) for _ in range(3)]
+        await asyncio.sleep(2.0)  # their prompts are prefilled, they decode
+        for _ in range(reps):
+            hangups.append(await hang_up(base_url, "prefill-beside-streams", long_prompt(rng), after_s=0.6))
+            await asyncio.sleep(0.5)
+        for task in streams:
+            task.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
     await asyncio.sleep(1.0)
     system = words(random.Random(seed + 1), 400)
-    turn = lambda: {"model": "electron", "max_tokens": 50, "messages": [  # noqa: E731
-        {"role": "system", "content": system}, {"role": "user", "content": words(rng, 35)}]}
     async with httpx2.AsyncClient(base_url=base_url, timeout=120) as http:  # the system prompt is cached
-        assert (await http.post("/chat/completions", json={**turn(), "max_tokens": 1})).status_code == 200
+        assert (await http.post("/chat/completions", json={**later_turn(rng, system), "max_tokens": 1})).status_code == 200
     for _ in range(reps):
-        hangups.append(await hang_up(base_url, "one-step-turn", turn(), after_s=0.03))
+        hangups.append(await hang_up(base_url, "one-step-turn", later_turn(rng, system), after_s=0.03))
         await asyncio.sleep(0.5)
     for _ in range(reps):
         body = {"model": "electron", "max_tokens": 400, "min_tokens": 400,
                 "messages": [{"role": "user", "content": words(rng, 20)}]}
-        hangups.append(await hang_up(base_url, "decoding", body, after_chunks=10))
+        hangups.append(await hang_up(base_url, "decoding", body, after_deltas=10))
         await asyncio.sleep(0.5)
     return hangups
 

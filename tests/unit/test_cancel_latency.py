@@ -25,8 +25,8 @@ def test_the_engine_cancel_lines_are_read_by_request_id_in_local_time():
 
 def test_the_summary_counts_hangups_the_engine_never_cancelled_apart():
     closed = _epoch("2026-12-04 21:30:00,100")
-    hangups = [Hangup("a", "cancel-a-1", closed, 0), Hangup("a", "cancel-a-2", closed, 0),
-               Hangup("b", "cancel-b-1", closed + 0.9, 11)]
+    hangups = [Hangup("a", "cancel-a-1", closed), Hangup("a", "cancel-a-2", closed),
+               Hangup("b", "cancel-b-1", closed + 0.9)]
     rows = summarize(hangups, engine_cancel_times(LOG))
     assert [r["stage"] for r in rows] == ["a", "b"]
     assert rows[0]["hangups"] == 2 and rows[0]["cancelled"] == 1 and round(rows[0]["p50_ms"]) == 150
