@@ -44,7 +44,10 @@ class Settings:
     triton_restart_backoff_max_s: float = 30.0  # failed restarts are retried after 1, 2, 4 ... s up to this
     # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
     tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
-    kv_cells: int = 16384
+    kv_cells: int = 16384  # KV pool, tokens: all sequences' together (kv_layout streams: split evenly)
+    # unified: one cell pool, a shared prefix held once; streams: a stream of kv_cells / max_sequences cells per
+    # sequence id (attention reads only its own; a shared prefix is copied), llama.cpp's kv_unified = false
+    kv_layout: str = "unified"
     cache_idle_s: float = 60.0  # cached prefix blocks unused this long are evicted
     max_sequences: int = 64
     max_running: int = 32
@@ -106,6 +109,10 @@ class Settings:
     # a request cancelled before its first token pays for the prompt tokens the engine took in for it:
     # cached (all at the cached-input price), full (as any request), none (README, "The ledger")
     cancelled_prompt_billing: str = "cached"
+
+    def __post_init__(self):
+        if self.kv_layout not in ("unified", "streams"):
+            raise ValueError(f"{PREFIX}KV_LAYOUT={self.kv_layout!r}: unified or streams")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -46,10 +46,17 @@ def prepare_artifacts(settings: Settings) -> ModelArtifacts:
     return ModelArtifacts.load(write_artifacts(gguf, Path(settings.artifacts_dir)))
 
 
+def sequence_cells(settings: Settings) -> int:
+    """KV cells one sequence can fill: the whole pool, or its stream (``kv_layout`` streams)."""
+    if settings.kv_layout == "streams":
+        return settings.kv_cells // settings.max_sequences
+    return settings.kv_cells
+
+
 def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts) -> int:
     """Prompt + output tokens of one request: the model's context, capped by the KV
     pool and by the setting. Written into the config so the gateway reads it."""
-    limits = [artifacts.context_length, settings.kv_cells]
+    limits = [artifacts.context_length, sequence_cells(settings)]
     if settings.max_sequence_length > 0:
         limits.append(settings.max_sequence_length)
     return min(limits)
@@ -62,6 +69,7 @@ def template_values(settings: Settings, artifacts: ModelArtifacts, gguf_path: Pa
         "gguf_path": str(gguf_path),
         "tokens_per_block": str(settings.tokens_per_block),
         "kv_cells": str(settings.kv_cells),
+        "kv_layout": settings.kv_layout,
         "cache_idle_s": str(settings.cache_idle_s),
         "max_sequences": str(settings.max_sequences),
         "max_running": str(settings.max_running),

@@ -241,7 +241,7 @@ def same_vocabulary(shipped: Path, candidate: Path) -> bool:
 
 def _engine_spec(settings: Settings) -> dict:
     """The engine's context parameters and CPU path settings, as its config passes them."""
-    return {"kv_cells": settings.kv_cells, "max_sequences": settings.max_sequences,
+    return {"kv_cells": settings.kv_cells, "kv_layout": settings.kv_layout, "max_sequences": settings.max_sequences,
             "max_batch_tokens": settings.max_batch_tokens, "threads": settings.threads,
             "weight_buffers": settings.weight_buffers, "flash_attention": settings.flash_attention,
             "cpu_paths_cache": str(cpu_paths_cache_dir(settings))}

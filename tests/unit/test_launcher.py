@@ -38,3 +38,18 @@ def test_the_engine_spin_count_reaches_tritonserver_and_overrides_a_wait_policy(
     env = triton_environment(Settings.from_env({"ELECTRON_ENGINE_SPIN_COUNT": "150"}))
     assert env["GOMP_SPINCOUNT"] == "150" and "OMP_WAIT_POLICY" not in env
     assert triton_environment(Settings())["GOMP_SPINCOUNT"] == "3000"
+
+
+def test_with_kv_streams_a_requests_room_is_its_sequences_share_of_the_pool():
+    from types import SimpleNamespace
+
+    from gateway.server.triton_launcher import effective_max_sequence_length
+
+    artifacts = SimpleNamespace(context_length=8192)
+    unified = Settings.from_env({"ELECTRON_KV_CELLS": "16384", "ELECTRON_MAX_SEQUENCES": "64"})
+    streams = Settings.from_env({"ELECTRON_KV_LAYOUT": "streams", "ELECTRON_KV_CELLS": "98304",
+                                 "ELECTRON_MAX_SEQUENCES": "48"})
+    assert effective_max_sequence_length(unified, artifacts) == 8192
+    assert effective_max_sequence_length(streams, artifacts) == 2048
+    with pytest.raises(ValueError, match="ELECTRON_KV_LAYOUT"):
+        Settings.from_env({"ELECTRON_KV_LAYOUT": "paged"})

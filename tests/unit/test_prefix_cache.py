@@ -1,4 +1,5 @@
-"""Prefix cache and KV ledger against a cell-level model of llama.cpp's unified cache."""
+"""Prefix cache and KV ledger against cell-level models of llama.cpp's two KV layouts:
+the unified cache (shared cells) and per-sequence streams (whole-stream copies)."""
 
 import random
 
@@ -42,9 +43,49 @@ class UnifiedCacheModel:
         return [t for _, t in held]
 
 
-def make(n_seq=8, block=4, cells=1000):
-    memory = UnifiedCacheModel()
-    cache = PrefixCache(memory, KvLedger(cells), n_seq=n_seq, block_size=block)
+class StreamsCacheModel:
+    """llama.cpp's per-sequence streams (``kv_unified = false``): every sequence id has
+    cells of its own, and ``seq_cp`` between two of them copies the source's whole
+    stream onto an empty destination (llama.cpp asserts on a partial range)."""
+
+    def __init__(self):
+        self.streams: dict[int, dict[int, int]] = {}  # seq id -> position -> token
+        self.copies: list[tuple[int, int]] = []
+
+    @property
+    def cells(self) -> list[tuple[int, int]]:
+        return [(seq, pos) for seq, stream in self.streams.items() for pos in stream]
+
+    def decode(self, seq, start, tokens):
+        stream = self.streams.setdefault(seq, {})
+        for i, token in enumerate(tokens):
+            assert start + i not in stream, f"seq {seq} already has position {start + i}"
+            stream[start + i] = token
+
+    def seq_cp(self, src, dst, p0, p1):
+        assert p0 <= 0 and p1 < 0, "only whole streams are copied"
+        assert not self.streams.get(dst), f"seq {dst} is not empty"
+        self.streams[dst] = dict(self.streams.get(src, {}))
+        self.copies.append((src, dst))
+
+    def seq_rm(self, seq, p0, p1):
+        stream = self.streams.get(seq, {})
+        for pos in [p for p in stream if p0 <= p and (p1 < 0 or p < p1)]:
+            del stream[pos]
+
+    def content(self, seq):
+        stream = self.streams.get(seq, {})
+        assert sorted(stream) == list(range(len(stream))), f"seq {seq} is not contiguous"
+        return [stream[p] for p in range(len(stream))]
+
+
+LAYOUTS = {"unified": (UnifiedCacheModel, True), "streams": (StreamsCacheModel, False)}
+
+
+def make(n_seq=8, block=4, cells=1000, layout="unified"):
+    model, shares = LAYOUTS[layout]
+    memory = model()
+    cache = PrefixCache(memory, KvLedger(cells, shares_cells=shares), n_seq=n_seq, block_size=block)
     return memory, cache
 
 
@@ -200,10 +241,11 @@ def test_shared_blocks_counts_the_common_leading_blocks_of_two_prompts():
     assert shared_blocks(a, b, start=5) == 5  # none past the start: the start
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("seed", range(12))
-def test_random_workload_keeps_ledger_and_contents_exact(seed):
+def test_random_workload_keeps_ledger_and_contents_exact(seed, layout):
     rng = random.Random(seed)
-    memory, cache = make(n_seq=6, block=4, cells=120)
+    memory, cache = make(n_seq=6, block=4, cells=120, layout=layout)
     systems = [[rng.randrange(1000) for _ in range(rng.randrange(4, 14))] for _ in range(3)]
     running = {}
     for _ in range(60):
@@ -224,8 +266,9 @@ def test_random_workload_keeps_ledger_and_contents_exact(seed):
             assert memory.content(seq) == tokens
 
 
-def test_a_call_of_many_turns_keeps_one_cached_sequence_and_its_whole_history():
-    memory, cache = make(n_seq=3, block=4, cells=1000)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_call_of_many_turns_keeps_one_cached_sequence_and_its_whole_history(layout):
+    memory, cache = make(n_seq=3, block=4, cells=1000, layout=layout)
     history = list(range(100, 112))
     for turn in range(10):  # more turns than sequence ids: ids are recycled, history kept
         adm = run(memory, cache, history, generated=[500 + turn, 600 + turn, 700 + turn, 800 + turn])
@@ -264,3 +307,36 @@ def test_cached_before_counts_only_blocks_computed_before_a_time():
     assert cache.cached_before(prompt, keys, 11.0) == 8
     assert cache.cached_before(prompt, keys, 12.0) == 16
     assert cache.cached_before(prompt, keys, 9.0) == 0
+
+
+def test_with_streams_a_running_prefix_is_copied_whole_and_cut_back():
+    memory, cache = make(layout="streams")
+    system = list(range(100, 116))  # 4 blocks
+    a = run(memory, cache, system + [1, 2, 3, 4, 5, 6])  # still running
+    b = cache.admit(system + [9])
+    assert memory.copies == [(a.seq, b.seq)] and b.reused_tokens == 16
+    assert memory.content(b.seq) == system  # a's own turn was cut from the copy
+    assert cache.ledger.used_cells() == len(memory.cells) == 22 + 16  # copied cells are b's own
+
+
+def test_with_streams_a_calls_next_turn_takes_over_its_finished_stream_without_a_copy():
+    memory, cache = make(layout="streams")
+    turn1 = list(range(100, 112))
+    first = run(memory, cache, turn1, generated=[50, 51, 52, 53])
+    cache.release(first.seq)
+    nxt = cache.admit(turn1 + [50, 51, 52, 53, 60, 61])
+    assert nxt.seq == first.seq and nxt.reused_tokens == 16 and memory.copies == []
+    assert memory.content(nxt.seq) == turn1 + [50, 51, 52, 53]
+
+
+def test_with_streams_a_new_call_copies_a_system_prompt_and_leaves_the_ended_calls_history():
+    memory, cache = make(layout="streams")
+    system = list(range(100, 108))  # 2 blocks
+    ended = run(memory, cache, system + [1, 2, 3, 4, 5, 6, 7, 8], generated=[70, 71, 72, 73])
+    cache.release(ended.seq)
+    new_call = cache.admit(system + [9, 9, 9, 9, 9])
+    assert new_call.seq != ended.seq and memory.copies == [(ended.seq, new_call.seq)]
+    assert memory.content(new_call.seq) == system
+    again = cache.admit(system + [1, 2, 3, 4, 5, 6, 7, 8, 70, 71, 72, 73, 5])  # the ended call's next turn
+    assert again.seq == ended.seq and again.reused_tokens == 20
+    assert cache.ledger.used_cells() == len(memory.cells)

@@ -21,7 +21,7 @@ from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
 from llama_engine.engine import Engine, StepOutput
 from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
 from llama_engine.kv_ledger import KvLedger
-from llama_engine.llama_runner import LlamaRunner, RunnerConfig
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig, kv_unified_for
 from llama_engine.params import InvalidRequest, ModelLimits, parse_request
 from llama_engine.prefix_cache import PrefixCache
 from llama_engine.scheduler import SchedulerConfig, StepPlanner
@@ -188,6 +188,10 @@ class TritonPythonModel:
                                               engine_crash=p.get("engine_crash", ""))
         except (RuntimeError, ValueError) as exc:
             raise pb_utils.TritonModelException(str(exc)) from exc
+        try:
+            unified = kv_unified_for(p.get("kv_layout", "unified"))
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
         runner_config = RunnerConfig(
             gguf_path=gguf_path,
             kv_cells=int(p.get("kv_cells", 16384)),
@@ -195,6 +199,7 @@ class TritonPythonModel:
             max_batch_tokens=int(p.get("max_batch_tokens", 512)),
             threads=threads,
             flash_attn=self.cpu_paths.flash_attn,
+            kv_unified=unified,
             extra_buffer_types=self.cpu_paths.weights == "extra",
         )
         self.runner = LlamaRunner(runner_config)
@@ -202,7 +207,8 @@ class TritonPythonModel:
         if p.get("adaptive_threads", "true").lower() in ("1", "true", "yes") and runner_config.threads > 1:
             self.thread_budget = ThreadBudgetWatch(ThreadBudget(runner_config.threads, quota_cores=cgroup_cpu_limit()))
         block = int(p.get("tokens_per_block", 4))
-        cache = PrefixCache(self.runner, KvLedger(runner_config.kv_cells), runner_config.max_sequences, block)
+        ledger = KvLedger(self.runner.kv_cells, shares_cells=runner_config.kv_unified)
+        cache = PrefixCache(self.runner, ledger, runner_config.max_sequences, block)
         planner = StepPlanner(SchedulerConfig(
             max_batch_tokens=runner_config.max_batch_tokens,
             min_stream_rate=float(p.get("min_stream_rate", 12.0)),
@@ -210,7 +216,7 @@ class TritonPythonModel:
             playback_buffer_s=float(p.get("playback_buffer_s", 1.0)),
             overload_ttft_s=float(p.get("overload_ttft_s", 1.5)),
         ))
-        max_seq_len = min(self.runner.train_context, runner_config.kv_cells,
+        max_seq_len = min(self.runner.train_context, self.runner.sequence_cells,
                           int(p.get("max_sequence_length", 0)) or self.runner.train_context)
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
         self.guides = GuideCompiler.from_llama_vocab(self.runner.vocab, self.runner.eos_id)
@@ -223,8 +229,10 @@ class TritonPythonModel:
             self.thread_budget.start()
         self.engine.start()
         self.metrics.start()
-        log.info("engine ready: %s, %d KV cells, %d tokens per block, max sequence %d tokens",
-                 gguf_path, runner_config.kv_cells, block, max_seq_len)
+        log.info("engine ready: %s, %d KV cells (%s), %d tokens per block, max sequence %d tokens",
+                 gguf_path, self.runner.kv_cells,
+                 "unified" if runner_config.kv_unified else f"{self.runner.sequence_cells} per sequence",
+                 block, max_seq_len)
 
     def execute(self, requests):
         for request in requests:

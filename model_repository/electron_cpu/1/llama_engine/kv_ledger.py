@@ -1,9 +1,15 @@
-"""Physical KV-cell accounting for llama.cpp's unified KV cache.
+"""Physical KV-cell accounting for llama.cpp's KV cache, in either layout.
 
-llama.cpp keeps one pool of cells; a cell holds the K/V of one position and may
-belong to several sequences at once (``seq_cp`` shares cells, it copies nothing).
-A cell is free once no sequence holds it. llama.cpp does not report how many
-cells are in use, so the engine mirrors every memory operation here.
+Unified (``kv_unified``): llama.cpp keeps one pool of cells; a cell holds the K/V
+of one position and may belong to several sequences at once (``seq_cp`` shares
+cells, it copies nothing). A cell is free once no sequence holds it.
+
+Per-sequence streams (``shares_cells=False``): every sequence id has a stream of
+its own (``n_cells / n_seq`` cells); ``seq_cp`` copies a whole stream's buffer, so
+a copied prefix is cells of the destination alone.
+
+llama.cpp does not report how many cells are in use, so the engine mirrors every
+memory operation here.
 
 Model: cells are created in *runs* - the positions one sequence decodes itself.
 A sequence is a list of runs covering positions ``[0, n)``; every sequence that
@@ -26,10 +32,12 @@ class _Run:
 
 
 class KvLedger:
-    """Mirrors ``seq_cp`` / ``seq_rm`` / decode on a unified cache of ``n_cells``."""
+    """Mirrors ``seq_cp`` / ``seq_rm`` / decode on a cache of ``n_cells`` (all streams'
+    together when ``shares_cells`` is False)."""
 
-    def __init__(self, n_cells: int):
+    def __init__(self, n_cells: int, shares_cells: bool = True):
         self.n_cells = n_cells
+        self.shares_cells = shares_cells
         self._runs: dict[int, list[_Run]] = {}  # seq id -> its runs, by position
         self._length: dict[int, int] = {}  # seq id -> positions held, [0, n)
 
@@ -55,11 +63,17 @@ class KvLedger:
         self._length[seq] = end + n_tokens
 
     def copy(self, src: int, dst: int, end: int) -> None:
-        """``seq_cp(src, dst, 0, end)`` onto an empty ``dst``."""
+        """``dst`` (empty) now holds ``src``'s positions ``[0, end)``: the same cells in a
+        unified cache, a copy of them in its own stream otherwise."""
         if self._length.get(dst, 0):
             raise ValueError(f"seq {dst} is not empty")
         if end > self._length.get(src, 0):
             raise ValueError(f"seq {src} holds {self._length.get(src, 0)} positions, not {end}")
+        if not self.shares_cells:
+            if end:
+                self._runs[dst] = [_Run(start=0, reach={dst: end})]
+                self._length[dst] = end
+            return
         shared = [r for r in self._runs.get(src, []) if r.start < end]
         for run in shared:
             run.reach[dst] = min(run.reach[src], end)

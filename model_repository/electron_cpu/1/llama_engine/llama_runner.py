@@ -1,7 +1,10 @@
 """The llama.cpp model, context and batch behind the engine loop.
 
-One context with a *unified* KV cache (one cell pool shared by every sequence,
-so ``seq_cp`` shares cells instead of copying them). Flash attention and the
+One context whose KV cache is either *unified* (one cell pool shared by every
+sequence, so ``seq_cp`` shares cells instead of copying them; the default) or
+*per-sequence streams* (``kv_unified = False``: each sequence id has
+``kv_cells / max_sequences`` cells of its own, attention reads only its own
+stream, and ``seq_cp`` copies a whole stream's buffer; ``KV_LAYOUTS``). Flash attention and the
 weights' buffer types (llama.cpp's extra buffer types: AMX tiles, repacked
 weights) are per machine: the model chooses them at start (``cpu_paths``).
 The batch buffers are numpy arrays that ``llama_decode`` reads in place.
@@ -21,11 +24,20 @@ log = logging.getLogger(__name__)
 DECODE_OK = 0
 DECODE_NO_KV_SLOT = 1
 
+KV_LAYOUTS = ("unified", "streams")  # the setting's values: kv_unified true / false
+
+
+def kv_unified_for(layout: str) -> bool:
+    """``kv_unified`` for a layout setting (one of ``KV_LAYOUTS``)."""
+    if layout not in KV_LAYOUTS:
+        raise ValueError(f"kv_layout must be one of {', '.join(KV_LAYOUTS)}, not {layout!r}")
+    return layout == "unified"
+
 
 @dataclass(frozen=True)
 class RunnerConfig:
     gguf_path: str
-    kv_cells: int = 16384  # the unified KV pool, shared by all sequences
+    kv_cells: int = 16384  # the KV pool: shared by all sequences, or split into one stream each
     max_sequences: int = 64  # llama.cpp sequence ids: running + cached (<= 256)
     max_batch_tokens: int = 512  # tokens per llama_decode call
     threads: int = 2
@@ -77,6 +89,9 @@ class LlamaRunner:
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create a context")
         self.memory = llama_cpp.llama_get_memory(self.ctx)
+        # llama.cpp rounds a stream up to 256 cells: the pool and a sequence's room as it made them
+        self.kv_cells = llama_cpp.llama_n_ctx(self.ctx)
+        self.sequence_cells = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.vocab = vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
         self.eos_id = llama_cpp.llama_vocab_eos(vocab)
@@ -127,6 +142,7 @@ class LlamaRunner:
 
     # MemoryOps for the prefix cache
     def seq_cp(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Across streams only whole ones (``p0 = p1 = -1``): llama.cpp copies the buffer at the next decode."""
         llama_cpp.llama_memory_seq_cp(self.memory, src, dst, p0, p1)
 
     def seq_rm(self, seq: int, p0: int, p1: int) -> None:

@@ -147,28 +147,73 @@ class PrefixCache:
     def admit(self, prompt: Sequence[int]) -> Admission:
         """Give ``prompt`` a sequence holding its longest cached prefix (at least
         one token is left to prefill: its logits are needed)."""
-        seq = self._take_seq_id()
-        blocks = self.match(prompt)
-        reused = min(len(blocks) * self.block_size, len(prompt) - 1)
-        state = _Seq(active=True)
-        self._seqs[seq] = state
+        heir = None
+        if not self.ledger.shares_cells:  # a finished turn's own stream, taken over whole: nothing is copied
+            blocks = self.match(prompt)
+            reused = min(len(blocks) * self.block_size, len(prompt) - 1)
+            if reused >= self.block_size:
+                heir = self._heir(blocks[reused // self.block_size - 1], reused // self.block_size)
+        if heir is not None:
+            seq, state = heir, self._seqs[heir]
+            self._cut(seq, state, reused // self.block_size, reused)
+            state.active = True
+        else:
+            seq = self._take_seq_id()  # may evict blocks: match after it
+            blocks = self.match(prompt)
+            reused = min(len(blocks) * self.block_size, len(prompt) - 1)
+            state = _Seq(active=True)
+            self._seqs[seq] = state
+            if reused > 0:
+                self._share(blocks, prompt, seq, state, reused)
         if reused > 0:
-            source = next(iter(blocks[-1].holders))
-            self._ops.seq_cp(source, seq, 0, reused)
-            self.ledger.copy(source, seq, reused)
-            state.tokens = list(prompt[:reused])
-            for block in blocks[: reused // self.block_size]:
-                block.holders.add(seq)
-                state.blocks.append(block)
             self._touch(blocks)
-            source_state = self._seqs[source]
-            if not source_state.active and len(source_state.blocks) <= len(state.blocks):
-                self._drop_seq(source)  # a finished turn whose history the new turn now holds whole
-        state.planned = set(block_keys(prompt, self.block_size)[len(state.blocks) :])
-        full_blocks = len(prompt) // self.block_size
-        self.hits += reused // self.block_size
-        self.misses += full_blocks - reused // self.block_size
-        return Admission(seq, reused, reused // self.block_size)
+        kept = reused // self.block_size
+        state.planned = set(block_keys(prompt, self.block_size)[kept:])
+        self.hits += kept
+        self.misses += len(prompt) // self.block_size - kept
+        return Admission(seq, reused, kept)
+
+    def _share(self, blocks: list[Block], prompt: Sequence[int], seq: int, state: _Seq, reused: int) -> None:
+        """The empty ``seq`` gets the KV of ``blocks``' first ``reused`` positions from
+        one of their holders: the cells themselves in a unified cache, a copy of the
+        holder's stream (llama.cpp copies streams whole) cut back to ``reused`` otherwise."""
+        kept = reused // self.block_size
+        source = next(iter(blocks[-1].holders))
+        if self.ledger.shares_cells:
+            self._ops.seq_cp(source, seq, 0, reused)
+        else:
+            self._ops.seq_cp(source, seq, -1, -1)
+            self._ops.seq_rm(seq, reused, -1)
+        self.ledger.copy(source, seq, reused)
+        state.tokens = list(prompt[:reused])
+        for block in blocks[:kept]:
+            block.holders.add(seq)
+            state.blocks.append(block)
+        source_state = self._seqs[source]
+        if not source_state.active and len(source_state.blocks) <= len(state.blocks):
+            self._drop_seq(source)  # a finished turn whose history the new turn now holds whole
+
+    def _heir(self, last: Block, kept: int) -> int | None:
+        """A finished sequence holding ``last`` that a new request can take over without
+        loss: none of its blocks past the first ``kept`` is held by it alone (taking
+        over a call's history for another call's system prompt would lose that history)."""
+        for holder in last.holders:
+            state = self._seqs[holder]
+            if not state.active and all(len(b.holders) > 1 for b in state.blocks[kept:]):
+                return holder
+        return None
+
+    def _cut(self, seq: int, state: _Seq, kept: int, end: int) -> None:
+        """``seq`` keeps its first ``kept`` blocks and positions ``[0, end)``; a block it
+        gives up that no other sequence holds is forgotten."""
+        for block in state.blocks[kept:]:
+            block.holders.discard(seq)
+            if not block.holders:
+                self._forget(block)
+        del state.blocks[kept:]
+        del state.tokens[end:]
+        self._ops.seq_rm(seq, end, -1)
+        self.ledger.truncate(seq, end)
 
     def computed(self, seq: int, tokens: Sequence[int]) -> None:
         """``tokens`` were decoded into ``seq`` after its current end."""
@@ -202,9 +247,7 @@ class PrefixCache:
         state.planned.clear()
         full = len(state.blocks) * self.block_size
         if len(state.tokens) > full:
-            self._ops.seq_rm(seq, full, -1)
-            self.ledger.truncate(seq, full)
-            del state.tokens[full:]
+            self._cut(seq, state, len(state.blocks), full)  # the partial block's cells
         if all(len(b.holders) > 1 for b in state.blocks):
             self._drop_seq(seq)  # every block is held elsewhere too: this copy adds nothing
         else:

@@ -71,9 +71,10 @@ def quantize(src: str, dst: str, fmt: str, threads: int = 0) -> None:
 
 
 def _runner(spec: dict, gguf: str, flash_attn: bool, extra: bool):
-    from llama_engine.llama_runner import LlamaRunner, RunnerConfig
+    from llama_engine.llama_runner import LlamaRunner, RunnerConfig, kv_unified_for
 
     return LlamaRunner(RunnerConfig(gguf_path=gguf, kv_cells=spec["kv_cells"], max_sequences=spec["max_sequences"],
+                                    kv_unified=kv_unified_for(spec["kv_layout"]),
                                     max_batch_tokens=spec["max_batch_tokens"], threads=spec["threads"],
                                     flash_attn=flash_attn, extra_buffer_types=extra))
 
