@@ -95,14 +95,23 @@ def _top(llama_cpp, runner, row: int, np) -> tuple[list[int], list[float]]:
 
 
 def greedy(runner, prompts: list[list[int]], new_tokens: int) -> list[dict]:
-    """Greedy continuations of every prompt (one sequence each, decoded together), up to
-    ``new_tokens`` or an end-of-generation token (kept): per prompt its tokens and, per
-    step, the top candidates (chosen first) and their logits."""
+    """Greedy continuations of every prompt (one sequence each, decoded together in groups
+    of at most the runner's sequences), up to ``new_tokens`` or an end-of-generation token
+    (kept): per prompt its tokens and, per step, the top candidates (chosen first) and
+    their logits."""
+    group = runner.config.max_sequences
+    outputs = []
+    for start in range(0, len(prompts), group):
+        outputs += _greedy_group(runner, prompts[start:start + group], new_tokens)
+        for seq in range(min(group, len(prompts) - start)):
+            runner.seq_rm(seq, 0, -1)
+    return outputs
+
+
+def _greedy_group(runner, prompts: list[list[int]], new_tokens: int) -> list[dict]:
     import llama_cpp
     import numpy as np
 
-    if len(prompts) > runner.config.max_sequences:
-        raise ValueError(f"{len(prompts)} prompts, {runner.config.max_sequences} sequences")
     def tops_after(entries) -> dict[int, tuple[list[int], list[float]]]:
         # read at once: the next llama_decode overwrites the logits
         return {seq: _top(llama_cpp, runner, i, np) for i, (_, _, seq, logits) in enumerate(entries) if logits}
