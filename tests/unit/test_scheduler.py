@@ -39,9 +39,9 @@ def test_prefill_chunk_keeps_every_stream_above_the_busy_floor_and_uses_the_room
     p = planner()  # busy floor 6 tok/s: a step carrying prefill may take 0.8 / 6 = 133 ms
     for decodes in (1, 4, 8):
         budget = p.prefill_budget(decodes)
-        step = p.cost.predict(decodes + budget)
+        step = p.cost.predict(budget, decodes)
         assert step <= 0.8 / 6.0 + 1e-9
-        assert p.cost.predict(decodes + budget + 1) > 0.8 / 6.0 - 0.004  # and uses the room
+        assert p.cost.predict(budget + 1, decodes) > 0.8 / 6.0 - 0.004  # and uses the room
         assert budget >= p.config.min_prefill_chunk  # a waiting prompt always progresses
     assert p.prefill_budget(8) >= 20  # a later turn's new tokens fit in one or two steps
 
@@ -78,6 +78,34 @@ def test_cost_model_with_one_step_size_only_moves_the_overhead():
     assert cost.per_token_s == 0.005 and abs(cost.predict(8) - 0.050) < 1e-3
 
 
+def test_cost_model_learns_a_slope_for_prompt_tokens_and_one_for_decoding_streams():
+    """What a 2-core AMD EPYC did with per-sequence streams at ~700-token histories: a
+    decoding stream costs ~9.5 ms, a prompt token ~2.5; decode-only, prompt-only and
+    mixed steps of many sizes."""
+    cost = StepCostModel(overhead_s=0.006, per_token_s=0.0045)
+    rng = random.Random(7)
+    for _ in range(200):
+        prompt, decodes = rng.choice([(rng.randint(1, 60), 0), (0, rng.randint(1, 16)),
+                                      (rng.randint(4, 40), rng.randint(1, 6))])
+        cost.observe(prompt, 0.004 + 0.0025 * prompt + 0.0095 * decodes, decodes=decodes)
+    assert cost.per_token_s == pytest.approx(0.0025, rel=0.05)
+    assert cost.decode_s == pytest.approx(0.0095, rel=0.05)
+    assert cost.predict(31, 2) == pytest.approx(0.004 + 0.0025 * 31 + 0.019, rel=0.05)
+    # so a later turn's 31 new tokens go in one step beside two urgent streams (the busy
+    # floor's 133 ms); one line through the same steps had cut them into two or three
+    p = StepPlanner(SchedulerConfig(), cost)
+    assert p.prefill_budget(2, wait_s=-0.1) >= 31
+
+
+def test_steps_without_decodes_leave_the_decode_slope_at_its_prior():
+    cost = StepCostModel(overhead_s=0.006, per_token_s=0.0045, decode_s=0.008)
+    for i in range(60):
+        tokens = 1 + (i * 37) % 200
+        cost.observe(tokens, 0.007 + 0.003 * tokens)
+    assert cost.decode_s == 0.008 and cost.per_token_s == pytest.approx(0.003, rel=0.02)
+    assert cost.tokens_within(0.1, decodes=5) == int((0.1 - cost.predict(0, 5)) / cost.per_token_s)
+
+
 def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
     p = planner()
     tight = p.prefill_budget(decodes=7, wait_s=floor_wait_s(tokens=12, since_first_token_s=1.0, min_rate=12.0))
@@ -86,7 +114,7 @@ def test_streams_ahead_of_pace_let_a_short_prompt_in_whole():
     assert abs(wait - (21 / 12 - 1)) < 1e-9
     loose = p.prefill_budget(decodes=7, wait_s=wait)
     assert tight < 30 <= loose
-    assert p.cost.predict(7 + loose) <= 0.8 * (1 / 12 + p.config.max_slack_s) + 1e-9  # the wait is capped
+    assert p.cost.predict(loose, 7) <= 0.8 * (1 / 12 + p.config.max_slack_s) + 1e-9  # the wait is capped
     assert p.prefill_budget(decodes=7, wait_s=-0.3) == tight  # behind pace: the busy floor still holds
 
 
@@ -112,6 +140,22 @@ def test_paced_streams_ahead_of_their_playhead_rest_while_prompts_wait():
     assert p.step_deadline_s(low.wait_s) == 0.8 / 6
 
 
+def test_with_no_prompt_waiting_streams_ahead_of_their_playhead_take_turns_in_short_steps():
+    p = StepPlanner(SchedulerConfig(decode_step_s=0.06), StepCostModel(overhead_s=0.006, decode_s=0.0095))
+    ahead = [DecodeCandidate(f"ahead{i}", wait_s=paced_wait_s(2.0 + i / 10, 1.0), paced=True) for i in range(16)]
+    low = DecodeCandidate("low", wait_s=paced_wait_s(0.4, 1.0), paced=True)
+    unpaced = DecodeCandidate("json", wait_s=3.0, paced=False)
+    chosen = [c.key for c in p.choose_decodes([*ahead, low, unpaced], prompts_waiting=False)]
+    # 6 ms + 9.5 ms a stream: 5 fit in 60 ms; the one below its buffer and the unpaced one always decode
+    assert chosen == ["low", "ahead0", "ahead1", "ahead2", "json"]
+    assert p.cost.predict(0, len(chosen)) <= 0.06
+    assert [c.key for c in p.choose_decodes(ahead, prompts_waiting=False)] == [f"ahead{i}" for i in range(5)]
+    slow = StepPlanner(SchedulerConfig(decode_step_s=0.001), p.cost)
+    assert [c.key for c in slow.choose_decodes(ahead, prompts_waiting=False)] == ["ahead0"]  # always one
+    many_urgent = [DecodeCandidate(f"u{i}", wait_s=-0.1, paced=True) for i in range(12)]
+    assert len(p.choose_decodes(many_urgent + ahead, prompts_waiting=False)) == 12  # urgent ones are not capped
+
+
 def test_the_step_may_take_what_the_most_urgent_stream_can_wait():
     p = planner()
     assert p.step_deadline_s(0.2) == pytest.approx(0.8 * 0.2)
@@ -128,7 +172,7 @@ def test_overload_estimate_grows_with_the_queue_and_refuses_past_the_bound():
     long = p.prefill_time_s(decodes=20, wait_s=None, prompt_tokens=600)
     assert long > 1.5 and p.refuses(long)
     budget = p.prefill_budget(20)  # whole chunks, then the rest
-    assert long == pytest.approx(600 // budget * p.cost.predict(20 + budget) + p.cost.predict(20 + 600 % budget))
+    assert long == pytest.approx(600 // budget * p.cost.predict(budget, 20) + p.cost.predict(600 % budget, 20))
     off = StepPlanner(SchedulerConfig(overload_ttft_s=0.0), p.cost)
     assert not off.refuses(long)
 
@@ -173,7 +217,7 @@ class _Sim:
         budget = self.planner.prefill_budget(len(chosen), wait) if prefilling else 0
         plan = self.planner.plan_prefill(
             [PrefillCandidate(s, s.prompt_left, self.now - s.arrived) for s in prefilling], budget)
-        self.now += self.planner.cost.predict(len(chosen) + sum(t for _, t in plan))
+        self.now += self.planner.cost.predict(sum(t for _, t in plan), len(chosen))
         for d in candidates:  # the lead each stream had when this step ended
             s = d.key
             s.min_lead = min(s.min_lead, playback_lead_s(s.tokens * s.chars_per_token, self.now - s.first_token, s.pace)
@@ -269,9 +313,9 @@ def test_no_step_beside_streams_is_planned_longer_than_max_step():
             if decodes == 0 and wait is None:
                 continue  # alone: lone_step_s, above
             budget = p.prefill_budget(decodes, wait)
-            step = p.cost.predict(decodes + budget)
+            step = p.cost.predict(budget, decodes)
             # within max_step_s, unless the decoders alone already take longer (a minimal chunk then)
-            assert step <= max(p.config.max_step_s, p.cost.predict(decodes + p.config.min_prefill_chunk)) + 1e-9
+            assert step <= max(p.config.max_step_s, p.cost.predict(p.config.min_prefill_chunk, decodes)) + 1e-9
     # the bound never undercuts the busy floor (policy 4): a later turn still goes in one or two steps
     tight = StepPlanner(SchedulerConfig(max_step_s=0.01), p.cost)
     assert tight.step_deadline_s(5.0) == pytest.approx(0.8 / 6) and tight.prefill_budget(8) >= 20
@@ -282,7 +326,7 @@ def test_the_step_bound_follows_a_cost_model_that_runs_over():
     p.cost.bias = 1.6  # recent steps took 1.6x the line (a long prompt's chunks at depth)
     budget = p.prefill_budget(0)
     assert p.cost.predict(budget) <= p.config.lone_step_s < p.cost.predict(budget + 1) and budget == 14
-    assert p.cost.predict(3 + p.prefill_budget(3, 5.0)) <= p.config.max_step_s
+    assert p.cost.predict(p.prefill_budget(3, 5.0), 3) <= p.config.max_step_s
 
 
 def test_one_stalled_step_or_the_first_after_idle_does_not_make_every_prediction_dear():

@@ -220,6 +220,7 @@ class Engine:
         n, samplers = self._fill_batch(decoding, plan)
         if self.thread_budget is not None:
             self.runner.use_threads(self.thread_budget.threads)
+        decode_started = time.perf_counter()
         rc = self.runner.decode(n)
         if rc == DECODE_NO_KV_SLOT and self.cache.make_room(n):
             rc = self.runner.decode(n)
@@ -229,14 +230,19 @@ class Engine:
         if rc != DECODE_OK:
             self._fail_batch(decoding, plan, rc)
             return
+        decoded = time.perf_counter()
         self._after_decode(decoding, plan, samplers)
         # the whole step counts: sampling, responses and checks slow streams too
         took = time.perf_counter() - step_started
+        prompt_tokens = n - len(decoding)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("step: %d decodes (%d resting), %d prompt tokens, predicted %.1f ms, took %.1f ms",
-                      len(decoding), len(streams) - len(decoding), n - len(decoding),
-                      1e3 * self.planner.cost.predict(n), 1e3 * took)
-        self.planner.cost.observe(n, took, after_idle=self._after_idle)
+            log.debug("step: %d decodes (%d resting), %d prompt tokens, predicted %.1f ms, took %.1f ms "
+                      "(planning %.1f, llama_decode %.1f, sampling and sending %.1f)",
+                      len(decoding), len(streams) - len(decoding), prompt_tokens,
+                      1e3 * self.planner.cost.predict(prompt_tokens, len(decoding)), 1e3 * took,
+                      1e3 * (decode_started - step_started), 1e3 * (decoded - decode_started),
+                      1e3 * (step_started + took - decoded))
+        self.planner.cost.observe(prompt_tokens, took, after_idle=self._after_idle, decodes=len(decoding))
         self._after_idle = False
         self.stats.decode_steps += 1
         self.stats.step_tokens += n
@@ -430,7 +436,7 @@ class Engine:
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
         queued = len(self._running) + sum(1 for w in self._waiting if w is not s) - self.max_running
         if not running and queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
-            step = self.planner.cost.predict(max(load, 1))
+            step = self.planner.cost.predict(0, max(load, 1))
             left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
             delay += left[min(queued, len(left) - 1)] * step if left else 0.0
         return delay

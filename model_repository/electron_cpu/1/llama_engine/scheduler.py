@@ -11,7 +11,8 @@ Policy (documented in the README):
    time goes to callers waiting for a first token; streams whose lead runs low,
    and unpaced streams (non-streaming, tools, JSON, or opted out), decode in
    every step. With no prompt waiting, every stream decodes (nothing to gain
-   by waiting, and a finished stream frees its KV cells).
+   by waiting, and a finished stream frees its KV cells), in steps no longer
+   than policy 9 allows.
 2. Time to first token comes first: while any prompt is waiting to be prefilled,
    every step also carries a prefill chunk; there are no decode-only steps.
 3. The chunk is as large as the most urgent stream allows: a step may take
@@ -68,6 +69,15 @@ Policy (documented in the README):
    the 2-core Xeon, alternated fresh starts: later-turn TTFT p50 207 and 181 ms
    cut, 187 and 171 ms whole). A cancel then waits at most ``max_step_s`` for
    it, and what that step computes stays cached for the next request.
+9. Short decode steps: with no prompt waiting, paced streams with more than the
+   playback buffer of lead decode only as many at a time as fit in
+   ``decode_step_s`` (most urgent first; streams at or below their buffer and
+   unpaced streams always decode): the next caller's turn arrives while a step
+   is under way and waits for it. (24 paced calls on a 2-core AMD EPYC with
+   per-sequence streams: decode-only steps of 12-16 streams took 120-170 ms, each
+   stream ~9.5 ms whatever the batch, and later turns that arrived during one
+   waited for it before their prefill.) Splitting costs a step's small fixed part
+   once more; the streams left out are seconds ahead of their callers.
 """
 
 from __future__ import annotations
@@ -76,13 +86,21 @@ from dataclasses import dataclass
 
 
 class StepCostModel:
-    """Step time as a line in the batch's token count, ``overhead + per_token * n``,
-    fitted online by exponentially weighted least squares over measured steps.
-    (On CPU a decode token and a prompt token cost about the same inside one
-    batch; the fixed part is reading the weights once per step.) Until steps of
-    different sizes were seen, the prior line is used: the slope follows the fit only
-    once recent steps' sizes spread by ``slope_min_var`` (a standard deviation of 10
-    tokens), so steps of alike sizes move the overhead, not the slope.
+    """Step time as a plane in the batch's prompt and decode tokens,
+    ``overhead + prompt_s * prompt_tokens + decode_s * decodes``, fitted online by
+    exponentially weighted least squares over measured steps. The fixed part is reading
+    the weights once per step. The two slopes differ: a prompt token shares its
+    sequence's attention with the rest of its chunk, a decode token reads its sequence's
+    whole history alone, and each one is sampled and sent. (On a 2-core AMD EPYC with
+    per-sequence KV streams, histories of ~700 tokens, 24 paced calls: decode-only steps
+    cost ~9.5 ms a stream at every batch size from 1 to 16, prompt-only steps ~2.5 ms a
+    token; one line through both planned a 15-token chunk beside 2 decodes at 130 ms that
+    took 76, and cut a later turn's 31 new tokens into two or three steps.)
+
+    Until steps of different sizes were seen, the prior slopes are used: a slope follows
+    the fit only once recent steps' counts of its kind spread by ``slope_min_var`` (a
+    standard deviation of 10 prompt tokens) or ``decode_min_var`` (2 decoding streams), so
+    steps of alike sizes move the overhead, not the slopes.
 
     Two kinds of step would teach it wrong: the first step after the engine slept
     (its threads wake, its caches are cold: on an AMD EPYC a 9-token step took 54 ms
@@ -92,55 +110,75 @@ class StepCostModel:
     next steps, which would refuse requests as overloaded and keep streams out."""
 
     max_step_ratio = 2.0  # one step's measured / predicted time counts at most this much
-    slope_min_var = 100.0  # tokens^2: how widely recent step sizes must spread to move the slope
+    slope_min_var = 100.0  # tokens^2: how widely recent steps' prompt tokens must spread to move their slope
+    decode_min_var = 4.0  # streams^2: the same for decodes (a step holds a few dozen streams at most)
 
-    def __init__(self, overhead_s: float = 0.006, per_token_s: float = 0.0045, memory: float = 0.95):
+    def __init__(self, overhead_s: float = 0.006, per_token_s: float = 0.0045, memory: float = 0.95,
+                 decode_s: float | None = None):
         self.overhead_s = overhead_s
-        self.per_token_s = per_token_s
+        self.per_token_s = per_token_s  # a prompt token
+        self.decode_s = per_token_s if decode_s is None else decode_s  # a decoding stream's token
         self._memory = memory
-        self._w = self._n = self._t = self._nn = self._nt = 0.0
+        # weighted sums of 1, p, d, t, pp, dd, pd, pt, dt (p prompt tokens, d decodes, t seconds)
+        self._sums = [0.0] * 9
         # recent steps' measured / predicted time: the line lags when steps get dearer
         # quickly (a long prompt's chunks attend over more and more positions)
         self.bias = 1.0
 
-    def observe(self, tokens: int, seconds: float, after_idle: bool = False) -> None:
-        """Learn from a step of ``tokens`` that took ``seconds``; ``after_idle``: the
-        engine slept before it (not learned from)."""
+    def observe(self, tokens: int, seconds: float, after_idle: bool = False, decodes: int = 0) -> None:
+        """Learn from a step of ``tokens`` prompt tokens beside ``decodes`` decoding streams
+        that took ``seconds``; ``after_idle``: the engine slept before it (not learned from)."""
         if after_idle:
             return
-        line = self.overhead_s + self.per_token_s * tokens
+        line = self._line(tokens, decodes)
         if line > 0:
             ratio = min(max(seconds / line, 1.0 / self.max_step_ratio), self.max_step_ratio)
             self.bias = min(max(0.7 * self.bias + 0.3 * ratio, 0.8), 3.0)
             seconds = ratio * line  # the line too learns at most that much from one step
-        m = self._memory
-        self._w = m * self._w + 1.0
-        self._n = m * self._n + tokens
-        self._t = m * self._t + seconds
-        self._nn = m * self._nn + tokens * tokens
-        self._nt = m * self._nt + tokens * seconds
-        mean_n, mean_t = self._n / self._w, self._t / self._w
-        var_n = self._nn / self._w - mean_n * mean_n
-        if var_n > self.slope_min_var:
-            # sizes spread enough to separate the two terms: the slope moves toward the
-            # least-squares one, by var_n / (var_n + slope_min_var) of the way each step.
-            # Steps of alike sizes (a lone prompt's 20-26-token chunks, whose times differ by
-            # noise and depth, not size) leave it alone: their raw fit once gave 1e-5 s a
-            # token, and a 512-token step was planned at 73 ms; it took 1.4 s, and a cancel
-            # waited for it
-            cov = self._nt / self._w - mean_n * mean_t
-            slope = (cov + self.slope_min_var * self.per_token_s) / (var_n + self.slope_min_var)
-            self.per_token_s = min(max(slope, 1e-5), 0.1)
-        if mean_n > 0:
-            self.overhead_s = max(mean_t - self.per_token_s * mean_n, 0.0)
+        m, p, d, t = self._memory, tokens, decodes, seconds
+        self._sums = [m * old + new for old, new in zip(self._sums, (1.0, p, d, t, p * p, d * d, p * d, p * t, d * t))]
+        w, sp, sd, st, spp, sdd, spd, spt, sdt = self._sums
+        mp, md, mt = sp / w, sd / w, st / w
+        var_p, var_d, cov_pd = spp / w - mp * mp, sdd / w - md * md, spd / w - mp * md
+        cov_pt, cov_dt = spt / w - mp * mt, sdt / w - md * mt
+        lam_p, lam_d = self.slope_min_var, self.decode_min_var
+        # each slope whose counts spread enough moves toward the least-squares one (ridge
+        # toward its current value: by var / (var + min_var) of the way when alone); one whose
+        # counts do not stays, and the other is fitted to what it leaves. Steps of alike
+        # sizes (a lone prompt's 20-26-token chunks, whose times differ by noise and depth,
+        # not size) leave the slopes alone: their raw fit once gave 1e-5 s a token, and a
+        # 512-token step was planned at 73 ms; it took 1.4 s, and a cancel waited for it
+        free_p, free_d = var_p > lam_p, var_d > lam_d
+        if free_p and free_d:
+            a11, a12, a22 = var_p + lam_p, cov_pd, var_d + lam_d
+            b1, b2 = cov_pt + lam_p * self.per_token_s, cov_dt + lam_d * self.decode_s
+            det = a11 * a22 - a12 * a12
+            self.per_token_s, self.decode_s = (b1 * a22 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+        elif free_p:
+            self.per_token_s = (cov_pt - self.decode_s * cov_pd + lam_p * self.per_token_s) / (var_p + lam_p)
+        elif free_d:
+            self.decode_s = (cov_dt - self.per_token_s * cov_pd + lam_d * self.decode_s) / (var_d + lam_d)
+        self.per_token_s = min(max(self.per_token_s, 1e-5), 0.1)
+        self.decode_s = min(max(self.decode_s, 1e-5), 0.1)
+        self.overhead_s = max(mt - self.per_token_s * mp - self.decode_s * md, 0.0)
 
-    def predict(self, tokens: int) -> float:
-        return (self.overhead_s + self.per_token_s * tokens) * self.bias
+    def _line(self, tokens: int, decodes: int) -> float:
+        return self.overhead_s + self.per_token_s * tokens + self.decode_s * decodes
 
-    def tokens_within(self, seconds: float, fixed_tokens: int = 0) -> int:
-        """The most tokens a step that already carries ``fixed_tokens`` can add and still
-        be predicted to take at most ``seconds`` (0 when those alone take longer)."""
-        spare = seconds - self.predict(fixed_tokens)
+    def predict(self, tokens: int, decodes: int = 0) -> float:
+        """A step of ``tokens`` prompt tokens beside ``decodes`` decoding streams."""
+        return self._line(tokens, decodes) * self.bias
+
+    def decodes_within(self, seconds: float) -> int:
+        """The most decoding streams a step without prompt tokens can carry and still be
+        predicted to take at most ``seconds``."""
+        spare = seconds - self.predict(0, 0)
+        return int(spare / (self.decode_s * self.bias)) if spare > 0 else 0
+
+    def tokens_within(self, seconds: float, decodes: int = 0) -> int:
+        """The most prompt tokens a step beside ``decodes`` decoding streams can carry and
+        still be predicted to take at most ``seconds`` (0 when those alone take longer)."""
+        spare = seconds - self.predict(0, decodes)
         return int(spare / (self.per_token_s * self.bias)) if spare > 0 else 0
 
 
@@ -157,6 +195,7 @@ class SchedulerConfig:
     overload_ttft_s: float = 1.5  # a new request whose first token would come later is refused; 0: never
     max_step_s: float = 0.25  # longest step carrying prefill (policy 8; the busy floor wins if larger)
     lone_step_s: float = 0.1  # longest prefill step with no stream decoding beside it (policy 8)
+    decode_step_s: float = 0.06  # longest decode-only step of paced streams ahead of their playhead (policy 9)
 
     @property
     def max_wait_s(self) -> float:
@@ -201,11 +240,14 @@ class StepPlanner:
         self.cost = cost or StepCostModel()
 
     def choose_decodes(self, streams: list[DecodeCandidate], prompts_waiting: bool) -> list[DecodeCandidate]:
-        """The streams that decode in the next step (policy 1), most urgent first."""
+        """The streams that decode in the next step (policies 1 and 9), most urgent first."""
         ordered = sorted(streams, key=lambda c: c.wait_s)
-        if not prompts_waiting:
-            return ordered
-        return [c for c in ordered if not c.paced or c.wait_s <= 0]
+        must = [c for c in ordered if not c.paced or c.wait_s <= 0]
+        if prompts_waiting:
+            return must
+        ahead = [c for c in ordered if c.paced and c.wait_s > 0]
+        room = max(self.cost.decodes_within(self.config.decode_step_s) - len(must), 0 if must else 1)
+        return sorted(must + ahead[:room], key=lambda c: c.wait_s)
 
     def prefill_budget(self, decodes: int, wait_s: float | None = None, prompt_tokens: int | None = None) -> int:
         """Prompt tokens the next step may carry beside ``decodes`` decode tokens;
@@ -235,7 +277,7 @@ class StepPlanner:
         (policy 4)? ``wait_s`` as in ``prefill_budget``."""
         if decoding == 0:
             return True
-        return self.cost.predict(decoding + 1 + self.config.min_prefill_chunk) <= self.step_deadline_s(wait_s)
+        return self.cost.predict(self.config.min_prefill_chunk, decoding + 1) <= self.step_deadline_s(wait_s)
 
     def prefill_time_s(self, decodes: int, wait_s: float | None, prompt_tokens: int) -> float:
         """How long ``prompt_tokens`` prompt tokens take to prefill in chunks of the
@@ -244,7 +286,7 @@ class StepPlanner:
             return 0.0
         budget = max(self.prefill_budget(decodes, wait_s, prompt_tokens), 1)
         full, rest = divmod(prompt_tokens, budget)
-        return full * self.cost.predict(decodes + budget) + (self.cost.predict(decodes + rest) if rest else 0.0)
+        return full * self.cost.predict(budget, decodes) + (self.cost.predict(rest, decodes) if rest else 0.0)
 
     def refuses(self, eta_s: float) -> bool:
         return 0 < self.config.overload_ttft_s < eta_s
