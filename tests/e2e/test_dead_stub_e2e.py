@@ -31,7 +31,8 @@ READY_WITHIN_S = 5.0
 SERVES_AGAIN_WITHIN_S = 60.0
 LONG = {"model": "electron", "messages": [{"role": "user", "content": "Tell me a long story."}],
         "max_tokens": 400, "min_tokens": 400, "stream": True, "logprobs": True}
-SHORT = {"model": "electron", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4}
+SHORT = {"model": "electron", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 4,
+         "temperature": 0}  # greedy ("Hello! I'm"): sampled, it can end early
 
 
 def _tritonserver_pid(grpc_port: int) -> int:
