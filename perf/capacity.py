@@ -5,8 +5,9 @@ At rising numbers of calls N (``--calls``, default 16 24 32 40 48 64), paced cal
 ``--reply-tokens``, callers listening at 15 characters/s then speaking 1.5 s,
 calls starting ``--stagger`` s apart) run against each server in alternation.
 Per N and server: TTFT p50/p95/p99, playback stalls (p95, share of turns over
-100 ms), refusals. Capacity is the largest N with TTFT p95 <= 300 ms and at
-most 1% of turns stalling, refused or failed (``voice_load/capacity.py``). A
+100 ms), refusals. Capacity is the largest N up to which every measured N has
+TTFT p95 <= 300 ms and at most 1% of turns stalling, refused or failed
+(``voice_load/capacity.py``; a miss at a smaller N caps it there). A
 server that misses the SLO at ``--stop-after`` consecutive N is not run at
 larger N. Writes ``perf/results/<date>-capacity-<host>/``: capacity.json,
 capacity.md (the headline first) and capacity.png.

@@ -187,7 +187,10 @@ def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
     assert slow["ttft_ms"]["p95"] == pytest.approx(500.0) and slow["stalled_share"] == 0 and not slow["meets_slo"]
     points = {"electron": {16: good, 24: good, 32: slow}, "llama-server": {16: refused, 24: slow}}
     assert capacity(points["electron"]) == 24 and capacity(points["llama-server"]) == 0
-    assert capacity(points["electron"], ttft_p95_ms=600) == 32 and capacity(points["llama-server"], 600) == 24
+    assert capacity(points["electron"], ttft_p95_ms=600) == 32 and capacity({24: slow}, 600) == 24
+    assert capacity(points["llama-server"], 600) == 0  # its refusals at 16 cap it below its 24
+    # a miss caps capacity there, even where a larger N happened to pass
+    assert capacity({8: good, 16: slow, 24: good}) == 8 and capacity({8: slow, 16: good}) == 0
     table = markdown(points, slo, "t")
     assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
     assert "| 32 | electron | 100 | 100 / 500 / 500 | - / - | 0 / 0 | 0.0% | 0 | 0 | no |" in table
