@@ -9,6 +9,7 @@ SIGINT/SIGTERM the gateway drains (``gateway.server.drain``), then Triton stops.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import fcntl
 import logging
@@ -44,7 +45,20 @@ def claim_local_limits(settings: Settings):
     return lock
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """No options of its own: every setting is an ``ELECTRON_*`` environment variable.
+    ``--help`` says so instead of starting the stack; anything else exits 2."""
+    parser = argparse.ArgumentParser(
+        prog="electron-serve",
+        description="Serve the embedded CPU stack: tritonserver under a supervisor, then the OpenAI "
+                    "gateway (http://127.0.0.1:8000/v1 by default). Ctrl-C or SIGTERM drains, then stops.",
+        epilog="Configured by ELECTRON_* environment variables only (the README's settings table), "
+               "e.g. ELECTRON_GATEWAY_PORT=8000 ELECTRON_KV_LAYOUT=streams.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     try:
