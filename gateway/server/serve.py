@@ -51,9 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="electron-serve",
         description="Serve the embedded CPU stack: tritonserver under a supervisor, then the OpenAI "
-                    "gateway (http://127.0.0.1:8000/v1 by default). Ctrl-C or SIGTERM drains, then stops.",
+                    f"gateway (http://{Settings.gateway_host}:{Settings.gateway_port}/v1 by default). "
+                    "Ctrl-C or SIGTERM drains, then stops.",
         epilog="Configured by ELECTRON_* environment variables only (the README's settings table), "
-               "e.g. ELECTRON_GATEWAY_PORT=8000 ELECTRON_KV_LAYOUT=streams.")
+               "e.g. ELECTRON_GATEWAY_PORT=9000 ELECTRON_KV_LAYOUT=streams.")
     return parser.parse_args(argv)
 
 
