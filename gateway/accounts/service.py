@@ -121,6 +121,7 @@ class AccountService:
         self._by_hash: dict[str, KeyRecord] = {}
         self._key_count = 0
         self._refresher: asyncio.Task | None = None
+        self._stopping = asyncio.Event()
         self._start_lock = asyncio.Lock()
 
     # --- life cycle --------------------------------------------------------------
@@ -139,8 +140,11 @@ class AccountService:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_periodically())
 
     async def close(self) -> None:
+        """The refresher is asked to stop and waited for, never cancelled: a query cancelled
+        midway can leave aiosqlite's connection closing forever (a hung shutdown)."""
+        self._stopping.set()
         if self._refresher is not None:
-            self._refresher.cancel()
+            await self._refresher
         if self.ledger is not None:
             await self.ledger.close()
         await self.limiter.close()
@@ -157,8 +161,12 @@ class AccountService:
         self._key_count = len(records)
 
     async def _refresh_periodically(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.accounts_refresh_s)
+        while not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self._settings.accounts_refresh_s)
+                return
+            except asyncio.TimeoutError:
+                pass
             try:
                 await self._load(self.store)
             except Exception:  # noqa: BLE001 - keep the keys we have

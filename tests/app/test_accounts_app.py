@@ -187,6 +187,28 @@ async def test_key_and_limit_changes_reach_a_running_gateway(open_gateway, say):
         assert (await gw.post(key)).status_code == 401
 
 
+async def test_closing_waits_for_a_refresh_under_way_instead_of_cancelling_its_query(settings):
+    # a key re-read cancelled midway left aiosqlite's connection closing forever: a hung shutdown
+    accounts = AccountService(dataclasses.replace(settings, accounts_refresh_s=0.01))
+    await accounts.start()
+    entered, release = asyncio.Event(), asyncio.Event()
+    read_keys = accounts.store.keys
+
+    async def slow_keys():
+        entered.set()
+        await release.wait()
+        return await read_keys()
+
+    accounts.store.keys = slow_keys
+    await asyncio.wait_for(entered.wait(), 5)
+    closing = asyncio.ensure_future(accounts.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # it waits for the re-read under way
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    assert accounts._refresher.done() and not accounts._refresher.cancelled()
+
+
 def _hang_up_cases():
     yield "stream, before the first byte", True, 0
     yield "stream, after the first chunk", True, 1
