@@ -3,7 +3,7 @@ GGUF file, then the weights the CPU engine loads (the shipped file, or a requant
 that is faster here and passes the quality gate; measured once, then kept).
 
 Usage: python build/prepare_model.py [--gguf PATH] [--artifacts-dir DIR] [--weight-format auto|shipped|q8_0|q4_0]
-(defaults from the ELECTRON_* settings). See gateway/server/model_artifacts.py and
+(defaults from the ELECTRON_* settings). See gateway/model_artifacts.py and
 gateway/server/weight_choice.py for what is written and why.
 """
 

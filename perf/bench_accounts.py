@@ -96,7 +96,8 @@ class NullAccounts(AccountService):
 async def per_token_run(settings: Settings, tokens: int, requests: int, null: bool) -> float:
     import httpx2
     from app.scripted_engine import Script, ScriptedEngine
-    from gateway.api.app import create_app, model_view
+    from gateway.api.app import create_app
+    from gateway.chat.served_model import model_view
     from gateway.server.triton_launcher import prepare_artifacts
 
     model = model_view(prepare_artifacts(settings), settings.triton_model)

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway.api import sse  # noqa: E402
-from gateway.api.app import model_view  # noqa: E402
+from gateway.chat.served_model import model_view  # noqa: E402
 from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat  # noqa: E402
 from gateway.chat.choice_stream import ChoiceStream  # noqa: E402
 from gateway.api.responses import ResponseShaper  # noqa: E402

@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     import llama_cpp
 
     logging.basicConfig(level=logging.INFO, format="[engine-vs-llamacpp] %(message)s")
-    from gateway.server.model_artifacts import embedded_gguf_path
+    from gateway.model_artifacts import embedded_gguf_path
 
     began, load_before = time.monotonic(), load_average()
     gguf, plan, configs = str(embedded_gguf_path()), step_plan(args.quick), engine_configs(args.quick)

@@ -129,7 +129,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
     from voice_load.servers import ElectronServer, LlamaServer, build_llama_server
-    from gateway.server.model_artifacts import embedded_gguf_path
+    from gateway.model_artifacts import embedded_gguf_path
     from gateway.settings import Settings
 
     settings = Settings.from_env()

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from gateway.accounts.limits import (
     CONCURRENCY_RETRY_S, WINDOW_S, Admission, Limits, Refusal, WindowState, new_token,
 )
-from gateway.api.errors import APIError
+from gateway.errors import APIError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from gateway.accounts.limits import UNLIMITED, Admission, Limiter, Limits, Local
 from gateway.accounts.pricing import CANCELLED_PROMPT_BILLING, NO_COST, Prices, cancelled_prompt_cost, cost_of
 from gateway.accounts.rate_headers import refusal_headers, window_headers
 from gateway.accounts.store import AccountStore, KeyRecord
-from gateway.api.errors import AuthenticationError, RateLimitError
+from gateway.errors import AuthenticationError, RateLimitError
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)

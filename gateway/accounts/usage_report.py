@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.accounts.pricing import usd
-from gateway.api.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError
 
 MAX_INT = 10**11  # Unix seconds up to the year 5138; limits and cursors far below
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}

@@ -1,7 +1,7 @@
 """The Starlette application: routes, error rendering, request ids, lifespan.
 
-``create_app(settings, engine, model)`` wires the pieces; ``build_app(settings)``
-does so for the real stack (Triton engine, artifacts on disk). Every error is an
+``create_app(settings, engine, model)`` wires the pieces (``gateway.server.build_app``
+does so for the real stack: Triton engine, artifacts on disk). Every error is an
 ``APIError`` (or is made one) and is rendered once, into OpenAI's envelope.
 """
 
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import logging
-from importlib.metadata import PackageNotFoundError, version
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,48 +21,23 @@ from starlette.routing import Route
 from gateway.accounts.api_keys import bearer_token
 from gateway.accounts.service import AccountService
 from gateway.accounts.usage_report import costs_page, parse_query, usage_page
-from gateway.api.chat_service import ChatService, ModelView
-from gateway.chat.chat_template import ChatTemplate
+from gateway.api.chat_service import ChatService
+from gateway.chat.served_model import ModelView, package_version
 from gateway.engine.protocol import Engine
-from gateway.api.errors import (
+from gateway.errors import (
     APIError, AuthenticationError, EngineUnavailableError, InvalidRequestError, MethodNotAllowedError, NotFoundError,
     PermissionDeniedError, ShuttingDownError,
 )
-from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.openapi import openapi_document
 from gateway.api.request_context import RequestIdMiddleware, current_request_id
 from gateway.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.api.metrics import LIVE_REFRESH_S, GatewayMetrics
 from gateway.api.request_log import RequestLogMiddleware, summary
-from gateway.api.schemas import Model, ModelList
+from gateway.openai_schema import Model, ModelList
 from gateway.settings import Settings
-from gateway.chat.token_codec import TokenCodec
 
 log = logging.getLogger(__name__)
 OWNER = "electron"
-
-
-def _version() -> str:
-    try:
-        return version("electron")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
-def model_view(artifacts: ModelArtifacts, triton_model: str) -> ModelView:
-    by_id = {i: token for token, i in artifacts.special_tokens.items()}
-    special = {name: by_id[i] for name, i in (("bos_token", artifacts.bos_token_id),
-                                                ("eos_token", artifacts.eos_token_id),
-                                                ("pad_token", artifacts.pad_token_id)) if i in by_id}
-    if not artifacts.chat_template:
-        raise ValueError(f"{artifacts.gguf_path} has no chat template")
-    stamp = f"{artifacts.name}|{artifacts.gguf_path.name}|{triton_model}|{_version()}"
-    return ModelView(
-        artifacts=artifacts,
-        codec=TokenCodec.from_artifacts(artifacts),
-        template=ChatTemplate(artifacts.chat_template, special),
-        system_fingerprint="fp_" + hashlib.sha256(stamp.encode()).hexdigest()[:10],
-    )
 
 
 ROUTES = {path: path for path in ("/v1/chat/completions", "/v1/models", "/v1/organization/usage/completions",
@@ -116,7 +89,7 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
     metrics.watch_ledger(lambda: accounts.ledger)
     created = int(model.artifacts.gguf_path.stat().st_mtime) if model.artifacts.gguf_path.exists() else 0
     served = Model(id=settings.served_model, object="model", created=created, owned_by=OWNER)
-    document = openapi_document(_version())
+    document = openapi_document(package_version())
 
     async def chat_completions(request: Request) -> Response:
         try:
@@ -218,14 +191,3 @@ def create_app(settings: Settings, engine: Engine, model: ModelView,
     app.state.metrics = metrics
     app.state.chat = chat
     return app
-
-
-def build_app(settings: Settings) -> Starlette:
-    """The real gateway: artifacts of the configured GGUF, Triton over gRPC."""
-    from gateway.engine.triton_engine import TritonEngine
-    from gateway.server.triton_launcher import prepare_artifacts
-
-    artifacts = prepare_artifacts(settings)
-    engine = TritonEngine(settings.triton_grpc_url, settings.triton_model, artifacts.vocab_size,
-                          timeout_s=settings.engine_timeout_s, idle_timeout_s=settings.engine_idle_timeout_s)
-    return create_app(settings, engine, model_view(artifacts, settings.triton_model))

@@ -21,7 +21,6 @@ import contextvars
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
@@ -31,21 +30,19 @@ from gateway.accounts.limits import Admission
 from gateway.accounts.service import AccountService, Caller, Outcome
 from gateway.api import sse
 from gateway.chat.chat_request import ChatLimits, PreparedChat, parse_body, prepare_chat
-from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
+from gateway.chat.served_model import ModelView
 from gateway.engine.protocol import Engine
-from gateway.api.errors import (APIError, EngineError, EngineUnavailableError, RequestTooLargeError,
+from gateway.errors import (APIError, EngineError, EngineUnavailableError, RequestTooLargeError,
                                ServerOverloadedError, ShuttingDownError)
-from gateway.server.model_artifacts import ModelArtifacts
 from gateway.api.request_context import current_request_id
 from gateway.api.request_log import summary
 from gateway.api.responses import ResponseShaper
-from gateway.api.schemas import ErrorResponse
+from gateway.openai_schema import ErrorResponse
 from gateway.settings import Settings
 from gateway.tools.guided_request import GUIDE_BACKENDS
 from gateway.tools.tool_dialect import dialects
-from gateway.chat.token_codec import TokenCodec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,15 +83,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise ClientGone() from None
     return bytes(body)
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """What the service knows of the served model from its artifacts."""
-    artifacts: ModelArtifacts
-    codec: TokenCodec
-    template: ChatTemplate
-    system_fingerprint: str
 
 
 class Bill:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.api.schemas import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, Model, ModelList
+from gateway.openai_schema import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, Model, ModelList
 
 _REF = "#/components/schemas/{model}"
 _BEARER = [{"bearer": []}]

@@ -2,7 +2,7 @@
 
 ``ResponseShaper`` holds what every chunk of one response repeats (``id``,
 ``created``, ``model``, ``system_fingerprint``) and builds the schema objects of
-``gateway.api.schemas``; it knows nothing of SSE framing (``gateway.api.sse``) or of the
+``gateway.openai_schema``; it knows nothing of SSE framing (``gateway.api.sse``) or of the
 engine.
 """
 
@@ -14,7 +14,7 @@ import uuid
 
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
-from gateway.api.schemas import (
+from gateway.openai_schema import (
     ChatCompletion, ChatCompletionChunk, Choice, ChoiceDelta, ChoiceLogprobs, ChunkChoice,
     CompletionTokensDetails, FunctionCall, PromptTokensDetails, ResponseMessage, TokenLogprob, ToolCall, Usage,
 )

@@ -19,12 +19,12 @@ from pydantic import ValidationError
 from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import ToolMode
 from gateway.engine.protocol import EngineRequest
-from gateway.api.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from gateway.tools.filler import choose_filler
 from gateway.tools.guided_request import (
     check_tool_messages, response_format_guide, tool_plan, tools_guide,
 )
-from gateway.api.schemas import ChatCompletionRequest, Content
+from gateway.openai_schema import ChatCompletionRequest, Content
 from gateway.chat.token_codec import TokenCodec
 from gateway.tools.tool_dialect import dialects
 

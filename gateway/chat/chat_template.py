@@ -17,7 +17,7 @@ import jinja2
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gateway.api.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError
 
 
 class TemplateError(Exception):

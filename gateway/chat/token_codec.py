@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from gateway.server.model_artifacts import ModelArtifacts
+from gateway.model_artifacts import ModelArtifacts
 
 LONG_PIECE_CHARS = 4096  # longer pieces are tokenized without holding the GIL
 CACHED_PIECE_CHARS = 65536  # longer pieces are not cached

@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.engine.dead_model import PROBE, PROBE_REQUEST_ID, DeadModelGuard, is_dead_model_error
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
-from gateway.api.errors import (APIError, EngineError, EngineTimeoutError, EngineUnavailableError,
+from gateway.errors import (APIError, EngineError, EngineTimeoutError, EngineUnavailableError,
                                ServerOverloadedError)
 
 log = logging.getLogger(__name__)

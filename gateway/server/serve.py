@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from gateway.accounts.service import ProtectedModeError, check_protected_mode
-from gateway.api.app import build_app
+from gateway.server.build_app import build_app
 from gateway.api.request_context import configure_logging
 from gateway.settings import Settings
 from gateway.server.drain import DrainingServer, uvicorn_config

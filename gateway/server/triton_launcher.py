@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from gateway.server.engine_state import cpu_paths_cache_dir, crash_note
-from gateway.server.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
+from gateway.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
 from gateway.server.weight_choice import engine_weights
 from gateway.settings import Settings
 

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from gateway.server import weight_gate
 from gateway.server.engine_state import cpu_paths_cache_dir
-from gateway.server.model_artifacts import ModelArtifacts, read_gguf_metadata
+from gateway.model_artifacts import ModelArtifacts, read_gguf_metadata
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -336,7 +336,7 @@ def _decision_key(settings: Settings, artifacts: ModelArtifacts, formats: tuple[
 
 def main(argv: list[str] | None = None) -> int:
     """``build/prepare_model.py``: the artifacts, then the engine's weights for this machine."""
-    from gateway.server.model_artifacts import embedded_gguf_path, write_artifacts
+    from gateway.model_artifacts import embedded_gguf_path, write_artifacts
 
     parser = argparse.ArgumentParser(description="Prepare the model artifacts and choose the engine's weights")
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: ELECTRON_GGUF_PATH or the embedded SmolLM2)")

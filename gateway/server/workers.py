@@ -71,7 +71,7 @@ def worker_main(settings: Settings, index: int, parent_pid: int) -> None:
     _die_with_parent()
     if os.getppid() != parent_pid:  # the parent died before the line above took effect
         return
-    from gateway.api.app import build_app
+    from gateway.server.build_app import build_app
     from gateway.api.request_context import configure_logging
     from gateway.server.drain import DrainingServer, uvicorn_config
 

@@ -23,8 +23,8 @@ from functools import lru_cache
 import jsonschema
 import llguidance
 
-from gateway.api.errors import InvalidRequestError
-from gateway.api.schemas import ChatCompletionRequest
+from gateway.errors import InvalidRequestError
+from gateway.openai_schema import ChatCompletionRequest
 from gateway.tools.tool_dialect import JSON_STYLE, ToolDialect  # the engine's JSON options too
 
 

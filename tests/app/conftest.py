@@ -3,7 +3,8 @@
 import httpx2
 import pytest
 
-from gateway.api.app import create_app, model_view
+from gateway.api.app import create_app
+from gateway.chat.served_model import model_view
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts
 

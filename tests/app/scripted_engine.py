@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
-from gateway.api.errors import APIError
+from gateway.errors import APIError
 
 
 @dataclass

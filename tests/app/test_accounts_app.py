@@ -12,7 +12,7 @@ from gateway.accounts.limits import LocalLimiter
 from gateway.accounts.pricing import Prices, cost_of
 from gateway.accounts.service import AccountService, ProtectedModeError, check_protected_mode
 from gateway.api.app import create_app
-from gateway.api.errors import EngineError, EngineUnavailableError, ServerOverloadedError
+from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
 from app.test_chat_app import USER, sse_events

@@ -6,7 +6,7 @@ import openai
 import pytest
 import httpx2
 
-from gateway.api.errors import EngineError, EngineUnavailableError, ServerOverloadedError
+from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
 

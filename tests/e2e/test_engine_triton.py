@@ -12,8 +12,6 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.grpc import InferInput
 
 from near_ties import NearTieJudge
 from reference_model import reference_llama

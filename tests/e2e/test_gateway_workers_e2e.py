@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx2
-import openai
 import pytest
 
 from gateway.api.metrics import LIVE_REFRESH_S

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat, template_messages
 from gateway.chat.chat_template import ChatTemplate
-from gateway.api.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
+from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 
 LIMITS = ChatLimits(served_model="electron", context_window=100, vocab_size=1000, max_messages=3,
                     end_id=2, pad_id=2)

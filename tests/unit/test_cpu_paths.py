@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gateway.server.model_artifacts import embedded_gguf_path
+from gateway.model_artifacts import embedded_gguf_path
 from llama_engine.cpu_paths import ProbeResult, agrees, choose_cpu_paths
 
 GGUF = str(embedded_gguf_path())

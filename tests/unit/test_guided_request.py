@@ -7,7 +7,7 @@ import pytest
 
 from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
 from gateway.chat.chat_template import ChatTemplate
-from gateway.api.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError
 from gateway.tools.filler import phrase_bank
 
 LIMITS = ChatLimits(served_model="electron", context_window=100_000, vocab_size=1000, max_messages=20,
@@ -166,7 +166,7 @@ def test_a_template_that_reads_tools_renders_them_itself():
 def test_a_tool_schema_nested_too_deeply_is_a_400_not_a_recursion_error():
     import json as _json
 
-    from gateway.api.errors import InvalidRequestError
+    from gateway.errors import InvalidRequestError
     from gateway.tools.guided_request import MAX_SCHEMA_DEPTH, _check_schema
 
     def nested(levels):

@@ -4,7 +4,7 @@ end-to-end runs cannot hold the logits fixed (see test_engine_triton.py's seeded
 import numpy as np
 import pytest
 
-from gateway.server.model_artifacts import embedded_gguf_path
+from gateway.model_artifacts import embedded_gguf_path
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 from llama_engine.params import SamplingParams
 from llama_engine.sampling import TokenSampler

