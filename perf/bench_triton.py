@@ -26,7 +26,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
 from tritonclient.grpc import InferInput
@@ -37,35 +36,25 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway.settings import Settings  # noqa: E402
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
+from engine_contract import INPUTS, ContractRequest, encode_request  # noqa: E402
 from results_dir import run_meta, write_results  # noqa: E402
 
 log = logging.getLogger("bench_triton")
 WORDS = "the caller wants to change a booking for two people on friday evening near the window and asks about parking".split()
 
 
-def _input(name, array, dtype):
-    t = InferInput(name, list(array.shape), dtype)
-    t.set_data_from_numpy(array)
-    return t
-
-
 def request_inputs(prompt: list[int], tokens: int, guide: tuple[str, str] | None = None) -> list[InferInput]:
     """``tokens`` tokens exactly (``min_tokens``), or under ``guide`` (type, text), whose
     end decides (pick a guide longer than ``tokens``)."""
-    guided = [] if guide is None else [
-        _input("guided_decoding_guide_type", np.array([[guide[0].encode()]], np.object_), "BYTES"),
-        _input("guided_decoding_guide", np.array([[guide[1].encode()]], np.object_), "BYTES"),
-    ]
-    return guided + [
-        _input("input_ids", np.array([prompt], np.int32), "INT32"),
-        _input("input_lengths", np.array([[len(prompt)]], np.int32), "INT32"),
-        _input("request_output_len", np.array([[tokens]], np.int32), "INT32"),
-        _input("min_tokens", np.array([[0 if guide else tokens]], np.int32), "INT32"),
-        _input("streaming", np.array([[True]]), "BOOL"),
-        _input("exclude_input_in_output", np.array([[True]]), "BOOL"),
-        _input("temperature", np.array([[0.0]], np.float32), "FP32"),
-        _input("return_perf_metrics", np.array([[True]]), "BOOL"),
-    ]
+    request = ContractRequest(prompt=tuple(prompt), max_new_tokens=tokens, min_tokens=0 if guide else tokens,
+                              streaming=True, exclude_input_in_output=True, temperature=0.0,
+                              return_perf_metrics=True, guide=guide)
+    inputs = []
+    for name, array in encode_request(request, vocab_size=0).items():
+        tensor = InferInput(name, list(array.shape), INPUTS[name].wire_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """``Engine`` over Triton's gRPC API: one bidirectional stream per request.
 
 Inputs and outputs are TensorRT-LLM's ``tensorrt_llm`` names (see the engine
-contract in ``../shared/design.md``), so the same code drives the CPU model and a
+contract, ``engine_contract``; docs/engine-contract.md), so the same code drives the CPU model and a
 TensorRT-LLM engine. The request is always sent with ``streaming`` on, also for
 non-streaming HTTP responses: stop strings need the text as it comes.
 
@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncIterator, Collection
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput
 from tritonclient.utils import InferenceServerException
 
+from engine_contract import (INPUTS, ContractRequest, decode_perf, decode_response, decode_tokens, encode_request,
+                             is_overloaded)
 from gateway.engine.dead_model import PROBE, PROBE_REQUEST_ID, DeadModelGuard, is_dead_model_error
 from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
 from gateway.errors import (APIError, EngineError, EngineTimeoutError, EngineUnavailableError,
@@ -35,93 +36,73 @@ from gateway.errors import (APIError, EngineError, EngineTimeoutError, EngineUna
 
 log = logging.getLogger(__name__)
 
-OVERLOADED = "server_overloaded"  # the engine's refusal of a request it cannot start in time
-
-_DTYPES = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL"}
 # Triton's words for "this model cannot take requests now".
 _NOT_SERVING = ("unknown model", "is not found", "not ready", "unavailable", "no available versions")
 
 
-def _tensor(name: str, value, dtype) -> InferInput:
-    array = np.asarray(value, dtype=dtype).reshape(1, -1)
-    tensor = InferInput(name, list(array.shape), _DTYPES[np.dtype(dtype).type])
-    tensor.set_data_from_numpy(array)
-    return tensor
+def contract_request(request: EngineRequest, reports_prefill: bool = False) -> ContractRequest:
+    """The gateway's request in the contract's terms. Always streamed (stop strings need the
+    text as it comes), without the prompt in the output, with perf metrics (the reused
+    prefix and the engine's time to first token)."""
+    return ContractRequest(
+        prompt=tuple(request.prompt), max_new_tokens=request.max_tokens, end_id=request.end_id,
+        pad_id=request.pad_id, streaming=True, exclude_input_in_output=True, temperature=request.temperature,
+        top_p=request.top_p, top_k=request.top_k, seed=request.seed, presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty, repetition_penalty=request.repetition_penalty,
+        min_tokens=request.min_tokens, logit_bias=request.logit_bias, return_log_probs=request.logprobs,
+        return_perf_metrics=True,
+        guide=None if request.guide_type is None else (request.guide_type, request.guide or ""),
+        playback_chars_per_s=request.playback_chars_per_s, return_prefill_progress=reports_prefill)
 
 
-def request_inputs(request: EngineRequest, vocab_size: int, paces_playback: bool = False,
+_SHARED_INPUTS = frozenset(name for name, spec in INPUTS.items() if not spec.cpu_only)
+_PLAYBACK = frozenset({"playback_chars_per_s"})
+_PREFILL = frozenset({"return_prefill_progress"})
+
+
+def declared_inputs(info: EngineInfo | None) -> frozenset[str]:
+    """The contract's inputs the model declares (before ``info`` is known: the shared ones)."""
+    if info is None:
+        return _SHARED_INPUTS
+    return _SHARED_INPUTS | (_PLAYBACK if info.paces_playback else frozenset()) | (
+        _PREFILL if info.reports_prefill else frozenset())
+
+
+def request_inputs(request: EngineRequest, vocab_size: int, declared: Collection[str] = _SHARED_INPUTS,
                    reports_prefill: bool = False) -> list[InferInput]:
-    """``paces_playback``, ``reports_prefill``: the model declares the ``playback_chars_per_s``,
-    ``return_prefill_progress`` inputs (Triton refuses inputs a model does not declare)."""
-    inputs = [
-        _tensor("input_ids", request.prompt, np.int32),
-        _tensor("input_lengths", len(request.prompt), np.int32),
-        _tensor("request_output_len", request.max_tokens, np.int32),
-        _tensor("streaming", True, np.bool_),
-        _tensor("exclude_input_in_output", True, np.bool_),
-        _tensor("temperature", request.temperature, np.float32),
-        _tensor("runtime_top_p", request.top_p, np.float32),
-        _tensor("runtime_top_k", request.top_k, np.int32),
-        _tensor("presence_penalty", request.presence_penalty, np.float32),
-        _tensor("frequency_penalty", request.frequency_penalty, np.float32),
-        _tensor("repetition_penalty", request.repetition_penalty, np.float32),
-        _tensor("min_tokens", request.min_tokens, np.int32),
-        _tensor("return_log_probs", request.logprobs, np.bool_),
-        _tensor("return_perf_metrics", True, np.bool_),
-    ]
-    if request.end_id is not None:
-        inputs.append(_tensor("end_id", request.end_id, np.int32))
-    if request.pad_id is not None:
-        inputs.append(_tensor("pad_id", request.pad_id, np.int32))
-    if request.seed is not None:
-        inputs.append(_tensor("seed", request.seed, np.uint64))
-    if request.logit_bias:
-        bias = np.zeros(vocab_size, np.float32)
-        for token_id, value in request.logit_bias.items():
-            bias[token_id] = value
-        inputs.append(_tensor("embedding_bias", bias, np.float32))
-    if request.guide_type is not None:
-        inputs.append(_text_tensor("guided_decoding_guide_type", request.guide_type))
-        inputs.append(_text_tensor("guided_decoding_guide", request.guide or ""))
-    if paces_playback and request.playback_chars_per_s > 0:
-        inputs.append(_tensor("playback_chars_per_s", request.playback_chars_per_s, np.float32))
-    if reports_prefill:
-        inputs.append(_tensor("return_prefill_progress", True, np.bool_))
+    """``declared``: the inputs the model declares (``declared_inputs``; Triton refuses others:
+    the CPU-only ``playback_chars_per_s`` and ``return_prefill_progress`` go only to a model
+    that has them)."""
+    arrays = encode_request(contract_request(request, reports_prefill), vocab_size, declared)
+    inputs = []
+    for name, array in arrays.items():
+        tensor = InferInput(name, list(array.shape), INPUTS[name].wire_dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
     return inputs
-
-
-def _text_tensor(name: str, text: str) -> InferInput:
-    array = np.array([[text.encode("utf-8")]], dtype=np.object_)
-    tensor = InferInput(name, [1, 1], "BYTES")
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def _scalar(result, name: str) -> int | None:
-    array = result.as_numpy(name)
-    return None if array is None else int(array.reshape(-1)[0])
 
 
 def parse_output(result, first: bool = False) -> EngineOutput:
     """One response. ``first``: no response with tokens came before; the perf metrics
     (reused KV blocks, the engine's time to first token) are read from the first one
     with tokens, or from the final one if none has any, off the per-token path."""
-    tokens = result.as_numpy("output_ids").reshape(-1).tolist()
-    logprobs = result.as_numpy("output_log_probs")
+    tokens, logprobs = decode_tokens(result.as_numpy)
     flag = result.get_response().parameters.get("triton_final_response")
     final = bool(flag is not None and flag.bool_param)
     if not tokens and not final:  # a prefill progress report (``return_prefill_progress``)
-        return EngineOutput(token_ids=[], reused_blocks=_scalar(result, "kv_cache_reused_blocks"),
-                            prefilled_tokens=_scalar(result, "sequence_length"))
+        perf = decode_perf(result.as_numpy)
+        return EngineOutput(token_ids=[], reused_blocks=None if perf is None else perf.reused_blocks,
+                            prefilled_tokens=decode_response(result.as_numpy).sequence_length)
     reused_blocks = engine_ttft_ms = None
-    if first and (tokens or final):
-        reused_blocks = _scalar(result, "kv_cache_reused_blocks")
-        arrival, first_token = _scalar(result, "arrival_time_ns"), _scalar(result, "first_token_time_ns")
-        if arrival and first_token:
-            engine_ttft_ms = (first_token - arrival) / 1e6
+    if first:
+        perf = decode_perf(result.as_numpy)
+        if perf is not None:
+            reused_blocks = perf.reused_blocks
+            if perf.arrival_ns and perf.first_token_ns:
+                engine_ttft_ms = (perf.first_token_ns - perf.arrival_ns) / 1e6
     return EngineOutput(
         token_ids=tokens,
-        logprobs=None if logprobs is None else logprobs.reshape(-1)[:len(tokens)].tolist(),
+        logprobs=None if logprobs is None else logprobs[:len(tokens)],
         final=final,
         reused_blocks=reused_blocks,
         engine_ttft_ms=engine_ttft_ms,
@@ -248,7 +229,7 @@ class TritonEngine:
 
     async def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]:
         info = self._info
-        inputs = request_inputs(request, self._vocab_size, info is not None and info.paces_playback,
+        inputs = request_inputs(request, self._vocab_size, declared_inputs(info),
                                 info is not None and info.reports_prefill)
 
         async def one_request():
@@ -302,7 +283,7 @@ class TritonEngine:
             raise failure
 
     def _error(self, message: str) -> Exception:
-        if OVERLOADED in message:
+        if is_overloaded(message):
             return ServerOverloadedError("The server is at capacity and could not start this request in time; "
                                          "retry on another replica or in a moment.")
         if _not_serving(message):

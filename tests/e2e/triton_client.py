@@ -12,42 +12,36 @@ import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput
 
-DTYPES = {np.int32: "INT32", np.float32: "FP32", np.uint64: "UINT64", np.bool_: "BOOL", np.object_: "BYTES"}
+from engine_contract.tensors import INPUTS, NUMPY_DTYPES, WIRE_DTYPES, input_array
+
+WIRE_OF_NUMPY = {np.dtype(NUMPY_DTYPES[t]): wire for t, wire in WIRE_DTYPES.items()}
 
 
-def tensor(name: str, value, dtype) -> InferInput:
-    array = np.asarray(value, dtype=dtype)
-    if array.ndim == 0:
-        array = array.reshape(1, 1)
-    elif array.ndim == 1:
-        array = array.reshape(1, -1)
-    t = InferInput(name, list(array.shape), DTYPES[np.dtype(dtype).type])
+def tensor(name: str, value, dtype=None) -> InferInput:
+    """Input ``name`` holding ``value``, in the contract's dtype (``engine_contract``) unless
+    ``dtype`` says otherwise; any shape, any name: tests send malformed requests this way."""
+    if name not in INPUTS:
+        array = np.asarray(value, dtype)
+        array = array.reshape(1, -1) if array.ndim < 2 else array
+        t = InferInput(name, list(array.shape), WIRE_OF_NUMPY[array.dtype])
+        t.set_data_from_numpy(array)
+        return t
+    array = input_array(name, value if dtype is None else np.asarray(value, dtype))
+    if dtype is not None:
+        array = array.astype(dtype)
+    t = InferInput(name, list(array.shape), WIRE_OF_NUMPY[array.dtype] if dtype is not None else INPUTS[name].wire_dtype)
     t.set_data_from_numpy(array)
     return t
 
 
 def request_inputs(prompt, max_tokens, streaming=True, **extra) -> list[InferInput]:
-    inputs = [
-        tensor("input_ids", prompt, np.int32),
-        tensor("input_lengths", len(prompt), np.int32),
-        tensor("request_output_len", max_tokens, np.int32),
-        tensor("streaming", streaming, np.bool_),
-        tensor("exclude_input_in_output", True, np.bool_),
-        tensor("temperature", extra.pop("temperature", 0.0), np.float32),
-        tensor("return_perf_metrics", True, np.bool_),
-        tensor("return_num_input_tokens", True, np.bool_),
-        tensor("return_num_output_tokens", True, np.bool_),
-    ]
-    kinds = {"seed": np.uint64, "runtime_top_k": np.int32, "runtime_top_p": np.float32, "min_tokens": np.int32,
-             "end_id": np.int32, "presence_penalty": np.float32, "frequency_penalty": np.float32,
-             "repetition_penalty": np.float32, "stop_words_list": np.int32, "embedding_bias": np.float32,
-             "return_log_probs": np.bool_, "playback_chars_per_s": np.float32}
-    for name, value in extra.items():
-        if name.startswith("guided_decoding_"):
-            inputs.append(tensor(name, [[value.encode()]], np.object_))
-        else:
-            inputs.append(tensor(name, value, kinds[name]))
-    return inputs
+    """A request with temperature 0 (unless given), perf metrics and token counts; ``extra``:
+    more inputs by their contract names."""
+    values = {"input_ids": prompt, "input_lengths": len(prompt), "request_output_len": max_tokens,
+              "streaming": streaming, "exclude_input_in_output": True, "temperature": 0.0,
+              "return_perf_metrics": True, "return_num_input_tokens": True, "return_num_output_tokens": True}
+    values.update(extra)
+    return [tensor(name, value) for name, value in values.items()]
 
 
 @dataclass

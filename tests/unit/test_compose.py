@@ -6,7 +6,6 @@ the GPU model repository fills in completely."""
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -107,6 +106,10 @@ def test_the_gpu_triton_serves_a_model_of_the_repository_filled_by_the_build_ste
     assert model == environment(SERVICES["gateway-gpu"])["ELECTRON_TRITON_MODEL"]
     assert (ROOT / "model_repository" / model / "config.pbtxt").is_file()
     assert any(v.startswith("./.run/model_repository_gpu:/models") for v in SERVICES["triton-gpu"]["volumes"])
+    # the model imports the engine contract: the package is mounted where the stub's path points
+    mounts = dict(v.rsplit(":", 1)[0].split(":", 1) for v in SERVICES["triton-gpu"]["volumes"])
+    path = environment(SERVICES["triton-gpu"])["PYTHONPATH"]
+    assert mounts["./engine_contract"] == f"{path}/engine_contract" and (ROOT / "engine_contract" / "__init__.py").is_file()
     for script in ("prepare_checkpoint.sh", "build_engine.sh"):
         assert subprocess.run(["bash", "-n", str(ROOT / "build" / "gpu" / script)]).returncode == 0
     for name in ("electron_trtllm", "tensorrt_llm"):

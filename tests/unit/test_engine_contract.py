@@ -1,7 +1,7 @@
-"""The CPU model and the TensorRT-LLM model declare the same engine contract.
+"""Every model's config.pbtxt declares the engine contract of ``engine_contract.tensors``.
 
-Both config.pbtxt files are parsed with Triton's own ModelConfig protobuf. The
-table below is the contract subset of ../shared/design.md ("Engine contract").
+The config.pbtxt files are parsed with Triton's own ModelConfig protobuf and checked
+against the package's tables: the contract is written once, in code.
 """
 
 import re
@@ -10,48 +10,13 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from engine_contract import INPUTS, OUTPUTS
 from paths import ROOT
 
-CONTRACT_INPUTS = {
-    "input_ids": ("TYPE_INT32", [-1]),
-    "input_lengths": ("TYPE_INT32", [1]),
-    "request_output_len": ("TYPE_INT32", [1]),
-    "end_id": ("TYPE_INT32", [1]),
-    "pad_id": ("TYPE_INT32", [1]),
-    "streaming": ("TYPE_BOOL", [1]),
-    "exclude_input_in_output": ("TYPE_BOOL", [1]),
-    "temperature": ("TYPE_FP32", [1]),
-    "runtime_top_p": ("TYPE_FP32", [1]),
-    "runtime_top_k": ("TYPE_INT32", [1]),
-    "seed": ("TYPE_UINT64", [1]),
-    "presence_penalty": ("TYPE_FP32", [1]),
-    "frequency_penalty": ("TYPE_FP32", [1]),
-    "repetition_penalty": ("TYPE_FP32", [1]),
-    "min_tokens": ("TYPE_INT32", [1]),
-    "embedding_bias": ("TYPE_FP32", [-1]),
-    "stop_words_list": ("TYPE_INT32", [2, -1]),
-    "guided_decoding_guide_type": ("TYPE_STRING", [1]),
-    "guided_decoding_guide": ("TYPE_STRING", [1]),
-    "return_log_probs": ("TYPE_BOOL", [1]),
-    "return_num_input_tokens": ("TYPE_BOOL", [1]),
-    "return_num_output_tokens": ("TYPE_BOOL", [1]),
-    "return_perf_metrics": ("TYPE_BOOL", [1]),
-}
-CONTRACT_OUTPUTS = {
-    "output_ids": ("TYPE_INT32", [-1, -1]),
-    "sequence_length": ("TYPE_INT32", [-1]),
-    "output_log_probs": ("TYPE_FP32", [-1, -1]),
-    "num_input_tokens": ("TYPE_INT32", [1]),
-    "num_output_tokens": ("TYPE_INT32", [1]),
-    "kv_cache_reused_blocks": ("TYPE_INT32", [1]),
-    "kv_cache_alloc_new_blocks": ("TYPE_INT32", [1]),
-    "kv_cache_alloc_total_blocks": ("TYPE_INT32", [1]),
-    "arrival_time_ns": ("TYPE_INT64", [1]),
-    "first_scheduled_time_ns": ("TYPE_INT64", [1]),
-    "first_token_time_ns": ("TYPE_INT64", [1]),
-    "last_token_time_ns": ("TYPE_INT64", [1]),
-}
-REQUIRED_INPUTS = {"input_ids", "input_lengths", "request_output_len"}
+# the contract's tables (engine_contract.tensors) as Triton's config names them
+CONTRACT_INPUTS = {s.name: (s.data_type, list(s.dims)) for s in INPUTS.values() if not s.cpu_only}
+CONTRACT_OUTPUTS = {s.name: (s.data_type, list(s.dims)) for s in OUTPUTS.values()}
+REQUIRED_INPUTS = {s.name for s in INPUTS.values() if s.required}
 
 
 def load(model):
@@ -92,7 +57,7 @@ def test_batching_decoupled_and_block_size(config):
 
 # inputs only the CPU engine declares: optional, and the gateway sends them only to a
 # model whose config declares them (Triton refuses undeclared inputs)
-CPU_EXTENSIONS = {"playback_chars_per_s", "return_prefill_progress"}
+CPU_EXTENSIONS = {s.name for s in INPUTS.values() if s.cpu_only}
 
 
 def test_cpu_and_gpu_models_agree_on_every_shared_tensor():
@@ -120,3 +85,9 @@ def test_each_engine_declares_the_guide_compiler_the_gateway_writes_for(model, b
     params = {key: p.string_value for key, p in load(model).parameters.items()}
     assert params["guided_decoding_backend"] == backend
     assert backend in GUIDE_BACKENDS
+
+
+def test_the_cpu_model_declares_exactly_the_contract_with_its_cpu_only_inputs():
+    cpu = load("electron_cpu")
+    assert table(cpu.input) == {s.name: (s.data_type, list(s.dims)) for s in INPUTS.values()}
+    assert table(cpu.output) == CONTRACT_OUTPUTS

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from llama_engine.params import InvalidRequest, ModelLimits, parse_request, parse_stop_words
+from engine_contract.request import decode_stop_words
+from llama_engine.params import InvalidRequest, ModelLimits, parse_request
 
 LIMITS = ModelLimits(vocab_size=100, max_sequence_length=64)
 
@@ -33,7 +34,7 @@ def test_scalars_reshaped_to_batch_only_are_accepted():
 def test_stop_words_list_layout():
     # words [5, 6] and [7]: ids then cumulative end offsets, padded with -1
     array = np.array([[[5, 6, 7], [2, 3, -1]]], np.int32)
-    assert parse_stop_words(array) == ((5, 6), (7,))
+    assert decode_stop_words(array) == ((5, 6), (7,))
 
 
 def test_embedding_bias_becomes_sparse_logit_bias():

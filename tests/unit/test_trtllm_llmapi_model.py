@@ -25,6 +25,7 @@ import pytest
 import yaml
 from tritonclient.grpc import model_config_pb2
 
+from engine_contract.request import decode_stop_words
 from paths import DATA_DIR, ROOT
 from test_engine_contract import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
 
@@ -218,9 +219,9 @@ def test_min_tokens_is_left_to_the_guide_under_a_guide():
 
 
 def test_stop_words_layout_ids_and_offsets():
-    assert tr.parse_stop_words(stop_words([5], [6, 7], [9])) == ((5,), (6, 7), (9,))
+    assert decode_stop_words(stop_words([5], [6, 7], [9])) == ((5,), (6, 7), (9,))
     padded = np.array([[[4, 5, 6, 0], [1, 3, -1, -1]]], np.int32)
-    assert tr.parse_stop_words(padded) == ((4,), (5, 6))
+    assert decode_stop_words(padded) == ((4,), (5, 6))
     call = tr.parse_request(tensors(stop_words_list=stop_words([5], [6, 7], [9])), LIMITS)
     assert call.sampling["stop_token_ids"] == [5, 9] and call.stop_sequences == ((6, 7),)
 

@@ -1,9 +1,9 @@
 """Triton Python-backend glue for the CPU engine (decoupled, one instance).
 
-Reads TensorRT-LLM-style input tensors, checks them (``llama_engine.params``),
-hands valid requests to the engine loop and turns its outputs into responses
-with the same output names, dtypes and shapes as TensorRT-LLM's ``tensorrt_llm``
-model. Engine statistics go to Triton's metrics endpoint.
+Reads the contract's input tensors, checks them (``engine_contract``, through
+``llama_engine.params``), hands valid requests to the engine loop and turns its
+outputs into the contract's responses (``engine_contract.encode_response``: the
+output names, dtypes and shapes of TensorRT-LLM's ``tensorrt_llm`` model). Engine statistics go to Triton's metrics endpoint.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import logging
 import os
 import threading
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from engine_contract import ContractResponse, encode_response
 from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
 from llama_engine.engine import Engine, StepOutput
 from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
@@ -33,14 +33,6 @@ log = logging.getLogger("electron_cpu")
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-def _i32(value) -> np.ndarray:
-    return np.array([[value]], dtype=np.int32)
-
-
-def _i64(value) -> np.ndarray:
-    return np.array([[value]], dtype=np.int64)
-
-
 class _TritonSink:
     """Sends one request's responses through its Triton response sender."""
 
@@ -52,30 +44,17 @@ class _TritonSink:
 
     def send(self, output: StepOutput) -> None:
         spec = self._spec
-        tensors = [
-            pb_utils.Tensor("output_ids", np.array([[output.tokens]], dtype=np.int32).reshape(1, 1, -1)),
-            pb_utils.Tensor("sequence_length", _i32(output.sequence_length)),
-        ]
-        if spec.return_log_probs:
-            tensors.append(
-                pb_utils.Tensor("output_log_probs", np.array(output.log_probs, dtype=np.float32).reshape(1, 1, -1))
-            )
-        if spec.return_num_input_tokens:
-            tensors.append(pb_utils.Tensor("num_input_tokens", _i32(output.num_input_tokens)))
-        if spec.return_num_output_tokens:
-            generated = len(output.tokens) - (0 if spec.streaming or spec.exclude_input_in_output else len(spec.prompt))
-            tensors.append(pb_utils.Tensor("num_output_tokens", _i32(generated)))
-        if spec.return_perf_metrics:
-            perf = output.perf
-            tensors += [
-                pb_utils.Tensor("kv_cache_reused_blocks", _i32(perf.reused_blocks)),
-                pb_utils.Tensor("kv_cache_alloc_new_blocks", _i32(perf.new_blocks)),
-                pb_utils.Tensor("kv_cache_alloc_total_blocks", _i32(perf.total_blocks)),
-                pb_utils.Tensor("arrival_time_ns", _i64(perf.arrival_ns)),
-                pb_utils.Tensor("first_scheduled_time_ns", _i64(perf.first_scheduled_ns)),
-                pb_utils.Tensor("first_token_time_ns", _i64(perf.first_token_ns)),
-                pb_utils.Tensor("last_token_time_ns", _i64(perf.last_token_ns)),
-            ]
+        with_prompt = not spec.streaming and not spec.exclude_input_in_output
+        arrays = encode_response(ContractResponse(
+            output_ids=output.tokens,
+            sequence_length=output.sequence_length,
+            log_probs=output.log_probs if spec.return_log_probs else None,
+            num_input_tokens=output.num_input_tokens if spec.return_num_input_tokens else None,
+            num_output_tokens=len(output.tokens) - (len(spec.prompt) if with_prompt else 0)
+            if spec.return_num_output_tokens else None,
+            perf=output.perf if spec.return_perf_metrics else None,
+        ))
+        tensors = [pb_utils.Tensor(name, array) for name, array in arrays.items()]
         if output.final:
             self._close(pb_utils.InferenceResponse(output_tensors=tensors))
         else:

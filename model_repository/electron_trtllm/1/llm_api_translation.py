@@ -4,10 +4,10 @@ electron_trtllm's ``model.py`` runs TensorRT-LLM's LLM API inside Triton. Everyt
 between the two that can be checked without a GPU lives here, so that it is unit-tested
 (tests/unit/test_trtllm_llmapi_model.py):
 
-* one request's contract tensors (``../shared/design.md``, "Engine contract"; checked by
-  the same rules as electron_cpu's ``llama_engine/params.py``) -> the keyword arguments of
-  ``SamplingParams`` and ``GuidedDecodingParams`` (``parse_request``);
-* the LLM API's streamed outputs -> the contract's output arrays (``ResponseBuilder``);
+* one request's contract tensors (decoded and checked by ``engine_contract``, the code
+  electron_cpu and the gateway use too; docs/engine-contract.md) -> the keyword arguments
+  of ``SamplingParams`` and ``GuidedDecodingParams`` (``parse_request``);
+* the LLM API's streamed outputs -> the contract's responses (``ResponseBuilder``);
 * the parameter file (llm_api.yaml) -> ``LLM`` keyword arguments (``llm_kwargs``).
 
 Nothing here imports TensorRT-LLM or torch. The field names and declared types it
@@ -25,28 +25,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from engine_contract import (GUIDE_TYPES, ContractRequest, ContractResponse, ModelLimits, PerfMetrics, decode_request,
+                             encode_response)
+
 log = logging.getLogger("electron_trtllm")
 
-GUIDE_TYPES = ("json", "json_schema", "regex", "ebnf_grammar")  # the contract's guide types
 # contract guide type -> the GuidedDecodingParams field that carries it. TensorRT-LLM's
 # llguidance backend compiles `json_object` as the schema {"type": "object"} and `grammar`
 # with grammar_from_lark: the gateway's ebnf_grammar guides are llguidance Lark grammars.
 GUIDE_FIELDS = {"json": "json_object", "json_schema": "json", "regex": "regex", "ebnf_grammar": "grammar"}
+assert set(GUIDE_FIELDS) == set(GUIDE_TYPES)
 
 ELECTRON_KEYS = frozenset({"quantization"})  # parameter-file keys that are electron's, not LLM arguments
 QUANTIZATIONS = ("none", "fp8")
-PERF_OUTPUTS = ("kv_cache_reused_blocks", "kv_cache_alloc_new_blocks", "kv_cache_alloc_total_blocks",
-                "arrival_time_ns", "first_scheduled_time_ns", "first_token_time_ns", "last_token_time_ns")
 
-
-class InvalidRequest(ValueError):
-    """The request cannot run; the message is sent back to the client as is."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    vocab_size: int
-    max_sequence_length: int  # prompt + output tokens of one request (the LLM's max_seq_len)
+Limits = ModelLimits  # the request's limits: vocabulary and the LLM's max_seq_len
 
 
 @dataclass(frozen=True)
@@ -68,179 +61,71 @@ class LlmApiCall:
     return_perf_metrics: bool
 
 
-# ---- request tensors -> LLM API call -------------------------------------------------------
+# ---- contract request -> LLM API call ------------------------------------------------------
 
-def _scalar(tensors: Mapping[str, np.ndarray], name: str, kind: type, default=None):
-    array = tensors.get(name)
-    if array is None:
-        return default
-    if array.size != 1:
-        raise InvalidRequest(f"input '{name}' must hold exactly one value per request, got shape {list(array.shape)}")
-    value = array.reshape(-1)[0]
-    if kind is bool:
-        return bool(value)
-    value = kind(value)
-    if kind is float and not np.isfinite(value):
-        raise InvalidRequest(f"input '{name}' must be finite, got {value}")
-    return value
-
-
-def _text(tensors: Mapping[str, np.ndarray], name: str) -> str | None:
-    value = tensors.get(name)
-    if value is None or not value.size:
+def guided_decoding(guide: tuple[str, str] | None) -> dict[str, Any] | None:
+    """GuidedDecodingParams keyword arguments of the contract's guide, or None. The guide
+    itself is compiled by the LLM API's llguidance backend, not checked here."""
+    if guide is None:
         return None
-    item = value.reshape(-1)[0]
-    if isinstance(item, bytes):
-        try:
-            return item.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidRequest(f"input '{name}' is not UTF-8") from exc
-    return str(item)
+    guide_type, text = guide
+    return {"json_object": True} if guide_type == "json" else {GUIDE_FIELDS[guide_type]: text}
 
 
-def _batch_of_one(tensors: Mapping[str, np.ndarray]) -> None:
-    for name, array in tensors.items():
-        if array.ndim == 0 or array.shape[0] != 1:
-            raise InvalidRequest(f"input '{name}' has batch size {array.shape[0] if array.ndim else 0}; "
-                                 "send one request per sequence (batch size 1)")
-
-
-def parse_stop_words(array: np.ndarray | None) -> tuple[tuple[int, ...], ...]:
-    """``stop_words_list`` ``[1, 2, N]``: row 0 the concatenated token ids, row 1 their
-    cumulative end offsets, padded with -1 (TensorRT-LLM's layout)."""
-    if array is None:
-        return ()
-    if array.ndim != 3 or array.shape[:2] != (1, 2):
-        raise InvalidRequest(f"input 'stop_words_list' must have shape [1, 2, N], got {list(array.shape)}")
-    ids, offsets = array[0, 0].tolist(), array[0, 1].tolist()
-    words, start = [], 0
-    for end in offsets:
-        if end < 0:
-            break
-        if end <= start or end > len(ids):
-            raise InvalidRequest(f"input 'stop_words_list' has a bad offset {end}")
-        words.append(tuple(ids[start:end]))
-        start = end
-    return tuple(words)
-
-
-def parse_embedding_bias(array: np.ndarray | None, vocab_size: int) -> np.ndarray | None:
-    """``embedding_bias`` ``[1, V]``: an additive logit bias per token id, as the float32
-    ``[vocab_size]`` vector SamplingParams.embedding_bias holds; None when absent or zero."""
-    if array is None or array.size == 0:
+def embedding_bias(bias: Mapping[int, float], vocab_size: int) -> np.ndarray | None:
+    """The float32 ``[vocab_size]`` vector SamplingParams.embedding_bias holds; None when empty."""
+    if not bias:
         return None
-    bias = array.reshape(-1).astype(np.float32)
-    if bias.shape[0] != vocab_size:
-        raise InvalidRequest(f"input 'embedding_bias' must have {vocab_size} values (the vocabulary), got {bias.shape[0]}")
-    if not np.all(np.isfinite(bias) | np.isneginf(bias)):
-        raise InvalidRequest("input 'embedding_bias' holds NaN or +inf")
-    return bias if np.any(bias) else None
+    vector = np.zeros(vocab_size, np.float32)
+    for token_id, value in bias.items():
+        vector[token_id] = value
+    return vector
 
 
-def parse_guide(tensors: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
-    """GuidedDecodingParams keyword arguments from the guided-decoding inputs, or None.
-    The guide itself is compiled by the LLM API's llguidance backend, not checked here."""
-    guide_type = _text(tensors, "guided_decoding_guide_type")
-    guide = _text(tensors, "guided_decoding_guide")
-    if not guide_type:
-        if guide:
-            raise InvalidRequest("input 'guided_decoding_guide' needs 'guided_decoding_guide_type'")
-        return None
-    if guide_type not in GUIDE_FIELDS:
-        raise InvalidRequest(f"guided_decoding_guide_type {guide_type!r} is not one of {', '.join(GUIDE_TYPES)}")
-    if guide_type == "json":
-        return {"json_object": True}
-    if not guide:
-        raise InvalidRequest(f"guided_decoding_guide_type {guide_type!r} needs a 'guided_decoding_guide'")
-    return {GUIDE_FIELDS[guide_type]: guide}
-
-
-def _prompt(tensors: Mapping[str, np.ndarray], limits: Limits) -> tuple[tuple[int, ...], int]:
-    for required in ("input_ids", "request_output_len"):
-        if required not in tensors:
-            raise InvalidRequest(f"input '{required}' is required")
-    ids = tensors["input_ids"].reshape(-1)
-    length = _scalar(tensors, "input_lengths", int, len(ids))
-    if length < 0:
-        raise InvalidRequest(f"input_lengths must be >= 0, got {length}")
-    if length != len(ids):
-        raise InvalidRequest(f"input_lengths is {length} but input_ids holds {len(ids)} tokens")
-    if len(ids) == 0:
-        raise InvalidRequest("input_ids is empty: a prompt needs at least one token")
-    bad = ids[(ids < 0) | (ids >= limits.vocab_size)]
-    if bad.size:
-        raise InvalidRequest(f"input_ids holds token id {int(bad[0])}, outside the vocabulary [0, {limits.vocab_size})")
-    max_new = _scalar(tensors, "request_output_len", int)
-    if max_new < 1:
-        raise InvalidRequest(f"request_output_len must be at least 1, got {max_new}")
-    if len(ids) + max_new > limits.max_sequence_length:
-        raise InvalidRequest(f"prompt ({len(ids)} tokens) plus request_output_len ({max_new}) is {len(ids) + max_new} "
-                             f"tokens, over the maximum sequence length of {limits.max_sequence_length}")
-    return tuple(int(t) for t in ids), max_new
-
-
-def _sampling(tensors: Mapping[str, np.ndarray], guided: bool) -> dict[str, Any]:
+def _sampling(r: ContractRequest) -> dict[str, Any]:
     """SamplingParams keyword arguments of the sampling inputs. Temperature, top_p and
     top_k are always set: left all unset, the LLM API decodes greedily, while the contract
     (like electron_cpu) samples at temperature 1 when a request sends none."""
-    temperature = _scalar(tensors, "temperature", float, 1.0)
-    top_p = _scalar(tensors, "runtime_top_p", float, 1.0)
-    top_k = _scalar(tensors, "runtime_top_k", int, 0)
-    if temperature < 0:
-        raise InvalidRequest(f"temperature must be >= 0, got {temperature}")
-    if top_k < 0:
-        raise InvalidRequest(f"runtime_top_k must be >= 0, got {top_k}")
-    if not 0.0 < top_p <= 1.0:
-        raise InvalidRequest(f"runtime_top_p must be in (0, 1], got {top_p}")
-    kwargs: dict[str, Any] = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
-    seed = _scalar(tensors, "seed", int)
-    if seed is not None:
-        kwargs["seed"] = seed
+    kwargs: dict[str, Any] = {"temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k}
+    if r.seed is not None:
+        kwargs["seed"] = r.seed
     for name, neutral in (("presence_penalty", 0.0), ("frequency_penalty", 0.0), ("repetition_penalty", 1.0)):
-        value = _scalar(tensors, name, float, neutral)
-        if name == "repetition_penalty" and value <= 0:
-            raise InvalidRequest(f"repetition_penalty must be > 0, got {value}")
-        if value != neutral:
-            kwargs[name] = value
-    min_tokens = _scalar(tensors, "min_tokens", int, 0)
-    if min_tokens < 0:
-        raise InvalidRequest(f"min_tokens must be >= 0, got {min_tokens}")
-    if min_tokens > 0 and not guided:  # under a guide the guide decides where the output ends
-        kwargs["min_tokens"] = min_tokens
+        if getattr(r, name) != neutral:
+            kwargs[name] = getattr(r, name)
+    if r.min_tokens > 0 and r.guide is None:  # under a guide the guide decides where the output ends
+        kwargs["min_tokens"] = r.min_tokens
     return kwargs
 
 
 def parse_request(tensors: Mapping[str, np.ndarray], limits: Limits) -> LlmApiCall:
-    """Check the tensors of one request and describe its LLM API call; raises
-    ``InvalidRequest`` (a ValueError) with a message that names the offending input."""
-    _batch_of_one(tensors)
-    prompt, max_new = _prompt(tensors, limits)
-    guide = parse_guide(tensors)
-    sampling = _sampling(tensors, guided=guide is not None)
+    """Check the tensors of one request (``engine_contract.decode_request``) and describe
+    its LLM API call; raises ``InvalidRequest`` (a ValueError) naming the offending input."""
+    r = decode_request(tensors, limits)
+    sampling = _sampling(r)
     # token ids in, token ids out: the gateway owns text. Stop tokens stay in the output, as
     # electron_cpu keeps them; the LLM API would cut them off token_ids at the end otherwise.
-    sampling.update(max_tokens=max_new, detokenize=False, include_stop_str_in_output=True)
+    sampling.update(max_tokens=r.max_new_tokens, detokenize=False, include_stop_str_in_output=True)
     for name in ("end_id", "pad_id"):
-        value = _scalar(tensors, name, int)
-        if value is not None:
-            sampling[name] = value
-    words = parse_stop_words(tensors.get("stop_words_list"))
-    single = [w[0] for w in words if len(w) == 1]
+        if getattr(r, name) is not None:
+            sampling[name] = getattr(r, name)
+    single = [w[0] for w in r.stop_words if len(w) == 1]
     if single:
         sampling["stop_token_ids"] = single
-    flags = {name: _scalar(tensors, name, bool, False) for name in (
-        "streaming", "exclude_input_in_output", "return_log_probs", "return_num_input_tokens",
-        "return_num_output_tokens", "return_perf_metrics")}
-    if flags["return_log_probs"]:
+    if r.return_log_probs:
         sampling["logprobs"] = 1  # the sampled token's log probability
-    sampling["return_perf_metrics"] = flags["return_perf_metrics"]
+    sampling["return_perf_metrics"] = r.return_perf_metrics
     return LlmApiCall(
-        prompt=prompt,
+        prompt=r.prompt,
         sampling=sampling,
-        guided_decoding=guide,
-        embedding_bias=parse_embedding_bias(tensors.get("embedding_bias"), limits.vocab_size),
-        stop_sequences=tuple(w for w in words if len(w) > 1),
-        **flags,
+        guided_decoding=guided_decoding(r.guide),
+        embedding_bias=embedding_bias(r.logit_bias, limits.vocab_size),
+        stop_sequences=tuple(w for w in r.stop_words if len(w) > 1),
+        streaming=r.streaming,
+        exclude_input_in_output=r.exclude_input_in_output,
+        return_log_probs=r.return_log_probs,
+        return_num_input_tokens=r.return_num_input_tokens,
+        return_num_output_tokens=r.return_num_output_tokens,
+        return_perf_metrics=r.return_perf_metrics,
     )
 
 
@@ -266,17 +151,6 @@ class StopWatcher:
         return None
 
 
-@dataclass(frozen=True)
-class Perf:
-    reused_blocks: int = 0
-    new_blocks: int = 0
-    total_blocks: int = 0
-    arrival_ns: int = 0
-    first_scheduled_ns: int = 0
-    first_token_ns: int = 0
-    last_token_ns: int = 0
-
-
 def duration_ns(value: Any) -> int:
     """A timing of RequestPerfMetrics in nanoseconds. The binding gives datetime.timedelta
     (on the LLM's steady clock: only differences mean anything); None before it is known."""
@@ -290,14 +164,14 @@ def duration_ns(value: Any) -> int:
     return 0
 
 
-def perf_from_metrics(metrics: Any) -> Perf | None:
-    """``CompletionOutput.request_perf_metrics`` (RequestPerfMetrics) -> ``Perf``."""
+def perf_from_metrics(metrics: Any) -> PerfMetrics | None:
+    """``CompletionOutput.request_perf_metrics`` (RequestPerfMetrics) -> ``PerfMetrics``."""
     if metrics is None:
         return None
     kv, timing = getattr(metrics, "kv_cache_metrics", None), getattr(metrics, "timing_metrics", None)
     count = lambda name: int(getattr(kv, name, 0) or 0)  # noqa: E731
     at = lambda name: duration_ns(getattr(timing, name, None))  # noqa: E731
-    return Perf(
+    return PerfMetrics(
         reused_blocks=count("num_reused_blocks"),
         new_blocks=count("num_new_allocated_blocks"),
         total_blocks=count("num_total_allocated_blocks"),
@@ -325,14 +199,6 @@ def _logprob_value(value: Any) -> float:
     return value.logprob if hasattr(value, "logprob") else value
 
 
-def _i32(value: int) -> np.ndarray:
-    return np.array([[value]], dtype=np.int32)
-
-
-def _i64(value: int) -> np.ndarray:
-    return np.array([[value]], dtype=np.int64)
-
-
 @dataclass(frozen=True)
 class Step:
     """What one LLM API output asks of model.py."""
@@ -356,7 +222,7 @@ class ResponseBuilder:
         self._log_probs: list[float] = []
         self._seen = 0  # tokens of output.token_ids read so far
         self._sent = 0  # of self._generated, sent so far
-        self._perf = Perf()
+        self._perf = PerfMetrics()
 
     def step(self, output: Any, finished: bool) -> Step:
         token_ids = list(output.token_ids)
@@ -387,24 +253,16 @@ class ResponseBuilder:
         if not call.streaming and not call.exclude_input_in_output:
             tokens = list(call.prompt) + tokens
         self._sent = len(generated)
-        out = {
-            "output_ids": np.array(tokens, dtype=np.int32).reshape(1, 1, -1),
-            "sequence_length": _i32(len(call.prompt) + len(generated)),
-        }
-        if call.return_log_probs:
-            out["output_log_probs"] = np.array(log_probs, dtype=np.float32).reshape(1, 1, -1)
-        if call.return_num_input_tokens:
-            out["num_input_tokens"] = _i32(len(call.prompt))
-        if call.return_num_output_tokens:
-            with_prompt = not call.streaming and not call.exclude_input_in_output
-            out["num_output_tokens"] = _i32(len(tokens) - (len(call.prompt) if with_prompt else 0))
-        if call.return_perf_metrics:
-            p = self._perf
-            values = (p.reused_blocks, p.new_blocks, p.total_blocks)
-            out.update({name: _i32(v) for name, v in zip(PERF_OUTPUTS[:3], values)})
-            times = (p.arrival_ns, p.first_scheduled_ns, p.first_token_ns, p.last_token_ns)
-            out.update({name: _i64(v) for name, v in zip(PERF_OUTPUTS[3:], times)})
-        return out
+        with_prompt = not call.streaming and not call.exclude_input_in_output
+        return encode_response(ContractResponse(
+            output_ids=tokens,
+            sequence_length=len(call.prompt) + len(generated),
+            log_probs=log_probs if call.return_log_probs else None,
+            num_input_tokens=len(call.prompt) if call.return_num_input_tokens else None,
+            num_output_tokens=len(tokens) - (len(call.prompt) if with_prompt else 0)
+            if call.return_num_output_tokens else None,
+            perf=self._perf if call.return_perf_metrics else None,
+        ))
 
     def _new_log_probs(self, output: Any, new: list[int]) -> list[float]:
         if not self._call.return_log_probs or not new:

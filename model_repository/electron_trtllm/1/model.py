@@ -38,7 +38,8 @@ import triton_python_backend_utils as pb_utils
 import yaml
 from tensorrt_llm.llmapi import LLM, GuidedDecodingParams, KvCacheConfig, SamplingParams
 
-from llm_api_translation import (InvalidRequest, Limits, LlmApiCall, ResponseBuilder, check_advertised,
+from engine_contract import InvalidRequest
+from llm_api_translation import (Limits, LlmApiCall, ResponseBuilder, check_advertised,
                                  check_quantization, llm_kwargs, parse_request, vocab_size_of)
 
 log = logging.getLogger("electron_trtllm")

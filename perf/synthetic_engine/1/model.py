@@ -19,6 +19,8 @@ import time
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from engine_contract.tensors import output_array
+
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -87,14 +89,11 @@ class TritonPythonModel:
         ids = [int(stream.prompt[(stream.sent + i) % len(stream.prompt)]) for i in range(n)]
         stream.sent += n
         final = stream.sent >= stream.total
-        tensors = [
-            pb_utils.Tensor("output_ids", np.array(ids, dtype=np.int32).reshape(1, 1, -1)),
-            pb_utils.Tensor("sequence_length", np.array([[len(stream.prompt) + stream.sent]], dtype=np.int32)),
-            pb_utils.Tensor("num_output_tokens", np.array([[n]], dtype=np.int32)),
-            pb_utils.Tensor("kv_cache_reused_blocks", np.array([[0]], dtype=np.int32)),
-            pb_utils.Tensor("arrival_time_ns", np.array([[stream.arrival_ns]], dtype=np.int64)),
-            pb_utils.Tensor("first_token_time_ns", np.array([[stream.first_token_ns]], dtype=np.int64)),
-        ]
+        # a subset of what the CPU engine sends, in the contract's dtypes and shapes
+        values = {"output_ids": ids, "sequence_length": len(stream.prompt) + stream.sent, "num_output_tokens": n,
+                  "kv_cache_reused_blocks": 0, "arrival_time_ns": stream.arrival_ns,
+                  "first_token_time_ns": stream.first_token_ns}
+        tensors = [pb_utils.Tensor(name, output_array(name, value)) for name, value in values.items()]
         response = pb_utils.InferenceResponse(output_tensors=tensors)
         if final:
             stream.sender.send(response, flags=FINAL)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
+from engine_contract import Overloaded, PerfMetrics
+
 from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
 from .params import GenerationRequest
@@ -27,21 +29,6 @@ from .stats import EngineStats
 from .thread_budget import ThreadBudgetWatch
 
 log = logging.getLogger(__name__)
-
-# the first word of the error of a request refused for overload; the gateway answers it with 503
-OVERLOADED = "server_overloaded"
-
-
-@dataclass(frozen=True)
-class PerfMetrics:
-    reused_blocks: int
-    new_blocks: int
-    total_blocks: int
-    arrival_ns: int
-    first_scheduled_ns: int
-    first_token_ns: int
-    last_token_ns: int
-
 
 @dataclass(frozen=True)
 class StepOutput:
@@ -383,9 +370,9 @@ class Engine:
         log.warning("request %s refused: it would wait %.2f s for other work (%.2f s so far; limit %.2f s), "
                     "%d running, %d waiting", s.sink.request_id, waited_s + delay_s, waited_s,
                     self.planner.config.overload_ttft_s, len(self._running), len(self._waiting))
-        s.sink.fail(f"{OVERLOADED}: the request would wait about {waited_s + delay_s:.1f} s for other requests "
-                    f"before its first token (limit {self.planner.config.overload_ttft_s:g} s); retry on another "
-                    "replica or later")
+        s.sink.fail(str(Overloaded(
+            f"the request would wait about {waited_s + delay_s:.1f} s for other requests before its first token "
+            f"(limit {self.planner.config.overload_ttft_s:g} s); retry on another replica or later")))
         return True
 
     def _shed_late(self, now_ns: int) -> None:
