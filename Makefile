@@ -20,6 +20,7 @@ install-services:
 serve: install
 	.venv/bin/electron-serve
 
-## make test: install, then run the whole test suite
+## make test: install, then lint and run the whole test suite
 test: install install-clients install-guide-backends install-services
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -p no:cacheprovider

@@ -15,6 +15,7 @@ from engine_contract.tensors import GUIDE_TYPES, INPUTS, OUTPUTS, TensorSpec, in
 
 __all__ = [
     "ContractRequest", "ContractResponse", "GUIDE_TYPES", "INPUTS", "InvalidRequest", "ModelLimits", "OUTPUTS",
-    "Overloaded", "PerfMetrics", "TensorSpec", "decode_perf", "decode_request", "decode_response", "decode_tokens", "encode_request", "encode_response",
+    "Overloaded", "PerfMetrics", "TensorSpec", "decode_perf",
+    "decode_request", "decode_response", "decode_tokens", "encode_request", "encode_response",
     "input_array", "is_overloaded",
 ]

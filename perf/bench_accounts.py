@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 for extra in (ROOT, ROOT / "tests", ROOT / "perf"):
     sys.path.insert(0, str(extra))
 
-from gateway.accounts.limits import UNLIMITED, Admission  # noqa: E402
-from gateway.accounts.service import AccountService, Caller  # noqa: E402
-from gateway.accounts.service import Outcome  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from results_dir import run_meta, write_results  # noqa: E402
+from gateway.accounts.limits import UNLIMITED, Admission
+from gateway.accounts.service import AccountService, Caller
+from gateway.accounts.service import Outcome
+from gateway.settings import Settings
+from results_dir import run_meta, write_results
 
 
 def pct(values: list[float], q: float) -> float:

@@ -50,16 +50,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from gateway.api import sse  # noqa: E402
-from gateway.chat.served_model import model_view  # noqa: E402
-from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat  # noqa: E402
-from gateway.chat.choice_stream import ChoiceStream  # noqa: E402
-from gateway.api.responses import ResponseShaper  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.engine.triton_engine import request_inputs  # noqa: E402
-from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_load.servers import ElectronServer  # noqa: E402
+from gateway.api import sse
+from gateway.chat.served_model import model_view
+from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+from gateway.chat.choice_stream import ChoiceStream
+from gateway.api.responses import ResponseShaper
+from gateway.settings import Settings
+from gateway.engine.triton_engine import request_inputs
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from results_dir import run_meta, write_results
+from voice_load.servers import ElectronServer
 
 log = logging.getLogger("bench_gateway")
 SYSTEM = ("You are the voice agent of a restaurant. Keep answers short and friendly, confirm names, party "

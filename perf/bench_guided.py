@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 sys.path.insert(0, str(ROOT))
 
-from bench_triton import WORDS, one_request  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
-from results_dir import run_meta, write_results  # noqa: E402
+from bench_triton import WORDS, one_request
+from gateway.settings import Settings
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_guided")
 SCHEMA = {"type": "object", "properties": {

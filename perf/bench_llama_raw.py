@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model_repository" / "electron_cpu" / "1"))
 sys.path.insert(0, str(ROOT))
 
-from gateway.model_artifacts import embedded_gguf_path  # noqa: E402
-from llama_engine.llama_runner import LlamaRunner, RunnerConfig  # noqa: E402
+from gateway.model_artifacts import embedded_gguf_path
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 
 
 def main() -> int:

@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # the tests' real Redis server (services.RedisServer)
 
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_load.servers import ElectronServer  # noqa: E402
-from voice_load.sse_client import stream_chat  # noqa: E402
-from voice_load.stats import percentile  # noqa: E402
+from results_dir import run_meta, write_results
+from voice_load.servers import ElectronServer
+from voice_load.sse_client import stream_chat
+from voice_load.stats import percentile
 
-from gateway.server.triton_launcher import start_triton, stop_triton  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
+from gateway.server.triton_launcher import start_triton, stop_triton
+from gateway.settings import Settings
 
 MODEL = "electron_synthetic"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -118,11 +118,13 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
              "stream; gateway CPU = user + system time of the gateway's processes)", "",
-             "| gateway workers | streams | engine tok/s per stream | coalescing | streams ok | tokens relayed | SSE events per stream "
+             "| gateway workers | streams | engine tok/s per stream | coalescing | streams ok | tokens relayed "
+             "| SSE events per stream "
              "| gateway CPU ms per token | tokens per gateway core-second | TTFT p50 / p95 (ms) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.get('workers', 1)} | {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms | {r['ok']} | {r['tokens']} "
+        lines.append(f"| {r.get('workers', 1)} | {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms "
+                     f"| {r['ok']} | {r['tokens']} "
                      f"| {r['events_per_stream']:.1f} | {r['cpu_ms_per_token']:.3f} | {r['tokens_per_core_s']:.0f} "
                      f"| {r['ttft_ms']['p50']:.0f} / {r['ttft_ms']['p95']:.0f} |")
     return "\n".join(lines) + "\n"

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "perf"))
 
-from gateway.settings import Settings  # noqa: E402
-from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton  # noqa: E402
-from engine_contract import INPUTS, ContractRequest, encode_request  # noqa: E402
-from results_dir import run_meta, write_results  # noqa: E402
+from gateway.settings import Settings
+from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
+from engine_contract import INPUTS, ContractRequest, encode_request
+from results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_triton")
 WORDS = "the caller wants to change a booking for two people on friday evening near the window and asks about parking".split()
@@ -135,7 +135,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Engine through Triton gRPC - {meta['date']} on {meta['machine']} "
         f"({meta['tokens']} tokens per stream, ~{meta['prefix_tokens']}-token prompts)",
         "",
-        "| prompts | streams | TTFT p50 (ms) | TTFT max (ms) | decode tok/s per stream p50 (min) | aggregate tok/s | reused blocks p50 |",
+        "| prompts | streams | TTFT p50 (ms) | TTFT max (ms) | decode tok/s per stream p50 (min) | aggregate tok/s "
+        "| reused blocks p50 |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:

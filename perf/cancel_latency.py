@@ -41,9 +41,9 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results_dir import cpu_info, run_meta, write_results  # noqa: E402
-from voice_load.servers import ElectronServer  # noqa: E402
-from voice_load.sse_client import stream_chat  # noqa: E402
+from results_dir import cpu_info, run_meta, write_results
+from voice_load.servers import ElectronServer
+from voice_load.sse_client import stream_chat
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("harbor lantern signal window river morning station ticket order number account balance "

@@ -31,11 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_bench import start_servers  # noqa: E402
-from voice_load import plots  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
-from voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown  # noqa: E402
+from results_dir import run_meta, write_results
+from voice_bench import start_servers
+from voice_load import plots
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown
 
 
 async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,

@@ -40,12 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt  # noqa: E402
-from voice_load.playback import longest_stall  # noqa: E402
-from voice_load.servers import ElectronServer  # noqa: E402
-from voice_load.sse_client import stream_chat  # noqa: E402
-from voice_load.stats import percentile  # noqa: E402
+from results_dir import run_meta, write_results
+from voice_load.calls import CallPlan, run_calls, system_prompt
+from voice_load.playback import longest_stall
+from voice_load.servers import ElectronServer
+from voice_load.sse_client import stream_chat
+from voice_load.stats import percentile
 
 SINGLE_PROMPT = ("I am calling about my order from last week. It has not arrived yet and the tracking page has not "
                  "changed for four days. Can you tell me what is going on and when it will arrive?")

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "model_repository" / "electron_cpu" / "1"))
 
-from llama_engine.llama_runner import LlamaRunner, RunnerConfig  # noqa: E402
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 
 @dataclass(frozen=True)
 class StepPlan:

@@ -39,10 +39,10 @@ ROOT = PERF.parent
 sys.path.insert(0, str(PERF))
 sys.path.insert(0, str(ROOT))
 
-import llamacpp_tools as tools  # noqa: E402
-import quiet  # noqa: E402
-from gateway.settings import Settings  # noqa: E402
-from results_dir import cpu_info, run_meta, write_results  # noqa: E402
+import llamacpp_tools as tools
+import quiet
+from gateway.settings import Settings
+from results_dir import cpu_info, run_meta, write_results
 
 KIND = "engine-vs-llamacpp"
 SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default

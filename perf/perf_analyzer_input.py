@@ -9,8 +9,8 @@ from tokenizers import Tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from gateway.settings import Settings  # noqa: E402
-from gateway.server.triton_launcher import prepare_artifacts  # noqa: E402
+from gateway.settings import Settings
+from gateway.server.triton_launcher import prepare_artifacts
 
 WORDS = "the caller wants to change a booking for two people on friday evening near the window".split()
 tokenizer = Tokenizer.from_file(str(prepare_artifacts(Settings.from_env()).tokenizer_path))

@@ -4,10 +4,11 @@
 
 ``--calls`` paced calls (default 8; meant to be about 70% of the machine's
 capacity: on this 2-core VM, 16 paced calls already gave TTFT p95 ~600 ms in
-the voice benchmark, and 22 were an overload: see the README) run wave after wave against ``electron-serve`` (its own Triton, its own data
-directory) for ``--minutes``: each call has up to 6 turns of ~600-token shared
-system prompt and 48-token replies; 20% of turns first send a speculative
-request that is abandoned after 3 deltas (an interim transcript), and 10% of
+the voice benchmark, and 22 were an overload: see the README) run wave after
+wave against ``electron-serve`` (its own Triton, its own data directory) for
+``--minutes``: each call has up to 6 turns of ~600-token shared system prompt
+and 48-token replies; 20% of turns first send a speculative request that is
+abandoned after 3 deltas (an interim transcript), and 10% of
 callers hang up mid-reply. Every ``--sample-s`` seconds: RSS of the gateway,
 of tritonserver and of the python backend stub, and the engine's KV cells in
 use. Reported per minute: turns, TTFT p50/p95, errors; and over the run: the
@@ -37,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
-from voice_load.servers import ElectronServer  # noqa: E402
-from voice_load.stats import percentile  # noqa: E402
+from results_dir import run_meta, write_results
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from voice_load.servers import ElectronServer
+from voice_load.stats import percentile
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -201,7 +202,8 @@ def check_ledger(records, rows) -> dict:
         elif (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"]) != (
                 r.prompt_tokens, r.cached_tokens, r.completion_tokens):
             wrong.append((r.request_id, row["status"], row["completion_tokens"], r.completion_tokens))
-    return {"admitted": len(admitted), "refused": len(refused), "rows": len(rows), "missing": len(missing), "duplicated": len(duplicated),
+    return {"admitted": len(admitted), "refused": len(refused), "rows": len(rows), "missing": len(missing),
+            "duplicated": len(duplicated),
             "wrong": len(wrong), "examples": (missing[:3], duplicated[:3], wrong[:3]),
             "extra_rows": len(set(by_id) - {r.request_id for r in admitted + refused})}
 

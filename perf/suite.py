@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "perf"))
 sys.path.insert(0, str(ROOT))
 
-from results_dir import run_meta, write_results  # noqa: E402
+from results_dir import run_meta, write_results
 
 PYTHON = sys.executable
 TRITON_URL = "127.0.0.1:8001"

@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from results_dir import run_meta, write_results  # noqa: E402
-from voice_load import plots  # noqa: E402
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm  # noqa: E402
-from voice_load.report import figures  # noqa: E402
+from results_dir import run_meta, write_results
+from voice_load import plots
+from voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from voice_load.report import figures
 
 MODES = {
     "quick": {"scenarios": ["paced-warm:8", "cold-burst:8", "closed:8"], "turns": 3, "rounds": 1},
@@ -121,7 +121,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                   "| output tok/s ratio |", "|---|---|---|---|"]
         for (scenario, calls), servers in both.items():
             e, ll = servers["electron"], servers["llama-server"]
-            lines.append(f"| {scenario} | {calls} | {_ratio(e['first_turn']['ttft_ms']['p50'], ll['first_turn']['ttft_ms']['p50'])}"
+            first = _ratio(e['first_turn']['ttft_ms']['p50'], ll['first_turn']['ttft_ms']['p50'])
+            lines.append(f"| {scenario} | {calls} | {first}"
                          f" / {_ratio(e['later_turns']['ttft_ms']['p50'], ll['later_turns']['ttft_ms']['p50'])} "
                          f"| {_ratio(e['output_tokens_per_s'], ll['output_tokens_per_s'])} |")
     return "\n".join(lines) + "\n"

@@ -127,7 +127,8 @@ class Bill:
                                     self._started_at)
         if self._on_settle is not None:
             self._on_settle()
-        self._summary.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None, prompt_tokens=outcome.prompt_tokens,
+        self._summary.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None,
+                             prompt_tokens=outcome.prompt_tokens,
                              cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
                              ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
                              first_text_ms=None if run is None or run.first_text_ms is None

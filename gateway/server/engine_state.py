@@ -44,7 +44,8 @@ def record_crash(settings: Settings, pid: int, signo: int) -> bool:
     signal; whether it was kept."""
     if signo not in FAULT_SIGNALS:
         return False
-    note = f"the engine's stub (pid {pid}) died of {signal.Signals(signo).name} at {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+    when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+    note = f"the engine's stub (pid {pid}) died of {signal.Signals(signo).name} at {when}"
     path = crash_file(settings)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -187,7 +187,7 @@ def wait_until_ready(settings: Settings, process: subprocess.Popen) -> None:
             try:
                 if client.is_model_ready(settings.triton_model):
                     return
-            except Exception:  # not listening yet
+            except Exception:  # noqa: BLE001 - not listening yet
                 pass
             time.sleep(0.25)
         raise TimeoutError(f"model {settings.triton_model} not ready after {settings.triton_ready_timeout_s:.0f}s")

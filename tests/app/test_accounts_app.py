@@ -140,7 +140,7 @@ async def test_requests_per_minute_window_slides(open_gateway, say, clock):
     async with open_gateway() as gw:
         key = await gw.key(concurrency=0, rpm=200)
         statuses = []
-        for i in range(250):
+        for _ in range(250):
             clock.now += 0.01
             statuses.append((await gw.post(key)).status_code)
         assert statuses[:200] == [200] * 200 and statuses[200:] == [429] * 50

@@ -190,7 +190,7 @@ def test_with_auto_the_filler_goes_out_as_soon_as_the_call_marker_is_written(mod
 
     choice = ChoiceStream(model.codec.token_bytes, [], 100, tools=ToolMode(dialects()["hermes"], False, "One moment."))
     marker = len(model.codec.encode("<tool_call>\n"))
-    for fed, token in enumerate(model.codec.encode(CALL), start=1):
+    for fed, token in enumerate(model.codec.encode(CALL), start=1):  # noqa: B007 - read after the loop
         delta = choice.feed([token])
         if delta is not None and delta.content:
             assert delta.content == "One moment." and not delta.tool_calls

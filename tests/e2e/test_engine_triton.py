@@ -41,7 +41,8 @@ def gen(settings, prompt, max_tokens, **kw) -> Result:
 def unique_text(n_words: int) -> str:
     """Never-seen text, so the prefix cache cannot already hold it."""
     salt = uuid.uuid4().hex
-    return " ".join(f"{salt[i % 32]}{w}" for i, w in enumerate(("alpha bravo charlie delta echo foxtrot " * 200).split()[:n_words]))
+    words = ("alpha bravo charlie delta echo foxtrot " * 200).split()[:n_words]
+    return " ".join(f"{salt[i % 32]}{w}" for i, w in enumerate(words))
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +168,10 @@ def test_sampling_seed_penalties_min_tokens_stop_words_and_bias(triton, chat, ju
     # cache in batches of the same shape: llama.cpp's logits differ in the last bits with the batch
     wait_until_engine_idle(triton.triton_metrics_port)
     gen(triton, prompt, 1)
-    seeded = lambda seed: gen(triton, prompt, 24, temperature=0.9, seed=seed, runtime_top_p=0.95, runtime_top_k=40)
+
+    def seeded(seed):
+        return gen(triton, prompt, 24, temperature=0.9, seed=seed, runtime_top_p=0.95, runtime_top_k=40)
+
     a, b = seeded(1234), seeded(1234)
     assert a.error is None and b.error is None and len(a.tokens) > 3
     # Same seed, same first draw. Later draws may differ: without flash attention llama.cpp's

@@ -72,7 +72,7 @@ def test_fuzz_every_operation_from_the_openapi_document(gateway):
             @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck))
             def run(case):
-                _check(case, mode)
+                _check(case, mode)  # noqa: B023 - run in this iteration
 
             try:
                 run()

@@ -351,7 +351,7 @@ def test_steps_of_alike_sizes_do_not_tilt_the_line():
     step was then planned at 73 ms (it took 1.4 s). The slope must stay near the truth."""
     rng = random.Random(3)
     cost = StepCostModel(overhead_s=0.006, per_token_s=0.0045)
-    for i in range(40):
+    for _ in range(40):
         tokens = rng.choice([20, 22, 23, 25, 26])
         cost.observe(tokens, 0.006 + 0.0042 * 23 + rng.uniform(-0.02, 0.02))  # size-blind noise
     assert cost.per_token_s > 0.003

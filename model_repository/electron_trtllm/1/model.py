@@ -85,7 +85,7 @@ class _Sender:
                     sender.send(flags=flags)  # the final flag alone: Triton releases the request
                 else:
                     sender.send(response, flags=flags)
-            except Exception as exc:  # the client went away between two checks
+            except Exception as exc:  # noqa: BLE001 - the client went away between two checks
                 log.info("request %s: response not delivered (%s)", request_id, exc)
 
 
@@ -232,7 +232,7 @@ class TritonPythonModel:
             for live in live_now:
                 try:
                     cancelled = live.sender.is_cancelled()
-                except Exception:  # the request was released meanwhile
+                except Exception:  # noqa: BLE001 - the request was released meanwhile
                     continue
                 if cancelled:
                     live.cancel_seen = True

@@ -263,7 +263,8 @@ def _calibration_ms(llama_cpp, model, threads: int, flash: bool) -> float:
 
     def decode(start: int, count: int) -> None:
         for i in range(count):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = int(tokens[start + i]), start + i, 1, i == count - 1
+            batch.token[i], batch.pos[i] = int(tokens[start + i]), start + i
+            batch.n_seq_id[i], batch.logits[i] = 1, i == count - 1
             batch.seq_id[i][0] = 0
         batch.n_tokens = count
         if llama_cpp.llama_decode(ctx, batch) != 0:

@@ -550,7 +550,7 @@ class Engine:
     def _deliver(self, s: _Sequence, output: StepOutput) -> None:
         try:
             s.sink.send(output)
-        except Exception as exc:  # the client went away between two checks
+        except Exception as exc:  # noqa: BLE001 - the client went away between two checks
             log.info("request %s: response not delivered (%s)", s.sink.request_id, exc)
 
     def _refresh_gauges(self) -> None:
