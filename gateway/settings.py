@@ -1,7 +1,10 @@
 """Settings of the stack, loaded once from ``ELECTRON_*`` environment variables.
 
-Nothing else reads the environment: the loaded object is passed explicitly.
-Every field, its variable and its default are listed in the README.
+Nothing else reads the environment: the loaded object is passed explicitly. It checks
+itself when built (a ValueError names the variable). The CPU engine's fields take their
+defaults and valid values from ``engine_contract.cpu_parameters``, which also carries them
+into the model's configuration and back. Every field, its variable and its default are
+listed in docs/configuration.md (checked by tests/unit/test_settings_reference.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
+
+from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters, ParameterError
 
 PREFIX = "ELECTRON_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -42,32 +47,34 @@ class Settings:
     triton_check_s: float = 0.5  # electron-serve checks Triton's process and model this often
     triton_unready_s: float = 5.0  # a model not ready this long gets Triton restarted
     triton_restart_backoff_max_s: float = 30.0  # failed restarts are retried after 1, 2, 4 ... s up to this
-    # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt)
-    tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
-    kv_cells: int = 16384  # KV pool, tokens: all sequences' together (kv_layout streams: split evenly)
+    # CPU engine (parameters of model_repository/electron_cpu/config.pbtxt; defaults and meanings in
+    # engine_contract/cpu_parameters.py)
+    tokens_per_block: int = CPU_DEFAULTS.tokens_per_block
+    kv_cells: int = CPU_DEFAULTS.kv_cells
     # unified: one cell pool, a shared prefix held once; streams: a stream of kv_cells / max_sequences cells per
     # sequence id (attention reads only its own; a shared prefix is copied), llama.cpp's kv_unified = false
-    kv_layout: str = "unified"
-    cache_idle_s: float = 60.0  # cached prefix blocks unused this long are evicted
-    max_sequences: int = 64
-    max_running: int = 32
-    max_batch_tokens: int = 512
-    max_sequence_length: int = 0  # 0: the model's training context
-    min_stream_rate: float = 12.0
-    busy_stream_rate: float = 6.0
-    playback_buffer_s: float = 1.0  # paced streams further ahead of their playhead skip steps while prompts wait
-    overload_ttft_s: float = 1.5  # refuse (503) a request whose first token would come later; 0: never
-    stream_interval_ms: float = 40.0  # a paced stream well ahead of its playhead sends tokens at most this often
-    threads: int = 0  # 0: all cores this process may use (affinity mask, cgroup quota)
+    kv_layout: str = CPU_DEFAULTS.kv_layout
+    cache_idle_s: float = CPU_DEFAULTS.cache_idle_s
+    max_sequences: int = CPU_DEFAULTS.max_sequences
+    max_running: int = CPU_DEFAULTS.max_running
+    max_batch_tokens: int = CPU_DEFAULTS.max_batch_tokens
+    max_sequence_length: int = CPU_DEFAULTS.max_sequence_length
+    min_stream_rate: float = CPU_DEFAULTS.min_stream_rate
+    busy_stream_rate: float = CPU_DEFAULTS.busy_stream_rate
+    playback_buffer_s: float = CPU_DEFAULTS.playback_buffer_s
+    overload_ttft_s: float = CPU_DEFAULTS.overload_ttft_s
+    stream_interval_ms: float = CPU_DEFAULTS.stream_interval_ms
+    threads: int = CPU_DEFAULTS.threads
     # llama.cpp's CPU paths, tried at start in a child process, never assumed from the build
     # (model_repository/electron_cpu/1/llama_engine/cpu_paths.py):
-    weight_buffers: str = "auto"  # auto: extra buffer types (AMX, repacking) only if their probe passes; extra; plain
-    flash_attention: str = "auto"  # auto: whichever of on/off is faster at start; on; off
+    weight_buffers: str = CPU_DEFAULTS.weight_buffers  # auto: extra buffer types (AMX, repacking) only if their probe passes
+    flash_attention: str = CPU_DEFAULTS.flash_attention  # auto: whichever of on/off is faster at start; on; off
     # the GGUF the engine loads (gateway/server/weight_choice.py): auto: a requantized copy of the shipped
     # file where it is faster on this machine and passes the quality gate (measured once, kept); shipped; q8_0; q4_0
     weight_format: str = "auto"
     # the engine runs fewer threads while other processes take cores, back to `threads` when they free them
-    adaptive_threads: bool = True
+    adaptive_threads: bool = CPU_DEFAULTS.adaptive_threads
+    engine_log_level: str = CPU_DEFAULTS.log_level  # the engine's own log (the Triton model's Python logging)
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
     # in spin iterations: ~0.1 ms): long enough that a decode step's many short barrier waits do not
     # sleep (200 made idle replies 2.2x slower on an Intel Xeon VM), short against a time slice, so that
@@ -111,8 +118,21 @@ class Settings:
     cancelled_prompt_billing: str = "cached"
 
     def __post_init__(self):
-        if self.kv_layout not in ("unified", "streams"):
-            raise ValueError(f"{PREFIX}KV_LAYOUT={self.kv_layout!r}: unified or streams")
+        try:
+            self.engine_parameters()
+        except ParameterError as exc:
+            name = "engine_log_level" if exc.name == "log_level" else exc.name
+            raise ValueError(f"{PREFIX}{name.upper()}: {exc.message}") from exc
+        if self.gateway_workers > 1 and not self.redis_url:
+            raise ValueError(f"{PREFIX}GATEWAY_WORKERS={self.gateway_workers} needs {PREFIX}REDIS_URL: per-account "
+                             "caps kept in each worker process would multiply by the number of workers.")
+
+    def engine_parameters(self, **computed) -> CpuEngineParameters:
+        """The CPU engine's part of these settings; ``computed``: the fields the launcher
+        works out (gguf_path, max_sequence_length, cpu_paths_cache, engine_crash)."""
+        own = {f.name: getattr(self, f.name) for f in fields(CpuEngineParameters) if hasattr(self, f.name)}
+        own["log_level"] = self.engine_log_level
+        return CpuEngineParameters(**{**own, **computed})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -53,20 +53,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Serve the embedded CPU stack: tritonserver under a supervisor, then the OpenAI "
                     f"gateway (http://{Settings.gateway_host}:{Settings.gateway_port}/v1 by default). "
                     "Ctrl-C or SIGTERM drains, then stops.",
-        epilog="Configured by ELECTRON_* environment variables only (the README's settings table), "
+        epilog="Configured by ELECTRON_* environment variables only (docs/configuration.md), "
                "e.g. ELECTRON_GATEWAY_PORT=9000 ELECTRON_KV_LAYOUT=streams.")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()  # checks itself: a ValueError names the variable
+    except ValueError as exc:
+        logging.basicConfig()
+        log.error("%s", exc)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     try:
-        if settings.gateway_workers > 1 and not settings.redis_url:
-            raise ProtectedModeError(
-                f"ELECTRON_GATEWAY_WORKERS={settings.gateway_workers} needs ELECTRON_REDIS_URL: per-account caps "
-                "kept in each worker process would multiply by the number of workers.")
         limits_lock = None if settings.redis_url else claim_local_limits(settings)
         asyncio.run(check_protected_mode(settings))
     except ProtectedModeError as exc:

@@ -46,47 +46,25 @@ def prepare_artifacts(settings: Settings) -> ModelArtifacts:
     return ModelArtifacts.load(write_artifacts(gguf, Path(settings.artifacts_dir)))
 
 
-def sequence_cells(settings: Settings) -> int:
-    """KV cells one sequence can fill: the whole pool, or its stream (``kv_layout`` streams)."""
-    if settings.kv_layout == "streams":
-        return settings.kv_cells // settings.max_sequences
-    return settings.kv_cells
-
-
 def effective_max_sequence_length(settings: Settings, artifacts: ModelArtifacts) -> int:
     """Prompt + output tokens of one request: the model's context, capped by the KV
     pool and by the setting. Written into the config so the gateway reads it."""
-    limits = [artifacts.context_length, sequence_cells(settings)]
+    limits = [artifacts.context_length, settings.engine_parameters().sequence_cells]
     if settings.max_sequence_length > 0:
         limits.append(settings.max_sequence_length)
     return min(limits)
 
 
 def template_values(settings: Settings, artifacts: ModelArtifacts, gguf_path: Path) -> dict[str, str]:
-    """``gguf_path``: the weights the engine loads (``engine_weights``); the tokenizer and chat
+    """The config's ``${...}`` values: the settings' engine part (``Settings.engine_parameters``).
+    ``gguf_path``: the weights the engine loads (``engine_weights``); the tokenizer and chat
     template stay those of ``artifacts`` (the shipped file's, same vocabulary)."""
-    return {
-        "gguf_path": str(gguf_path),
-        "tokens_per_block": str(settings.tokens_per_block),
-        "kv_cells": str(settings.kv_cells),
-        "kv_layout": settings.kv_layout,
-        "cache_idle_s": str(settings.cache_idle_s),
-        "max_sequences": str(settings.max_sequences),
-        "max_running": str(settings.max_running),
-        "max_batch_tokens": str(settings.max_batch_tokens),
-        "max_sequence_length": str(effective_max_sequence_length(settings, artifacts)),
-        "min_stream_rate": str(settings.min_stream_rate),
-        "busy_stream_rate": str(settings.busy_stream_rate),
-        "playback_buffer_s": str(settings.playback_buffer_s),
-        "overload_ttft_s": str(settings.overload_ttft_s),
-        "stream_interval_ms": str(settings.stream_interval_ms),
-        "threads": str(settings.threads),
-        "weight_buffers": settings.weight_buffers,
-        "flash_attention": settings.flash_attention,
-        "cpu_paths_cache": str(cpu_paths_cache_dir(settings)),
-        "engine_crash": crash_note(settings),
-        "adaptive_threads": str(settings.adaptive_threads).lower(),
-    }
+    return settings.engine_parameters(
+        gguf_path=str(gguf_path),
+        max_sequence_length=effective_max_sequence_length(settings, artifacts),
+        cpu_paths_cache=str(cpu_paths_cache_dir(settings)),
+        engine_crash=crash_note(settings),
+    ).to_parameters()
 
 
 def render_config(text: str, values: dict[str, str]) -> str:

@@ -20,3 +20,15 @@ def test_an_unknown_argument_exits_2_before_any_start(capsys, monkeypatch):
         serve.main(["--port", "9000"])
     assert exit_info.value.code == 2
     assert "unrecognized arguments: --port 9000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("ELECTRON_GATEWAY_WORKERS", "2", "needs ELECTRON_REDIS_URL"),
+    ("ELECTRON_KV_LAYOUT", "paged", "ELECTRON_KV_LAYOUT: 'paged' is not one of unified, streams"),
+    ("ELECTRON_KV_CELLS", "many", "ELECTRON_KV_CELLS='many' is not a valid int"),
+])
+def test_a_bad_setting_exits_2_with_its_variable_named_before_any_start(monkeypatch, caplog, name, value, message):
+    monkeypatch.setenv(name, value)
+    monkeypatch.setattr(serve, "TritonSupervisor", lambda *a: pytest.fail("started with a bad setting"))
+    assert serve.main([]) == 2
+    assert message in caplog.text

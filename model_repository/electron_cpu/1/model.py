@@ -17,6 +17,7 @@ import threading
 import triton_python_backend_utils as pb_utils
 
 from engine_contract import ContractResponse, encode_response
+from engine_contract.cpu_parameters import CpuEngineParameters
 from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
 from llama_engine.engine import Engine, StepOutput
 from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
@@ -150,58 +151,54 @@ class _MetricsExporter:
 
 class TritonPythonModel:
     def initialize(self, args):
-        logging.basicConfig(level=os.environ.get("ELECTRON_ENGINE_LOG_LEVEL", "INFO"),
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         config = json.loads(args["model_config"])
+        try:  # parsed by the code that wrote them (engine_contract.cpu_parameters)
+            p = CpuEngineParameters.from_parameters(
+                {k: v["string_value"] for k, v in config.get("parameters", {}).items()})
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(f"electron_cpu's configuration: {exc}") from exc
+        logging.basicConfig(level=p.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("electron_cpu must be decoupled (model_transaction_policy)")
-        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        gguf_path = p.get("gguf_path", "")
-        if not gguf_path or gguf_path.startswith("${") or not os.path.isfile(gguf_path):
-            raise pb_utils.TritonModelException(f"parameter gguf_path {gguf_path!r} is not a GGUF file")
-        threads = int(p.get("threads", 0)) or usable_cores()
+        if not p.gguf_path or p.gguf_path.startswith("${") or not os.path.isfile(p.gguf_path):
+            raise pb_utils.TritonModelException(f"parameter gguf_path {p.gguf_path!r} is not a GGUF file")
+        threads = p.threads or usable_cores()
         try:  # before the engine loads the model: a path that crashes costs a fallback, not the service
-            self.cpu_paths = choose_cpu_paths(gguf_path, threads, weights=p.get("weight_buffers", "auto"),
-                                              flash_attn=p.get("flash_attention", "auto"),
-                                              cache_dir=p.get("cpu_paths_cache", ""),
-                                              engine_crash=p.get("engine_crash", ""))
+            self.cpu_paths = choose_cpu_paths(p.gguf_path, threads, weights=p.weight_buffers,
+                                              flash_attn=p.flash_attention, cache_dir=p.cpu_paths_cache,
+                                              engine_crash=p.engine_crash)
         except (RuntimeError, ValueError) as exc:
             raise pb_utils.TritonModelException(str(exc)) from exc
-        try:
-            unified = kv_unified_for(p.get("kv_layout", "unified"))
-        except ValueError as exc:
-            raise pb_utils.TritonModelException(str(exc)) from exc
         runner_config = RunnerConfig(
-            gguf_path=gguf_path,
-            kv_cells=int(p.get("kv_cells", 16384)),
-            max_sequences=int(p.get("max_sequences", 64)),
-            max_batch_tokens=int(p.get("max_batch_tokens", 512)),
+            gguf_path=p.gguf_path,
+            kv_cells=p.kv_cells,
+            max_sequences=p.max_sequences,
+            max_batch_tokens=p.max_batch_tokens,
             threads=threads,
             flash_attn=self.cpu_paths.flash_attn,
-            kv_unified=unified,
+            kv_unified=kv_unified_for(p.kv_layout),
             extra_buffer_types=self.cpu_paths.weights == "extra",
         )
         self.runner = LlamaRunner(runner_config)
         self.thread_budget = None
-        if p.get("adaptive_threads", "true").lower() in ("1", "true", "yes") and runner_config.threads > 1:
+        if p.adaptive_threads and runner_config.threads > 1:
             self.thread_budget = ThreadBudgetWatch(ThreadBudget(runner_config.threads, quota_cores=cgroup_cpu_limit()))
-        block = int(p.get("tokens_per_block", 4))
+        block = p.tokens_per_block
         ledger = KvLedger(self.runner.kv_cells, shares_cells=runner_config.kv_unified)
         cache = PrefixCache(self.runner, ledger, runner_config.max_sequences, block)
         planner = StepPlanner(SchedulerConfig(
             max_batch_tokens=runner_config.max_batch_tokens,
-            min_stream_rate=float(p.get("min_stream_rate", 12.0)),
-            busy_stream_rate=float(p.get("busy_stream_rate", 6.0)),
-            playback_buffer_s=float(p.get("playback_buffer_s", 1.0)),
-            overload_ttft_s=float(p.get("overload_ttft_s", 1.5)),
+            min_stream_rate=p.min_stream_rate,
+            busy_stream_rate=p.busy_stream_rate,
+            playback_buffer_s=p.playback_buffer_s,
+            overload_ttft_s=p.overload_ttft_s,
         ))
         max_seq_len = min(self.runner.train_context, self.runner.sequence_cells,
-                          int(p.get("max_sequence_length", 0)) or self.runner.train_context)
+                          p.max_sequence_length or self.runner.train_context)
         self.limits = ModelLimits(vocab_size=self.runner.n_vocab, max_sequence_length=max_seq_len)
         self.guides = GuideCompiler.from_llama_vocab(self.runner.vocab, self.runner.eos_id)
-        self.engine = Engine(self.runner, cache, planner, max_running=int(p.get("max_running", 32)),
-                             cache_idle_s=float(p.get("cache_idle_s", 60.0)),
-                             stream_interval_s=float(p.get("stream_interval_ms", 40.0)) / 1000,
+        self.engine = Engine(self.runner, cache, planner, max_running=p.max_running,
+                             cache_idle_s=p.cache_idle_s, stream_interval_s=p.stream_interval_ms / 1000,
                              thread_budget=self.thread_budget)
         self.metrics = _MetricsExporter(self.engine, {"model": args["model_name"]}, self.cpu_paths)
         if self.thread_budget is not None:
@@ -209,7 +206,7 @@ class TritonPythonModel:
         self.engine.start()
         self.metrics.start()
         log.info("engine ready: %s, %d KV cells (%s), %d tokens per block, max sequence %d tokens",
-                 gguf_path, self.runner.kv_cells,
+                 p.gguf_path, self.runner.kv_cells,
                  "unified" if runner_config.kv_unified else f"{self.runner.sequence_cells} per sequence",
                  block, max_seq_len)
 

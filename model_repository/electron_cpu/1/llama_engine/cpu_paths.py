@@ -44,10 +44,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine_contract.cpu_parameters import FLASH_ATTENTION, WEIGHT_BUFFERS
+
 log = logging.getLogger(__name__)
 
 WEIGHT_PATHS = ("extra", "plain")
-CHOICES = ("auto", "extra", "plain")  # the setting: probe, or force one
+CHOICES = WEIGHT_BUFFERS  # the setting: probe, or force one (engine_contract.cpu_parameters)
 PROBE_PROMPT = "The capital of France is Paris. नमस्ते, आप कैसे हैं? The weather today is"
 PROBE_STEPS = 6  # greedy decode steps after the prompt
 TOP_K = 5  # the reference's candidates a probed token must be among
@@ -121,8 +123,8 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
     engine seen before (a fault signal, the gateway's record): ``auto`` then takes plain
     buffers without trying the extra ones, also over a kept choice. Raises RuntimeError when
     the chosen or forced path cannot decode: the model cannot run here."""
-    if weights not in CHOICES or flash_attn not in ("auto", "on", "off"):
-        raise ValueError(f"weight_buffers must be one of {CHOICES} and flash_attention auto/on/off, "
+    if weights not in CHOICES or flash_attn not in FLASH_ATTENTION:
+        raise ValueError(f"weight_buffers must be one of {CHOICES} and flash_attention one of {FLASH_ATTENTION}, "
                          f"not {weights!r}/{flash_attn!r}")
     cache = _cache_file(cache_dir, gguf, threads, weights, flash_attn) if cache_dir and not crash else None
     if cache is not None and cache.is_file():

@@ -19,16 +19,17 @@ from dataclasses import dataclass
 import llama_cpp
 import numpy as np
 
+from engine_contract.cpu_parameters import KV_LAYOUTS
+
 log = logging.getLogger(__name__)
 
 DECODE_OK = 0
 DECODE_NO_KV_SLOT = 1
 
-KV_LAYOUTS = ("unified", "streams")  # the setting's values: kv_unified true / false
 
 
 def kv_unified_for(layout: str) -> bool:
-    """``kv_unified`` for a layout setting (one of ``KV_LAYOUTS``)."""
+    """``kv_unified`` for a layout setting (one of ``KV_LAYOUTS``, engine_contract.cpu_parameters)."""
     if layout not in KV_LAYOUTS:
         raise ValueError(f"kv_layout must be one of {', '.join(KV_LAYOUTS)}, not {layout!r}")
     return layout == "unified"
