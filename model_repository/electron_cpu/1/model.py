@@ -19,7 +19,8 @@ import triton_python_backend_utils as pb_utils
 from engine_contract import ContractResponse, encode_response
 from engine_contract.cpu_parameters import CpuEngineParameters
 from llama_engine.cpu_paths import CpuPaths, choose_cpu_paths
-from llama_engine.engine import Engine, StepOutput
+from llama_engine.engine import Engine
+from llama_engine.sequence import StepOutput
 from llama_engine.guides import GuideCompiler, GuideMask, InvalidGuide
 from llama_engine.kv_ledger import KvLedger
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig, kv_unified_for

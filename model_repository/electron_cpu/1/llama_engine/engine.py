@@ -14,15 +14,16 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Sequence
 
-from engine_contract import Overloaded, PerfMetrics
+from engine_contract import PerfMetrics
 
 from .guides import GuideMask, InvalidGuide
 from .llama_runner import DECODE_NO_KV_SLOT, DECODE_OK, LlamaRunner
+from .overload import OverloadJudge
 from .params import GenerationRequest
-from .prefix_cache import PrefixCache, block_keys, shared_blocks
+from .prefix_cache import PrefixCache, block_keys
+from .sequence import ResponseSink, SequenceState, StepOutput
 from .sampling import TokenSampler, token_logprob
 from .scheduler import DecodeCandidate, PrefillCandidate, StepPlanner, floor_wait_s, paced_wait_s, playback_lead_s
 from .stats import EngineStats
@@ -30,69 +31,6 @@ from .thread_budget import ThreadBudgetWatch
 
 log = logging.getLogger(__name__)
 
-@dataclass(frozen=True)
-class StepOutput:
-    """One response of a request: new tokens, or all of them when not streaming; none in
-    a prefill progress report (``Engine._report_prefill``)."""
-
-    tokens: list[int]
-    log_probs: list[float] | None
-    final: bool
-    sequence_length: int  # prompt + generated tokens so far
-    num_input_tokens: int
-    perf: PerfMetrics
-
-
-class ResponseSink(Protocol):
-    """Where one request's responses go (the Triton response sender in production)."""
-
-    request_id: str
-
-    def send(self, output: StepOutput) -> None: ...
-    def fail(self, message: str) -> None: ...
-    def close_cancelled(self) -> None: ...
-    def is_cancelled(self) -> bool: ...
-
-
-@dataclass(eq=False)
-class _Sequence:
-    request: GenerationRequest
-    sink: ResponseSink
-    arrival_ns: int
-    arrival_clock: float = 0.0  # time.monotonic() at arrival (the prefix cache's clock)
-    seq: int = -1
-    n_past: int = 0  # positions whose KV exists
-    prefilled: int = 0  # prompt tokens whose KV exists
-    reused_blocks: int = 0
-    pending: int | None = None  # sampled, not yet decoded
-    generated: list[int] = field(default_factory=list)
-    log_probs: list[float] = field(default_factory=list)
-    sent: int = 0  # generated tokens already sent
-    chars: int = 0  # characters of the generated text (the playhead's unit)
-    sent_chars: int = 0  # characters of the tokens already sent
-    last_send_ns: int = 0
-    new_tokens_estimate: int = 0  # prompt tokens it would prefill itself (not cached or being computed)
-    alone_tokens: int = 0  # prompt tokens it would prefill on a free machine (not cached at arrival)
-    keys: list[int] = field(default_factory=list)  # its prompt's block keys (prefix cache)
-    awaits: frozenset = frozenset()  # sequences computing blocks of its prompt at arrival
-    sampler: TokenSampler | None = None
-    guide: GuideMask | None = None
-    first_scheduled_ns: int = 0
-    prefill_started: bool = False  # a chunk of its own prompt was computed (it can no longer be refused)
-    first_token_ns: int = 0
-    last_token_ns: int = 0
-
-    @property
-    def prompt_left(self) -> int:
-        return len(self.request.prompt) - self.prefilled
-
-    def cells_ahead(self, reply_reserve: int) -> int:
-        """KV cells it will need soon: the rest of its prompt and up to ``reply_reserve``
-        more reply tokens (a request without ``max_tokens`` may run to the context's end,
-        but reserving all of it would shut every other caller out of the pool)."""
-        replied = self.n_past - min(self.n_past, len(self.request.prompt))
-        reply_left = min(self.request.max_new_tokens - replied, max(reply_reserve - replied, 0))
-        return max(len(self.request.prompt) - self.n_past, 0) + max(reply_left, 0)
 
 
 class Engine:
@@ -117,12 +55,13 @@ class Engine:
         self.cache = cache
         self.planner = planner
         self.max_running = max_running
+        self.judge = OverloadJudge(planner, cache, max_running)
         self._after_idle = True  # the engine slept before the next step (its cost is not learned from)
         self.stats = EngineStats()
-        self._inbox: collections.deque[_Sequence] = collections.deque()
-        self._waiting: list[_Sequence] = []
-        self._arrived: list[_Sequence] = []  # taken from the inbox, not yet checked for overload
-        self._running: list[_Sequence] = []
+        self._inbox: collections.deque[SequenceState] = collections.deque()
+        self._waiting: list[SequenceState] = []
+        self._arrived: list[SequenceState] = []  # taken from the inbox, not yet checked for overload
+        self._running: list[SequenceState] = []
         self._wake = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="llama-engine", daemon=True)
@@ -134,7 +73,7 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: ResponseSink, guide: GuideMask | None = None) -> None:
         """``guide``: the compiled guide of a guided request (``guides``)."""
         with self._wake:
-            self._inbox.append(_Sequence(request, sink, arrival_ns=time.time_ns(), arrival_clock=time.monotonic(),
+            self._inbox.append(SequenceState(request, sink, arrival_ns=time.time_ns(), arrival_clock=time.monotonic(),
                                          guide=guide))
             self._wake.notify()
 
@@ -235,7 +174,7 @@ class Engine:
         self.stats.step_tokens += n
         self.stats.prefill_tokens += sum(take for _, take in plan)
 
-    def _fill_batch(self, decoding, plan) -> tuple[int, list[tuple[_Sequence, int]]]:
+    def _fill_batch(self, decoding, plan) -> tuple[int, list[tuple[SequenceState, int]]]:
         r = self.runner
         samplers = []
         n = 0
@@ -292,7 +231,7 @@ class Engine:
                 out.append(DecodeCandidate(s, floor_wait_s(len(s.generated), since, floor), paced=False))
         return out
 
-    def _on_token(self, s: _Sequence, token: int, index: int) -> None:
+    def _on_token(self, s: SequenceState, token: int, index: int) -> None:
         now = time.time_ns()
         s.first_token_ns = s.first_token_ns or now
         s.last_token_ns = now
@@ -314,7 +253,7 @@ class Engine:
         if request.streaming and not self._may_hold(s, now):
             self._send(s, final=False)
 
-    def _may_hold(self, s: _Sequence, now_ns: int) -> bool:
+    def _may_hold(self, s: SequenceState, now_ns: int) -> bool:
         """Coalescing: a paced stream whose sent text is more than the playback buffer
         ahead of its playhead may hold new tokens for up to ``stream_interval_s`` and
         send them as one response (one gRPC message and one SSE event instead of
@@ -352,27 +291,24 @@ class Engine:
         beside = self._load(time.time_ns(), with_prefills=False)  # the streams the prompts ahead prefill beside
         for s in arrived:
             s.keys = block_keys(s.request.prompt, self.cache.block_size)
-            self._estimate_new_tokens(s)
+            self.judge.estimate_new_tokens(s)
             # what it would prefill on a machine free when it arrived: a prefix another request
             # computed while it waited (in the inbox during a step) is its own work done for it
             cached = self.cache.cached_before(s.request.prompt, s.keys, s.arrival_clock)
             s.alone_tokens = len(s.request.prompt) - min(cached, len(s.request.prompt) - 1)
-            if (self._running or self._waiting) and self._refused(s, self._queue_delay_s(s, beside), waited_s=0.0):
+            if (self._running or self._waiting) and self._refused(s, beside, waited_s=0.0):
                 continue
             self._waiting.append(s)
 
-    def _refused(self, s: _Sequence, delay_s: float, waited_s: float) -> bool:
-        """Refuse ``s`` (503 ``server_overloaded``) when it has waited ``waited_s`` and would
-        wait ``delay_s`` more for other work than the bound allows (policy 7)."""
-        if not self.planner.refuses(waited_s + delay_s):
+    def _refused(self, s: SequenceState, beside: tuple[int, float | None], waited_s: float) -> bool:
+        """Refuse ``s`` (503 ``server_overloaded``) if the judge finds it would be late."""
+        refusal = self.judge.refusal(s, self.judge.queue_delay_s(s, self._running, self._waiting, beside), waited_s)
+        if refusal is None:
             return False
         self.stats.overload_refusals += 1
-        log.warning("request %s refused: it would wait %.2f s for other work (%.2f s so far; limit %.2f s), "
-                    "%d running, %d waiting", s.sink.request_id, waited_s + delay_s, waited_s,
-                    self.planner.config.overload_ttft_s, len(self._running), len(self._waiting))
-        s.sink.fail(str(Overloaded(
-            f"the request would wait about {waited_s + delay_s:.1f} s for other requests before its first token "
-            f"(limit {self.planner.config.overload_ttft_s:g} s); retry on another replica or later")))
+        log.warning("request %s refused: %s; %d running, %d waiting", s.sink.request_id, refusal,
+                    len(self._running), len(self._waiting))
+        s.sink.fail(str(refusal))
         return True
 
     def _shed_late(self, now_ns: int) -> None:
@@ -383,61 +319,20 @@ class Engine:
         admitted ones keep their first token in time. Time spent waiting for a shared
         prefix another request computes is the request's own prefill, not a wait for others."""
         untouched = [s for s in self._running if not s.prefill_started and s.prompt_left > 0]
-        if self.planner.config.overload_ttft_s <= 0 or not (self._waiting or untouched):
+        if not self.judge.active or not (self._waiting or untouched):
             return
         beside = self._load(now_ns, with_prefills=False)
         kept = []
         for s in self._waiting:
-            self._estimate_new_tokens(s)  # a running prefill may have begun computing its prefix since
-            if not self._refused(s, self._queue_delay_s(s, beside), waited_s=(now_ns - s.arrival_ns) / 1e9):
+            self.judge.estimate_new_tokens(s)  # a running prefill may have begun computing its prefix since
+            if not self._refused(s, beside, waited_s=(now_ns - s.arrival_ns) / 1e9):
                 kept.append(s)
         self._waiting = kept
         for s in untouched:
-            if self._refused(s, self._queue_delay_s(s, beside), waited_s=(now_ns - s.arrival_ns) / 1e9):
+            if self._refused(s, beside, waited_s=(now_ns - s.arrival_ns) / 1e9):
                 self._running.remove(s)
                 s.sampler.close()
                 self.cache.release(s.seq)
-
-    def _estimate_new_tokens(self, s: _Sequence) -> None:
-        """The prompt tokens ``s`` would prefill itself now (not cached nor being computed by a
-        running prefill) and the sequences computing the rest of its prefix."""
-        reusable, computing = self.cache.reusable_prefix(s.request.prompt, s.keys)
-        s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
-
-    def _queue_delay_s(self, s: _Sequence, beside: tuple[int, float | None]) -> float:
-        """How much later than on a free machine ``s`` would get its first token: the
-        prompt tokens prefilled before its own (shortest remaining first, and the
-        prefixes other requests compute for it), beside the streams that keep decoding,
-        less the prefill of its prompt on its own (a prefix computed for it is work it
-        would otherwise do), plus the wait for a running slot when all are taken.
-        ``beside``: ``_load(now, with_prefills=False)``, once per judging pass - the prompts
-        ahead are prefilled beside the streams decoding now (with none, in full chunks, as
-        the step does); once prefilled, a paced stream rests after a few tokens."""
-        running = s.seq >= 0
-        own = s.prompt_left if running else s.new_tokens_estimate
-        ahead = sum(r.prompt_left for r in self._running if r is not s and 0 < r.prompt_left
-                    and (r.prompt_left <= own or r.seq in s.awaits))
-        ahead += sum(self._work_beside(w, s) for w in self._waiting if w.new_tokens_estimate <= own and w is not s)
-        load, wait = beside
-        alone = max(s.alone_tokens, own)
-        delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
-        queued = len(self._running) + sum(1 for w in self._waiting if w is not s) - self.max_running
-        if not running and queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
-            step = self.planner.cost.predict(0, max(load, 1))
-            left = sorted(r.request.max_new_tokens - len(r.generated) for r in self._running)
-            delay += left[min(queued, len(left) - 1)] * step if left else 0.0
-        return delay
-
-    def _work_beside(self, w: _Sequence, s: _Sequence) -> int:
-        """Prompt tokens the queued ``w`` would prefill that ``s`` does not need: the blocks
-        their prompts share are computed once, by whichever goes first, and are part of
-        ``s``'s own prefill (a burst of calls with a new system prompt waits only for the
-        others' own turns, not for the system prompt once per call)."""
-        reusable = len(w.request.prompt) - w.new_tokens_estimate  # cached or being computed already
-        # only blocks past those matter (this runs for every pair of queued requests each step:
-        # a cached system prompt is not walked again)
-        common = shared_blocks(w.keys, s.keys, start=reusable // self.cache.block_size) * self.cache.block_size
-        return max(min(w.new_tokens_estimate, 1), w.new_tokens_estimate - max(0, common - reusable))  # its logits
 
     def _admit(self) -> None:
         if not self._waiting:
@@ -486,7 +381,7 @@ class Engine:
             self.stats.cancellations += 1
             self._finish(s, cancelled=True)
 
-    def _finish(self, s: _Sequence, error: str | None = None, cancelled: bool = False) -> None:
+    def _finish(self, s: SequenceState, error: str | None = None, cancelled: bool = False) -> None:
         self._running.remove(s)
         if s.sampler is not None:
             s.sampler.close()
@@ -515,7 +410,7 @@ class Engine:
         for s in {*decoding, *(s for s, _ in plan)}:
             self._finish(s, error=f"the model failed to decode (llama.cpp code {rc})")
 
-    def _send(self, s: _Sequence, final: bool) -> None:
+    def _send(self, s: SequenceState, final: bool) -> None:
         request = s.request
         tokens = s.generated[s.sent :] if request.streaming else s.generated
         if not request.streaming and not request.exclude_input_in_output:
@@ -530,7 +425,7 @@ class Engine:
         self._deliver(s, StepOutput(tokens=tokens, log_probs=log_probs, final=final, sequence_length=total,
                                     num_input_tokens=len(request.prompt), perf=self._perf(s, total)))
 
-    def _report_prefill(self, s: _Sequence) -> None:
+    def _report_prefill(self, s: SequenceState) -> None:
         """Prefill progress (electron extension ``return_prefill_progress``): after each chunk
         of a prompt that is not complete yet, a response without tokens whose
         ``sequence_length`` is the prompt tokens whose KV exists (reused + computed) and whose
@@ -540,14 +435,14 @@ class Engine:
                                     sequence_length=s.prefilled, num_input_tokens=len(s.request.prompt),
                                     perf=self._perf(s, s.prefilled)))
 
-    def _perf(self, s: _Sequence, total: int) -> PerfMetrics:
+    def _perf(self, s: SequenceState, total: int) -> PerfMetrics:
         """``total``: the sequence's tokens so far."""
         blocks = math.ceil(total / self.cache.block_size)
         return PerfMetrics(reused_blocks=s.reused_blocks, new_blocks=blocks - s.reused_blocks, total_blocks=blocks,
                            arrival_ns=s.arrival_ns, first_scheduled_ns=s.first_scheduled_ns,
                            first_token_ns=s.first_token_ns, last_token_ns=s.last_token_ns)
 
-    def _deliver(self, s: _Sequence, output: StepOutput) -> None:
+    def _deliver(self, s: SequenceState, output: StepOutput) -> None:
         try:
             s.sink.send(output)
         except Exception as exc:  # noqa: BLE001 - the client went away between two checks
