@@ -19,195 +19,33 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from gateway.accounts.limits import Admission
-from gateway.accounts.service import AccountService, Caller, Outcome
+from gateway.accounts.service import AccountService
 from gateway.api import sse
-from gateway.chat.chat_request import ChatLimits, PreparedChat, parse_body, prepare_chat
+from gateway.api.bill import Bill
+from gateway.api.client_io import ClientGone, read_body, until_disconnect
+from gateway.api.sse_stream import SettlingStreamingResponse, sse_events
+from gateway.chat.chat_request import ChatLimits, PreparedChat, prepare_chat
+from gateway.chat.wire_request import parse_body
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
 from gateway.chat.served_model import ModelView
 from gateway.engine.protocol import Engine
-from gateway.errors import (APIError, EngineError, EngineUnavailableError, RequestTooLargeError,
-                               ServerOverloadedError, ShuttingDownError)
+from gateway.errors import (EngineUnavailableError, ServerOverloadedError, ShuttingDownError)
 from gateway.api.request_context import current_request_id
 from gateway.api.request_log import summary
 from gateway.api.responses import ResponseShaper
-from gateway.openai_schema import ErrorResponse
 from gateway.settings import Settings
 from gateway.tools.guided_request import GUIDE_BACKENDS
 from gateway.tools.tool_dialect import dialects
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 CLIENT_GONE = 499  # nginx's code for "client closed the request"; nobody reads it
-
-
-class ClientGone(Exception):
-    """The client disconnected before the response started."""
-
-
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it if the client disconnects first."""
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        task.cancel()
-
-    watcher = asyncio.create_task(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and task.cancelled():
-            raise ClientGone() from None
-        raise
-    finally:
-        watcher.cancel()
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RequestTooLargeError(f"The request body is larger than {limit} bytes.")
-    except ClientDisconnect:
-        raise ClientGone() from None
-    return bytes(body)
-
-
-class Bill:
-    """Settles one admitted request exactly once: releases its concurrency slot and
-    records its usage row, whichever way it ends. ``settle`` does no I/O, so it
-    also completes inside a cancelled task. The row's prompt and cached tokens are
-    what the engine took in for the request (``CompletionRun.engine_prompt_tokens``):
-    the whole prompt once it produced an output, as far as its prefill got before."""
-
-    def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
-                 model: str, summary: dict, on_settle=None) -> None:
-        self._accounts = accounts
-        self._summary = summary
-        self._on_settle = on_settle
-        self._caller = caller
-        self._admission = admission
-        self._request_id = request_id
-        self._model = model
-        self._started_at = time.time()
-        self.run: CompletionRun | None = None
-        self.prompt_tokens = 0
-        self.failed = False
-        self.error_code: str | None = None  # of an error event sent mid-stream
-        self.cut_off = False  # ended by the shutdown's grace period
-
-    def settle(self, status: str | None = None) -> None:
-        run = self.run
-        if status is None:
-            status = "error" if self.failed else (run.finish_reason if run is not None and run.completed
-                                                  else "cancelled")
-        outcome = Outcome(
-            status=status,
-            prompt_tokens=run.engine_prompt_tokens if run else self.prompt_tokens,
-            cached_tokens=run.cached_tokens if run else 0,
-            completion_tokens=run.completion_tokens if run else 0,
-            engine_produced=bool(run and run.engine_outputs),
-            ttft_ms=run.first_token_ms if run else None,
-        )
-        if self._admission.released:
-            return
-        row = self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
-                                    self._started_at)
-        if self._on_settle is not None:
-            self._on_settle()
-        self._summary.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None,
-                             prompt_tokens=outcome.prompt_tokens,
-                             cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
-                             ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
-                             first_text_ms=None if run is None or run.first_text_ms is None
-                             else round(run.first_text_ms, 1))
-        if self.error_code:
-            self._summary["error_code"] = self.error_code
-
-
-class SettlingStreamingResponse(StreamingResponse):
-    """A stream that settles its bill when the response ends, however it ends
-    (finished, failed, client gone before or during the body, server shutdown),
-    then closes its generators in a task of their own.
-
-    A client that stops reading: once its socket buffers are full, the server's
-    ``send`` waits; the stream then stops pulling from the engine, so nothing
-    piles up in the gateway. If one ``send`` has waited ``slow_client_s``, the
-    client is treated as gone: the response task is cancelled (the engine request
-    with it) and billed as ``cancelled`` for what was generated. Checked by a
-    timer once a second, nothing per chunk but two clock reads."""
-
-    def __init__(self, content, bill: Bill, deltas: AsyncIterator[Delta], slow_client_s: float = 0.0,
-                 **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self._bill = bill
-        self._generators = (content, deltas)
-        self._slow_client_s = slow_client_s
-        self._sending_since: float | None = None
-        self._too_slow = False
-
-    async def __call__(self, scope, receive, send) -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        timer = None
-
-        async def timed_send(message) -> None:
-            self._sending_since = loop.time()
-            await send(message)
-            self._sending_since = None
-
-        def check() -> None:
-            nonlocal timer
-            since = self._sending_since
-            if since is not None and loop.time() - since >= self._slow_client_s:
-                log.warning("client has not read its stream for %.0f s: treated as gone", loop.time() - since)
-                self._too_slow = True
-                task.cancel()
-                return
-            timer = loop.call_later(min(1.0, self._slow_client_s / 2), check)
-
-        if self._slow_client_s > 0:
-            timer = loop.call_later(min(1.0, self._slow_client_s / 2), check)
-        try:
-            await super().__call__(scope, receive, timed_send if self._slow_client_s > 0 else send)
-        except asyncio.CancelledError:
-            if not self._too_slow:
-                raise
-            if hasattr(task, "uncancel"):
-                task.uncancel()
-        finally:
-            if timer is not None:
-                timer.cancel()
-            self._bill.settle()
-            _close_later(*self._generators)
-
-
-_closing: set[asyncio.Task] = set()
-
-
-def _close_later(*generators) -> None:
-    async def close() -> None:
-        for generator in generators:
-            try:
-                await generator.aclose()
-            except Exception:  # noqa: BLE001 - already closed or running: nothing left to release
-                pass
-
-    task = asyncio.get_running_loop().create_task(close())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
 
 
 # Request bodies larger than this are parsed, rendered and tokenized on a worker thread
@@ -290,7 +128,7 @@ class ChatService:
         self.in_flight += 1
         bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields,
                     on_settle=self._settled)
-        bill.prompt_tokens = prepared.prompt_tokens
+        bill.prepared(prepared.prompt_tokens)
         try:
             return await self._respond(request, prepared, bill, self._accounts.headers(admission))
         except ClientGone:
@@ -314,7 +152,7 @@ class ChatService:
         request_id = current_request_id.get()
         run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
                             self._tokens_per_block)
-        bill.run = run
+        bill.running(run)
         shaper = ResponseShaper(self._settings.served_model, self._model.system_fingerprint,
                                 include_usage=prepared.include_usage, want_logprobs=prepared.logprobs)
         deltas = run.deltas()
@@ -324,46 +162,10 @@ class ChatService:
             bill.settle()
             return JSONResponse(body, headers=headers)
         first = await until_disconnect(request, deltas.__anext__())
-        events = _events(shaper, run, first, deltas, bill, lambda: self.cut_off)
+        events = sse_events(shaper, run, first, deltas, bill, lambda: self.cut_off)
         return SettlingStreamingResponse(events, bill, deltas, slow_client_s=self._settings.slow_client_timeout_s,
                                          media_type=sse.MEDIA_TYPE, headers={**sse.HEADERS, **headers})
 
 
 async def _collect(deltas: AsyncIterator[Delta]) -> list[Delta]:
     return [delta async for delta in deltas]
-
-
-async def _events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
-                  deltas: AsyncIterator[Delta], bill: Bill, cut_off) -> AsyncIterator[bytes]:
-    try:
-        yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
-        async for delta in deltas:
-            if cut_off():
-                bill.cut_off = True
-                raise ShuttingDownError("The server is shutting down: the response was cut off.")
-            fast = shaper.plain_content_json(delta)
-            if fast is not None:
-                yield sse.frame(fast)
-                continue
-            chunks = shaper.stream_chunks(delta)
-            if chunks:
-                yield b"".join(sse.event(c) for c in chunks)
-        if shaper.include_usage:
-            yield sse.event(shaper.usage_chunk(run))
-    except APIError as exc:
-        log.warning("error after the stream started: %s", exc.message)
-        bill.failed = not bill.cut_off  # cut off by a shutdown: cancelled, not an engine error
-        bill.error_code = exc.code
-        yield _error_event(exc)
-    except Exception:  # noqa: BLE001 - the stream must still end with an error event
-        log.exception("unexpected error in the stream")
-        bill.failed = True
-        bill.error_code = EngineError.code
-        yield _error_event(EngineError("The server failed while streaming the response."))
-    finally:
-        await deltas.aclose()
-    yield sse.DONE
-
-
-def _error_event(exc: APIError) -> bytes:
-    return sse.event(ErrorResponse.model_validate(exc.envelope(current_request_id.get())))

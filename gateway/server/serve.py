@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app = build_app(settings)
         log.info("OpenAI API on http://%s:%d/v1", settings.gateway_host, settings.gateway_port)
-        DrainingServer(uvicorn_config(app, settings), app.state.chat, settings.drain_grace_s).run()
+        DrainingServer(uvicorn_config(app, settings), app.state.gateway.chat, settings.drain_grace_s).run()
         log.info("gateway stopped (signal %s)", received[-1] if received else "none")
     finally:
         if triton is not None:

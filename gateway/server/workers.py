@@ -82,7 +82,7 @@ def worker_main(settings: Settings, index: int, parent_pid: int) -> None:
     app = build_app(settings)
     sock = bind_socket(settings.gateway_host, settings.gateway_port)
     log.info("gateway worker %d (pid %d) serving", index, os.getpid())
-    DrainingServer(uvicorn_config(app, settings), app.state.chat, settings.drain_grace_s,
+    DrainingServer(uvicorn_config(app, settings), app.state.gateway.chat, settings.drain_grace_s,
                    ignore_sigint=True).run(sockets=[sock])
 
 

@@ -37,7 +37,7 @@ async def client(app):
     transport = httpx2.ASGITransport(app=app)
     async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as c:
         yield c
-    await app.state.accounts.close()
+    await app.state.gateway.accounts.close()
 
 
 @pytest.fixture

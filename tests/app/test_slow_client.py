@@ -50,7 +50,7 @@ async def test_a_client_that_stops_reading_is_treated_as_gone(settings, engine, 
         call = engine.calls[0]
         assert 0.5 <= took < 3
         assert call.abandoned and call.responses_sent < 20 < len(ids)  # the engine was not read ahead
-        assert app.state.chat.in_flight == 0
+        assert app.state.gateway.chat.in_flight == 0
         await accounts.ledger.flush()
         [row] = await accounts.store.usage_rows()
         assert row["status"] == "cancelled" and row["completion_tokens"] == call.responses_sent > 0

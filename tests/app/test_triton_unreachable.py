@@ -30,5 +30,5 @@ async def test_unreachable_triton_is_503_not_a_hang(model, tmp_path):
         ready = await client.get("/ready")
         assert ready.status_code == 503
         assert time.monotonic() - started < 10
-    await app.state.accounts.close()
+    await app.state.gateway.accounts.close()
     await engine.close()
