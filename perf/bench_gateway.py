@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT / "perf"))
 
 from gateway.api import sse
 from gateway.chat.served_model import model_view
-from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+from gateway.chat.chat_request import ChatLimits, prepare_chat
+from gateway.chat.wire_request import parse_body
 from gateway.chat.choice_stream import ChoiceStream
 from gateway.api.responses import ResponseShaper
 from gateway.settings import Settings

@@ -136,7 +136,8 @@ async def test_a_call_whose_arguments_break_its_schema_is_never_sent(client, say
 
 
 async def test_forced_call_sends_its_filler_before_the_engines_first_token(model):
-    from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat
+    from gateway.chat.chat_request import ChatLimits, prepare_chat
+    from gateway.chat.wire_request import parse_body
     from gateway.chat.completion import CompletionRun
 
     from app.scripted_engine import Script, ScriptedEngine

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from gateway.chat.chat_request import ChatLimits, parse_body, prepare_chat, template_messages
+from gateway.chat.chat_request import ChatLimits, prepare_chat, template_messages
+from gateway.chat.wire_request import parse_body
 from gateway.chat.chat_template import ChatTemplate
 from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 
