@@ -78,7 +78,8 @@ class Settings:
     # How long llama.cpp's OpenMP threads spin at a barrier before they sleep (GOMP_SPINCOUNT,
     # in spin iterations: ~0.1 ms): long enough that a decode step's many short barrier waits do not
     # sleep (200 made idle replies 2.2x slower on an Intel Xeon VM), short against a time slice, so that
-    # a thread whose partner lost its core to another process frees its own core (see README)
+    # a thread whose partner lost its core to another process frees its own core (docs/engine.md,
+    # "Threads beside other processes")
     engine_spin_count: int = 3000
     # OpenAI gateway
     gateway_host: str = "127.0.0.1"
@@ -114,7 +115,7 @@ class Settings:
     price_cached_input_per_million: str = "0.10"  # USD per million cached prompt tokens
     price_output_per_million: str = "1.60"  # USD per million completion tokens
     # a request cancelled before its first token pays for the prompt tokens the engine took in for it:
-    # cached (all at the cached-input price), full (as any request), none (README, "The ledger")
+    # cached (all at the cached-input price), full (as any request), none (docs/accounts.md, "The usage ledger")
     cancelled_prompt_billing: str = "cached"
 
     def __post_init__(self):

@@ -4,7 +4,7 @@
 
 ``--calls`` paced calls (default 8; meant to be about 70% of the machine's
 capacity: on this 2-core VM, 16 paced calls already gave TTFT p95 ~600 ms in
-the voice benchmark, and 22 were an overload: see the README) run wave after
+the voice benchmark, and 22 were an overload: see docs/benchmarks.md) run wave after
 wave against ``electron-serve`` (its own Triton, its own data directory) for
 ``--minutes``: each call has up to 6 turns of ~600-token shared system prompt
 and 48-token replies; 20% of turns first send a speculative request that is

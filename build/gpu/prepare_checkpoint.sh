@@ -7,7 +7,7 @@
 #     "$TRITON_TRTLLM_IMAGE" bash /electron/build/gpu/prepare_checkpoint.sh /models/SmolLM2-1.7B-Instruct fp8
 # Arguments: a local HF model directory; none | fp8 (default none); for fp8, a local calibration
 # text file (one sample per line; nothing is fetched from a hub).
-# NOT RUN on this project's machines (no GPU, no Docker engine): see README, "The GPU deployment".
+# NOT RUN on this project's machines (no GPU, no Docker engine): see docs/gpu.md.
 set -euo pipefail
 MODEL_DIR=${1:?usage: prepare_checkpoint.sh HF_MODEL_DIR [none|fp8] [CALIBRATION_TEXT]}
 QUANT=${2:-none}

@@ -71,7 +71,7 @@ def cost_of(prompt_tokens: int, cached_tokens: int, completion_tokens: int, pric
 
 
 # How a request cancelled before the engine's first token pays for the prompt tokens the
-# engine took in for it (``Settings.cancelled_prompt_billing``; README, "The ledger").
+# engine took in for it (``Settings.cancelled_prompt_billing``; docs/accounts.md, "The usage ledger").
 CANCELLED_PROMPT_BILLING = ("cached", "full", "none")
 
 

@@ -8,7 +8,7 @@ non-streaming HTTP responses: stop strings need the text as it comes.
 A stream is read to its end after the final response (the request iterator
 ends, Triton closes the stream). It is cancelled only while the request is
 still generating: cancelling a stream whose request already finished can leave
-Triton 2.51's stream handler waiting forever (see the README, "Known issues").
+Triton 2.51's stream handler waiting forever (docs/operations.md, "Known issues").
 
 A model whose python backend process died (``dead_model``) is reported as
 unavailable (503), never as an engine error: its live requests end at once and

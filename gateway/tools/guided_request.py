@@ -133,7 +133,7 @@ def tools_guide(plan: ToolPlan, dialect: ToolDialect, backend: str = "llguidance
     """The guide of ``plan`` for the engine's guide compiler; None: the text stays free."""
     if backend == "xgrammar":
         if not plan.forced and plan.choice != "required":
-            return None  # auto / none: xgrammar cannot express a call after free text (README)
+            return None  # auto / none: xgrammar cannot express a call after free text (docs/gpu.md)
         try:
             return Guide("regex", dialect.call_regex(plan.tools, plan.choice, plan.parallel))
         except ValueError as exc:

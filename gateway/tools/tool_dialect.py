@@ -20,7 +20,7 @@ arguments of each call follow its tool's parameter schema.
 regular expression for forced calls (``required`` or a named tool), the
 arguments' part generated from the parameter schema by outlines-core (a
 maintained JSON-schema-to-regex compiler). ``auto`` and ``none`` have no such
-guide: the text is free and calls are checked after decoding (README).
+guide: the text is free and calls are checked after decoding (docs/api.md, "Tools").
 """
 
 from __future__ import annotations

@@ -268,7 +268,7 @@ def test_a_guide_that_does_not_compile_fails_only_its_request(triton, chat):
 
 def test_the_engine_process_runs_with_the_short_openmp_spin(triton):
     # llama.cpp's OpenMP runtime reads GOMP_SPINCOUNT when the python stub loads it: the
-    # stub serving this session's model must have it (README: CPU contention)
+    # stub serving this session's model must have it (docs/engine.md, "Threads beside other processes")
     stubs = []
     for proc in Path("/proc").iterdir():
         try:

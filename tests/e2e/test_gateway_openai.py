@@ -35,7 +35,7 @@ def warm(sdk, triton):
     """Wait until the engine is idle, then send one short request, so that the requests
     a test compares all read the same cached prefix and decode alone: at temperature 0,
     a prompt prefilled cold and one read from the cache, or one decoded in a batch of
-    other sequences, can differ in the last bits and flip a near-tie (see README, Sampling)."""
+    other sequences, can differ in the last bits and flip a near-tie (see docs/engine.md, "Sampling")."""
 
     def run(messages):
         wait_until_engine_idle(triton.triton_metrics_port)
@@ -57,7 +57,7 @@ def assert_same_or_near_tie(whole, chunks) -> bool:
     """The streamed reply equals the whole one, or (both asked with ``logprobs``) the two greedy
     paths part at a near-tie: the same context up to there, and the two chosen tokens about as
     likely (llama.cpp's logits differ in the last bits with the batch shape and what the prefix
-    cache held, which can flip a near-tie of this small model; README, Sampling). Returns
+    cache held, which can flip a near-tie of this small model; docs/engine.md, "Sampling"). Returns
     whether the texts are equal."""
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     content = whole.choices[0].message.content

@@ -96,7 +96,7 @@ def test_images_come_from_the_repository_recipe_and_the_pins():
     assert f"llguidance=={PINS['LLGUIDANCE_VERSION']}" in requirements
     installer = (ROOT / "build" / "install_guide_backends.sh").read_text()
     assert f"XGRAMMAR=xgrammar=={PINS['XGRAMMAR_VERSION']}" in installer
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "gpu.md").read_text()
     assert "26.07-trtllm-python-py3" in readme and "1.2.1" in readme
 
 

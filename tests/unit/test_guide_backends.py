@@ -58,7 +58,7 @@ CASES = {
                     ['{"answer": "yes", "score": 3}', '{"answer": "ஆம்", "score": 3}'],
                     ['{"answer": "yes"}', '{"answer": 3, "score": 3}']),
 }
-# what the xgrammar engine gets no guide for: the text stays free (README, "The GPU deployment")
+# what the xgrammar engine gets no guide for: the text stays free (docs/gpu.md)
 UNGUIDED_ON_XGRAMMAR = {"tools_auto", "tools_none"}
 
 

@@ -7,9 +7,11 @@ from dataclasses import fields
 import pytest
 
 from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters
-from gateway.settings import Settings
+from gateway.settings import PREFIX, Settings
 from paths import ROOT
 
+# read outside Settings: prometheus_client's own variable, set by the worker pool's parent for its workers
+NOT_SETTINGS = {"PROMETHEUS_MULTIPROC_DIR"}
 
 
 def test_the_cpu_model_config_has_a_placeholder_for_exactly_the_engine_parameters():
@@ -34,3 +36,8 @@ def test_settings_take_the_engine_defaults_from_the_engine_parameters():
     own = Settings().engine_parameters()
     assert own == CPU_DEFAULTS
 
+
+def test_every_setting_is_in_the_configuration_reference_and_nothing_else():
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", text, re.M))
+    assert listed == {PREFIX + f.name.upper() for f in fields(Settings)} | NOT_SETTINGS

@@ -1,6 +1,6 @@
 """Step planning for voice: who gets the next ``llama_decode`` call, and how much.
 
-Policy (documented in the README):
+Policy (docs/engine.md, "Scheduling for voice"):
 
 1. A caller hears a reply at speech pace, so a *paced* stream (one whose text is
    played to a caller at ``chars_per_s``) only has to stay ahead of its
