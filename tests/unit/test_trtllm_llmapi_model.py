@@ -2,9 +2,9 @@
 
 Neither a GPU nor TensorRT-LLM is here, so model.py is never imported. What is tested is
 everything between the engine contract and the LLM API that needs neither:
-``llm_api_translation`` (request tensors -> SamplingParams / GuidedDecodingParams
-keyword arguments, LLM API outputs -> contract response arrays, parameter file -> LLM
-arguments), the parameter file llm_api.yaml and config.pbtxt. The LLM API is taken as
+``llm_api_request`` (request tensors -> SamplingParams / GuidedDecodingParams
+keyword arguments), ``llm_api_responses`` (LLM API outputs -> contract responses),
+``llm_api_config`` (parameter file -> LLM arguments), the parameter file llm_api.yaml and config.pbtxt. The LLM API is taken as
 recorded from TensorRT-LLM's source in tests/data/trtllm_llm_api_1_2_1.json: the
 translation may only use fields recorded there, with values of the declared types.
 """
@@ -34,16 +34,19 @@ API = json.loads((DATA_DIR / "trtllm_llm_api_1_2_1.json").read_text())
 TYPES = API["types"]
 
 
-def _load_translation():
-    spec = importlib.util.spec_from_file_location("llm_api_translation", MODEL_DIR / "1" / "llm_api_translation.py")
+def _load(name: str):
+    """A module of the model directory, by path (the stub has that directory on its path)."""
+    if str(MODEL_DIR / "1") not in sys.path:
+        sys.path.insert(0, str(MODEL_DIR / "1"))  # the modules import each other by name
+    spec = importlib.util.spec_from_file_location(name, MODEL_DIR / "1" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
     return module
 
 
-tr = _load_translation()
-LIMITS = tr.Limits(vocab_size=100, max_sequence_length=64)
+rq, rs, cf = _load("llm_api_request"), _load("llm_api_responses"), _load("llm_api_config")
+LIMITS = rq.Limits(vocab_size=100, max_sequence_length=64)
 VOCAB = LIMITS.vocab_size
 
 
@@ -168,7 +171,7 @@ def test_translation_uses_only_recorded_fields_with_matching_types():
     for guide in (None, ("json_schema", '{"type": "object"}')):
         extra = {} if guide is None else {"guided_decoding_guide_type": text(guide[0]),
                                           "guided_decoding_guide": text(guide[1])}
-        call = tr.parse_request(full_request(**extra), LIMITS)
+        call = rq.parse_request(full_request(**extra), LIMITS)
         assert_recorded(call.sampling, "SamplingParams")
         assert_recorded({"embedding_bias": call.embedding_bias}, "SamplingParams")
         if call.guided_decoding is not None:
@@ -177,7 +180,7 @@ def test_translation_uses_only_recorded_fields_with_matching_types():
 
 
 def test_every_contract_input_maps_to_the_llm_api_call():
-    call = tr.parse_request(full_request(), LIMITS)
+    call = rq.parse_request(full_request(), LIMITS)
     assert call.prompt == (1, 2, 3)
     assert call.sampling == {
         "max_tokens": 8, "end_id": 2, "pad_id": 0, "temperature": pytest.approx(0.7), "top_p": pytest.approx(0.9),
@@ -196,7 +199,7 @@ def test_every_contract_input_maps_to_the_llm_api_call():
 
 def test_absent_inputs_sample_at_temperature_one_as_electron_cpu():
     """All of temperature, top_p and top_k unset would make the LLM API decode greedily."""
-    call = tr.parse_request(tensors(), LIMITS)
+    call = rq.parse_request(tensors(), LIMITS)
     sampling = call.sampling
     assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (1.0, 1.0, 0)
     for absent in ("seed", "end_id", "pad_id", "min_tokens", "stop_token_ids", "logprobs", "presence_penalty",
@@ -207,14 +210,14 @@ def test_absent_inputs_sample_at_temperature_one_as_electron_cpu():
 
 
 def test_greedy_and_neutral_values():
-    call = tr.parse_request(tensors(temperature=scalar(0.0, np.float32), repetition_penalty=scalar(1.0, np.float32),
+    call = rq.parse_request(tensors(temperature=scalar(0.0, np.float32), repetition_penalty=scalar(1.0, np.float32),
                                     presence_penalty=scalar(0.0, np.float32)), LIMITS)
     assert call.sampling["temperature"] == 0.0  # the LLM API's greedy
     assert "repetition_penalty" not in call.sampling and "presence_penalty" not in call.sampling
 
 
 def test_min_tokens_is_left_to_the_guide_under_a_guide():
-    call = tr.parse_request(tensors(min_tokens=scalar(4, np.int32), guided_decoding_guide_type=text("json")), LIMITS)
+    call = rq.parse_request(tensors(min_tokens=scalar(4, np.int32), guided_decoding_guide_type=text("json")), LIMITS)
     assert "min_tokens" not in call.sampling
 
 
@@ -222,7 +225,7 @@ def test_stop_words_layout_ids_and_offsets():
     assert decode_stop_words(stop_words([5], [6, 7], [9])) == ((5,), (6, 7), (9,))
     padded = np.array([[[4, 5, 6, 0], [1, 3, -1, -1]]], np.int32)
     assert decode_stop_words(padded) == ((4,), (5, 6))
-    call = tr.parse_request(tensors(stop_words_list=stop_words([5], [6, 7], [9])), LIMITS)
+    call = rq.parse_request(tensors(stop_words_list=stop_words([5], [6, 7], [9])), LIMITS)
     assert call.sampling["stop_token_ids"] == [5, 9] and call.stop_sequences == ((6, 7),)
 
 
@@ -234,16 +237,16 @@ def test_stop_words_layout_ids_and_offsets():
 ])
 def test_bad_stop_words_raise(array):
     with pytest.raises(ValueError, match="stop_words_list"):
-        tr.parse_request(tensors(stop_words_list=array), LIMITS)
+        rq.parse_request(tensors(stop_words_list=array), LIMITS)
 
 
 def test_embedding_bias_has_one_value_per_vocabulary_token():
     with pytest.raises(ValueError, match=f"{VOCAB} values"):
-        tr.parse_request(tensors(embedding_bias=np.zeros((1, VOCAB - 1), np.float32)), LIMITS)
+        rq.parse_request(tensors(embedding_bias=np.zeros((1, VOCAB - 1), np.float32)), LIMITS)
     with pytest.raises(ValueError, match="NaN"):
-        tr.parse_request(tensors(embedding_bias=np.full((1, VOCAB), np.nan, np.float32)), LIMITS)
-    assert tr.parse_request(tensors(embedding_bias=np.zeros((1, VOCAB), np.float32)), LIMITS).embedding_bias is None
-    assert tr.parse_request(tensors(embedding_bias=np.ones((1, VOCAB), np.float32)), LIMITS).embedding_bias.size == VOCAB
+        rq.parse_request(tensors(embedding_bias=np.full((1, VOCAB), np.nan, np.float32)), LIMITS)
+    assert rq.parse_request(tensors(embedding_bias=np.zeros((1, VOCAB), np.float32)), LIMITS).embedding_bias is None
+    assert rq.parse_request(tensors(embedding_bias=np.ones((1, VOCAB), np.float32)), LIMITS).embedding_bias.size == VOCAB
 
 
 @pytest.mark.parametrize("guide_type,guide,expected", [
@@ -253,18 +256,18 @@ def test_embedding_bias_has_one_value_per_vocabulary_token():
     ("ebnf_grammar", 'start: "yes" | "no"', {"grammar": 'start: "yes" | "no"'}),
 ])
 def test_each_guide_type_maps_to_its_guided_decoding_field(guide_type, guide, expected):
-    call = tr.parse_request(tensors(guided_decoding_guide_type=text(guide_type), guided_decoding_guide=text(guide)),
+    call = rq.parse_request(tensors(guided_decoding_guide_type=text(guide_type), guided_decoding_guide=text(guide)),
                             LIMITS)
     assert call.guided_decoding == expected
     assert_recorded(call.guided_decoding, "GuidedDecodingParams")
 
 
 def test_ebnf_grammar_guides_reach_llguidance_as_lark():
-    field = tr.GUIDE_FIELDS["ebnf_grammar"]
+    field = rq.GUIDE_FIELDS["ebnf_grammar"]
     spec = TYPES["GuidedDecodingParams"]
     assert "EBNF_GRAMMAR" in spec["fields"][field]["doc"]
     assert "grammar_from_lark" in spec["llguidance_backend"]["compiles"]["EBNF_GRAMMAR"]
-    assert set(tr.GUIDE_FIELDS) == set(tr.GUIDE_TYPES)
+    assert set(rq.GUIDE_FIELDS) == set(rq.GUIDE_TYPES)
 
 
 @pytest.mark.parametrize("extra,match", [
@@ -296,7 +299,7 @@ def test_bad_tensors_raise_value_error(extra, match):
     for name in [k for k, v in extra.items() if v is None]:
         del request[name]
     with pytest.raises(ValueError, match=match):
-        tr.parse_request(request, LIMITS)
+        rq.parse_request(request, LIMITS)
 
 
 # ---- LLM API outputs -> response arrays ----------------------------------------------------
@@ -334,8 +337,8 @@ def assert_contract_arrays(arrays):
 
 
 def builder(**flags):
-    call = tr.parse_request(full_request(**{k: scalar(v, np.bool_) for k, v in flags.items()}), LIMITS)
-    return call, tr.ResponseBuilder(call, end_id=2)
+    call = rq.parse_request(full_request(**{k: scalar(v, np.bool_) for k, v in flags.items()}), LIMITS)
+    return call, rs.ResponseBuilder(call, end_id=2)
 
 
 def test_streaming_sends_new_tokens_with_contract_names_and_dtypes():
@@ -389,17 +392,17 @@ def test_multi_token_stop_sequence_across_responses_ends_and_aborts():
 
 
 def test_stop_watcher_keeps_only_the_tail_it_needs():
-    watcher = tr.StopWatcher(((1, 2, 3),))
+    watcher = rs.StopWatcher(((1, 2, 3),))
     assert watcher.cut([1]) is None and watcher.cut([2]) is None and watcher.cut([3, 4]) == 1
-    watcher = tr.StopWatcher(((1, 2),))
+    watcher = rs.StopWatcher(((1, 2),))
     assert watcher.cut([9, 1, 2, 5]) == 3
 
 
 def test_log_probs_from_top_k_dicts_or_floats():
     logprob = make_dataclass("Logprob", list(TYPES["Logprob"]["fields"]), slots=True)
-    assert tr.sampled_logprob(7, {7: logprob(-0.25, 1), 8: logprob(-2.0, 2)}) == -0.25
-    assert tr.sampled_logprob(9, {7: logprob(-0.25, 1), 8: logprob(-2.0, 2)}) == -2.0  # not in the top k: a bound
-    assert tr.sampled_logprob(7, -0.75) == -0.75
+    assert rs.sampled_logprob(7, {7: logprob(-0.25, 1), 8: logprob(-2.0, 2)}) == -0.25
+    assert rs.sampled_logprob(9, {7: logprob(-0.25, 1), 8: logprob(-2.0, 2)}) == -2.0  # not in the top k: a bound
+    assert rs.sampled_logprob(7, -0.75) == -0.75
     _, b = builder()
     step = b.step(completion([10], [{10: logprob(-0.5, 1)}]), finished=False)
     assert step.arrays["output_log_probs"].tolist() == [[[-0.5]]]
@@ -408,15 +411,15 @@ def test_log_probs_from_top_k_dicts_or_floats():
 
 
 def test_perf_timings_in_nanoseconds():
-    assert tr.duration_ns(datetime.timedelta(seconds=2, microseconds=3)) == 2_000_003_000
-    assert tr.duration_ns(None) == 0 and tr.duration_ns(17) == 17
-    assert tr.perf_from_metrics(None) is None
-    assert tr.perf_from_metrics(perf_metrics(reused=4)).reused_blocks == 4
+    assert rs.duration_ns(datetime.timedelta(seconds=2, microseconds=3)) == 2_000_003_000
+    assert rs.duration_ns(None) == 0 and rs.duration_ns(17) == 17
+    assert rs.perf_from_metrics(None) is None
+    assert rs.perf_from_metrics(perf_metrics(reused=4)).reused_blocks == 4
 
 
 def test_only_requested_outputs_are_sent():
-    call = tr.parse_request(tensors(streaming=scalar(True, np.bool_)), LIMITS)
-    arrays = tr.ResponseBuilder(call, end_id=None).step(completion([10]), finished=False).arrays
+    call = rq.parse_request(tensors(streaming=scalar(True, np.bool_)), LIMITS)
+    arrays = rs.ResponseBuilder(call, end_id=None).step(completion([10]), finished=False).arrays
     assert set(arrays) == {"output_ids", "sequence_length"}
     assert_contract_arrays(arrays)
 
@@ -429,8 +432,8 @@ def llm_api_yaml():
 
 def test_parameter_file_keys_are_recorded_llm_arguments_with_matching_types():
     config = llm_api_yaml()
-    kwargs = tr.llm_kwargs(config)
-    assert set(config) - set(kwargs) == {"quantization"} and config["quantization"] in tr.QUANTIZATIONS
+    kwargs = cf.llm_kwargs(config)
+    assert set(config) - set(kwargs) == {"quantization"} and config["quantization"] in cf.QUANTIZATIONS
     assert_recorded(kwargs, "LLM")
     assert_recorded(kwargs["kv_cache_config"], "KvCacheConfig")
     kv = kwargs["kv_cache_config"]
@@ -459,33 +462,33 @@ def test_parameter_file_checks(change, match):
     config = {**llm_api_yaml(), **change}
     config = {k: v for k, v in config.items() if v is not None}
     with pytest.raises(ValueError, match=match):
-        tr.llm_kwargs(config)
+        cf.llm_kwargs(config)
 
 
 def test_config_must_advertise_the_llm_values():
-    kwargs = tr.llm_kwargs(llm_api_yaml())
-    tr.check_advertised(kwargs, "32", str(kwargs["max_seq_len"]))
+    kwargs = cf.llm_kwargs(llm_api_yaml())
+    cf.check_advertised(kwargs, "32", str(kwargs["max_seq_len"]))
     for tokens_per_block, max_length in (("16", str(kwargs["max_seq_len"])), ("32", "4096"),
                                          ("${tokens_per_block}", str(kwargs["max_seq_len"]))):
         with pytest.raises(ValueError, match="config.pbtxt parameter"):
-            tr.check_advertised(kwargs, tokens_per_block, max_length)
+            cf.check_advertised(kwargs, tokens_per_block, max_length)
 
 
 def test_quantization_must_match_the_checkpoint():
     fp8 = {"producer": {"name": "modelopt"}, "quantization": {"quant_algo": "FP8"}}
-    tr.check_quantization("fp8", fp8)
-    tr.check_quantization("none", None)
+    cf.check_quantization("fp8", fp8)
+    cf.check_quantization("none", None)
     with pytest.raises(ValueError, match="fp8"):
-        tr.check_quantization("fp8", None)
+        cf.check_quantization("fp8", None)
     with pytest.raises(ValueError, match="FP8"):
-        tr.check_quantization("none", fp8)
+        cf.check_quantization("none", fp8)
 
 
 def test_vocab_size_from_the_checkpoint_config():
-    assert tr.vocab_size_of({"vocab_size": 128256}) == 128256
-    assert tr.vocab_size_of({"text_config": {"vocab_size": 262144}}) == 262144
+    assert cf.vocab_size_of({"vocab_size": 128256}) == 128256
+    assert cf.vocab_size_of({"text_config": {"vocab_size": 262144}}) == 262144
     with pytest.raises(ValueError, match="vocab_size"):
-        tr.vocab_size_of({})
+        cf.vocab_size_of({})
 
 
 # ---- config.pbtxt and model.py against the recorded API --------------------------------------

@@ -3,8 +3,9 @@ backend) behind the engine contract (decoupled, one instance).
 
 Written for nvcr.io/nvidia/tritonserver:26.07-trtllm-python-py3 (TensorRT-LLM 1.2.1) and
 not run by this repository's tests (no GPU, no TensorRT-LLM here): the translation
-between contract tensors and the LLM API lives in ``llm_api_translation`` and is
-unit-tested there. In-flight batching, the paged KV cache with block reuse, chunked
+between contract tensors and the LLM API lives in ``llm_api_request`` (request tensors ->
+LLM API call), ``llm_api_responses`` (outputs -> contract responses) and ``llm_api_config``
+(parameter file -> LLM arguments), unit-tested there. In-flight batching, the paged KV cache with block reuse, chunked
 prefill and guided decoding are the LLM API's, configured by the parameter file.
 
 Threads, so that no request waits on another's I/O:
@@ -39,8 +40,9 @@ import yaml
 from tensorrt_llm.llmapi import LLM, GuidedDecodingParams, KvCacheConfig, SamplingParams
 
 from engine_contract import InvalidRequest
-from llm_api_translation import (Limits, LlmApiCall, ResponseBuilder, check_advertised,
-                                 check_quantization, llm_kwargs, parse_request, vocab_size_of)
+from llm_api_config import check_advertised, check_quantization, llm_kwargs, vocab_size_of
+from llm_api_request import Limits, LlmApiCall, parse_request
+from llm_api_responses import ResponseBuilder
 
 log = logging.getLogger("electron_trtllm")
 
