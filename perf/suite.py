@@ -1,9 +1,9 @@
-"""The whole benchmark suite in one command: engine (Triton gRPC, incl. perf_analyzer
-with --streaming), the cost of guided decoding, gateway overhead over direct gRPC, and
-the voice calls side by side with llama-server.
+"""The whole benchmark suite in one command: every benchmark of ``python -m perf``
+(capacity, voice calls, relay, gateway overhead, engine through Triton, guided decoding,
+accounts, contention, cancel latency, engine against llama.cpp, llama.cpp alone, soak).
 
-    .venv/bin/python perf/suite.py --mode quick    # ~15 minutes on 2 cores
-    .venv/bin/python perf/suite.py --mode full     # ~1 hour
+    .venv/bin/python -m perf suite --mode quick    # ~45 minutes on 2 cores
+    .venv/bin/python -m perf suite --mode full     # several hours
 
 Each step is one of the benchmarks in perf/, run as its own process (they start and
 stop their own servers); their results go to perf/results/<date>-<kind>-<host>/ as
@@ -41,22 +41,34 @@ class Step:
     results: str  # result directory kind: perf/results/<date>-<kind>-<host>/
 
 
+def _perf(name: str, *options: str) -> list[str]:
+    return [PYTHON, "-m", "perf", name, *options]
+
+
 def steps(mode: str) -> list[Step]:
+    """Every benchmark of ``python -m perf`` but the suite itself, the headline first."""
     quick = mode == "quick"
     return [
+        Step("capacity: paced calls at the voice SLO, electron and llama-server",
+             _perf("capacity", *(["--calls", "1", "4", "8", "--stop-after", "1"] if quick else [])), "capacity"),
+        Step("voice calls, electron vs llama-server", _perf("voice", "--mode", mode), "voice"),
+        Step("token relay: the gateway's CPU per token",
+             _perf("relay", *(["--streams", "64", "--tokens-per-s", "100"] if quick else [])), "relay"),
+        Step("gateway overhead over direct gRPC", _perf("gateway", "--rounds", "8" if quick else "30"), "gateway"),
         Step("engine through Triton gRPC, then perf_analyzer --streaming",
-             [PYTHON, "perf/bench_triton.py", "--rounds", "1" if quick else "2",
-              "--concurrency", *(["1", "8"] if quick else ["1", "4", "8"]), "--perf-analyzer"], "triton"),
+             _perf("triton", "--rounds", "1" if quick else "2",
+                   "--concurrency", *(["1", "8"] if quick else ["1", "4", "8"]), "--perf-analyzer"), "triton"),
         Step("guided decoding cost (JSON schema) at 1 and 8 streams",
-             [PYTHON, "perf/bench_guided.py", "--rounds", "2" if quick else "3"], "guided"),
-        Step("gateway overhead over direct gRPC",
-             [PYTHON, "perf/bench_gateway.py", "--rounds", "8" if quick else "30"], "gateway"),
+             _perf("guided", "--rounds", "2" if quick else "3"), "guided"),
         Step("keys, limits and the usage ledger per request (embedded; Redis + PostgreSQL)",
-             [PYTHON, "perf/bench_accounts.py", "--requests", "1000" if quick else "3000"], "accounts"),
-        Step("voice calls, electron vs llama-server", [PYTHON, "perf/voice_bench.py", "--mode", mode], "voice"),
+             _perf("accounts", "--requests", "1000" if quick else "3000"), "accounts"),
         Step("busy processes beside the stack (0, 1, 2)",
-             [PYTHON, "perf/contention.py", "--replies", "4" if quick else "8", "--turns", "2" if quick else "3"],
-             "contention"),
+             _perf("contention", "--replies", "4" if quick else "8", "--turns", "2" if quick else "3"), "contention"),
+        Step("cancel latency", _perf("cancel-latency", "--reps", "4" if quick else "8"), "cancel-latency"),
+        Step("engine steps next to llama.cpp's own benchmarks",
+             _perf("engine-vs-llamacpp", *(["--quick"] if quick else [])), "engine-vs-llamacpp"),
+        Step("llama.cpp alone, as the engine configures it", _perf("llama-raw"), "llama-raw"),
+        Step("soak: nothing drifts or leaks", _perf("soak", "--minutes", "3" if quick else "30"), "soak"),
     ]
 
 
@@ -83,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(*columns) as progress:
         task = progress.add_task(f"benchmark suite ({args.mode})", total=len(plan))
         for step in plan:
-            progress.console.print(f"[bold]{step.name}[/]: {' '.join(Path(c).name if c == PYTHON else c for c in step.command)}")
+            shown = " ".join(Path(c).name if c == PYTHON else c for c in step.command)
+            progress.console.print(f"[bold]{step.name}[/]: {shown}")
             code, seconds, log_file = run_step(step, log_dir)
             results = sorted(args.out.glob(f"{meta['date']}-{step.results}-*"))
             rows.append({"step": step.name, "command": " ".join(step.command[1:]), "exit_code": code,
