@@ -1,5 +1,5 @@
 # The two set-up commands of the README. Both install whatever is missing first.
-.PHONY: install install-clients install-guide-backends install-services serve test
+.PHONY: install install-clients install-guide-backends install-services serve test test-fast
 
 install:
 	bash build/install.sh
@@ -24,3 +24,8 @@ serve: install
 test: install install-clients install-guide-backends install-services
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -p no:cacheprovider
+
+## make test-fast: lint and the pure unit tests, in seconds, once make test (or make install) has run
+test-fast:
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q -p no:cacheprovider tests/unit -m "not heavy"

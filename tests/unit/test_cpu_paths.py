@@ -8,6 +8,8 @@ import pytest
 from gateway.model_artifacts import embedded_gguf_path
 from llama_engine.cpu_paths import ProbeResult, agrees, choose_cpu_paths
 
+pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
+
 GGUF = str(embedded_gguf_path())
 
 

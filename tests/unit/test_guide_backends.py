@@ -20,6 +20,8 @@ from gateway.settings import Settings
 from paths import ROOT
 from test_guided_request import LIMITS, TIME, WEATHER, run
 
+pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
+
 GUIDES_PYTHON = ROOT / ".venv-guides" / "bin" / "python"
 CHECKER = ROOT / "tests" / "guide_backends" / "check_guides.py"
 

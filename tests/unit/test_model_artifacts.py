@@ -13,6 +13,8 @@ from gateway.model_artifacts import ModelArtifacts, embedded_gguf_path, write_ar
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts
 
+pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
+
 CORPUS = json.loads((DATA_DIR / "multilingual_corpus.json").read_text())
 SCRIPTS = {  # script -> a character range that must appear in the corpus
     "Devanagari": (0x0900, 0x097F), "Bengali": (0x0980, 0x09FF), "Gurmukhi": (0x0A00, 0x0A7F),

@@ -9,6 +9,8 @@ from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 from llama_engine.params import SamplingParams
 from llama_engine.sampling import TokenSampler
 
+pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
+
 
 @pytest.fixture(scope="module")
 def runner():

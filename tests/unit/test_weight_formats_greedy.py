@@ -9,6 +9,8 @@ from gateway.model_artifacts import embedded_gguf_path
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 from llama_engine.weight_formats import greedy
 
+pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
+
 PROMPTS = [[1, 504, 3575, 282, 4649, 314], [1, 9690, 198, 19556, 2630, 30], [1, 4093, 253, 1345, 2393, 282],
            [1, 504, 1345, 282, 2630, 314, 3575]]
 NEW_TOKENS = 8
