@@ -15,9 +15,8 @@ from gateway.api.app import create_app
 from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
-from app.test_chat_app import USER, sse_events
-from app.test_tool_calls_app import CALL, WEATHER
-from unit.test_accounts import Clock
+from support.chat import CALL, USER, WEATHER, sse_events
+from support.clock import Clock
 
 
 @dataclasses.dataclass

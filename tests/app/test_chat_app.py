@@ -9,25 +9,7 @@ import httpx2
 from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
 from app.asgi_driver import post_and_hang_up
-
-USER = [{"role": "user", "content": "Say hello."}]
-
-
-def sse_events(text: str) -> list:
-    """Parse an SSE body strictly: ``data: <json>`` events separated by blank lines."""
-    assert text.endswith("\n\n")
-    events = []
-    for block in text[:-2].split("\n\n"):
-        assert block.startswith("data: ") and "\n" not in block, block
-        payload = block[len("data: "):]
-        events.append(payload if payload == "[DONE]" else json.loads(payload))
-    return events
-
-
-async def post(client, **fields):
-    body = {"model": "electron", "messages": USER, **fields}
-    return await client.post("/v1/chat/completions", json=body)
-
+from support.chat import USER, post, sse_events
 
 async def test_non_streaming_completion_has_openai_shape_and_exact_usage(client, say, engine):
     ids = say("Hello there! 👋", reused_blocks=1)

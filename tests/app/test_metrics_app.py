@@ -4,25 +4,13 @@ import asyncio
 import dataclasses
 
 import httpx2
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.accounts.limits import LocalLimiter
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
 
-from app.test_chat_app import USER, post
-
-
-def samples(text: str) -> dict:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(found: dict, name: str, **labels) -> float:
-    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+from support.chat import USER, post
+from support.metrics import samples, value
 
 
 async def test_metrics_move_with_traffic(client, say):

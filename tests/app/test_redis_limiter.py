@@ -15,7 +15,7 @@ from services import free_port
 import dataclasses
 import httpx2
 
-from app.test_chat_app import USER
+from support.chat import USER
 
 
 @pytest.fixture

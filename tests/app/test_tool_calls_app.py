@@ -8,12 +8,8 @@ import pytest
 
 from gateway.tools.filler import phrase_bank
 
-from app.test_chat_app import post, sse_events
+from support.chat import CALL, TIME, WEATHER, post, sse_events
 
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
-CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pune"}}\n</tool_call>'
 TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
 ENGLISH = phrase_bank()["en"]
 

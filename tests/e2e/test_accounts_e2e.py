@@ -7,82 +7,22 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx2
 import openai
 import pytest
 
-from gateway.accounts.store import AccountStore
-from services import free_port
-from voice_load.servers import ElectronServer
+
+from support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
 
 pytestmark = pytest.mark.e2e
-MODEL = "electron"
-BIN = Path(sys.executable).parent
-ASK = [{"role": "user", "content": "Tell me a long story about the sea."}]
-LONG = {"model": MODEL, "messages": ASK, "max_tokens": 300, "min_tokens": 300, "temperature": 0}
-
-
-def cli(env: dict, tool: str, *args: str) -> str:
-    done = subprocess.run([str(BIN / tool), *args], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def create_key(env: dict, account: str, name: str, admin: bool = False) -> str:
-    out = cli(env, "electron-keys", "create", "--account", account, "--name", name, *(["--admin"] if admin else []))
-    key = out.strip().splitlines()[-1]
-    assert key.startswith("sk-el-") and len(key) >= 40
-    return key
-
-
-class Stack:
-    """A gateway process with its own store in front of the session's tritonserver."""
-
-    def __init__(self, triton, tmp_path, **env) -> None:
-        self.env = {"ELECTRON_DATA_DIR": str(tmp_path / "data"), **env}
-        self.triton = triton
-        self.tmp_path = tmp_path
-        self.servers = []
-
-    def start(self, **more) -> str:
-        port = free_port()
-        log = self.tmp_path / f"gateway-{port}.log"
-        server = ElectronServer(port, log_path=log, triton_grpc_port=self.triton.triton_grpc_port, log_level="INFO",
-                                env={**self.env, **more})
-        self.servers.append(server)
-        return server.root_url
-
-    def stop(self) -> None:
-        for server in self.servers:
-            if server.process.poll() is None:
-                assert server.stop() == 0
-
-    async def rows(self) -> list[dict]:
-        url = self.env.get("ELECTRON_DATABASE_URL") or f"sqlite+aiosqlite:///{self.env['ELECTRON_DATA_DIR']}/electron.db"
-        store = await AccountStore.open(url)
-        try:
-            return await store.usage_rows()
-        finally:
-            await store.close()
-
-
 @pytest.fixture
 def stack(triton, tmp_path):
     made = Stack(triton, tmp_path)
     yield made
     made.stop()
-
-
-def sdk(root: str, key: str | None, **options) -> openai.OpenAI:
-    return openai.OpenAI(base_url=root + "/v1", api_key=key or "none", timeout=120,
-                         **{"max_retries": 0, **options})
 
 
 def hold_streams(root: str, key: str, n: int) -> list:
@@ -382,17 +322,11 @@ async def test_two_replicas_share_caps_through_redis_and_a_killed_one_gives_its_
         stack.stop()
 
 
-def _serve(env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "electron-serve")], env={**os.environ, "ELECTRON_START_TRITON": "false",
-                                                               "ELECTRON_GATEWAY_PORT": str(free_port()), **env},
-                          capture_output=True, text=True, timeout=120)
-
-
 def test_the_gateway_refuses_to_start_open_off_loopback_or_beside_another_local_limiter(stack, tmp_path):
-    exposed = _serve({"ELECTRON_DATA_DIR": str(tmp_path / "exposed"), "ELECTRON_GATEWAY_HOST": "0.0.0.0"})
+    exposed = serve_once({"ELECTRON_DATA_DIR": str(tmp_path / "exposed"), "ELECTRON_GATEWAY_HOST": "0.0.0.0"})
     assert exposed.returncode == 2
     assert "No API key exists" in exposed.stderr and "electron-keys create" in exposed.stderr
 
     stack.start()  # holds the data directory's local limits
-    second = _serve(stack.env)
+    second = serve_once(stack.env)
     assert second.returncode == 2 and "ELECTRON_REDIS_URL" in second.stderr

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 
 from gateway.api.metrics import LIVE_REFRESH_S
-from test_accounts_e2e import ASK, LONG, MODEL, Stack, _serve, cli, create_key, sdk
+from support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
 
 pytestmark = pytest.mark.e2e
 
@@ -176,6 +176,6 @@ async def test_two_workers_share_the_port_the_caps_the_ledger_and_the_metrics_an
 
 
 def test_several_workers_refuse_to_start_without_redis(tmp_path):
-    refused = _serve({"ELECTRON_DATA_DIR": str(tmp_path / "data"), "ELECTRON_GATEWAY_WORKERS": "2"})
+    refused = serve_once({"ELECTRON_DATA_DIR": str(tmp_path / "data"), "ELECTRON_GATEWAY_WORKERS": "2"})
     assert refused.returncode == 2
     assert "ELECTRON_GATEWAY_WORKERS=2 needs ELECTRON_REDIS_URL" in refused.stderr

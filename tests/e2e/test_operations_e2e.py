@@ -4,7 +4,7 @@ import httpx2
 import openai
 import pytest
 
-from app.test_metrics_app import samples, value
+from support.metrics import samples, value
 from triton_client import read_metrics
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import time
 import openai
 import pytest
 
-from test_accounts_e2e import Stack
+from support.stack import Stack
 from triton_client import read_metrics, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e

@@ -12,14 +12,7 @@ from gateway.accounts.pricing import Prices, cancelled_prompt_cost, cost_of, mic
 from gateway.accounts.rate_headers import duration, refusal_headers, window_headers
 from gateway.accounts.service import is_loopback
 from gateway.settings import Settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from support.clock import Clock
 
 
 # --- keys ------------------------------------------------------------------------

@@ -4,29 +4,13 @@ The config.pbtxt files are parsed with Triton's own ModelConfig protobuf and che
 against the package's tables: the contract is written once, in code.
 """
 
-import re
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
-from engine_contract import INPUTS, OUTPUTS
-from paths import ROOT
+from engine_contract import INPUTS
+from support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
 
-# the contract's tables (engine_contract.tensors) as Triton's config names them
-CONTRACT_INPUTS = {s.name: (s.data_type, list(s.dims)) for s in INPUTS.values() if not s.cpu_only}
-CONTRACT_OUTPUTS = {s.name: (s.data_type, list(s.dims)) for s in OUTPUTS.values()}
 REQUIRED_INPUTS = {s.name for s in INPUTS.values() if s.required}
-
-
-def load(model):
-    text = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
-    text = re.sub(r"\$\{(\w+)\}", "8", text)  # placeholders are filled in at launch
-    return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def table(entries):
-    return {e.name: (model_config_pb2.DataType.Name(e.data_type), list(e.dims)) for e in entries}
 
 
 @pytest.fixture(scope="module", params=["electron_cpu", "tensorrt_llm", "electron_trtllm"])

@@ -10,35 +10,7 @@ from gateway.chat.wire_request import parse_body
 from gateway.chat.chat_template import ChatTemplate
 from gateway.errors import InvalidRequestError
 from gateway.tools.filler import phrase_bank
-
-LIMITS = ChatLimits(served_model="electron", context_window=100_000, vocab_size=1000, max_messages=20,
-                    end_id=2, pad_id=2)
-TEMPLATE = ChatTemplate("{% for m in messages %}[{{ m.role }}]{{ m.content }}{% endfor %}"
-                        "{% if add_generation_prompt %}[assistant]{% endif %}")
-WEATHER = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": ["string", "null"]}},
-    "required": ["city", "unit"], "additionalProperties": False}}}
-TIME = {"type": "function", "function": {"name": "get_time"}}
-
-
-class CharCodec:
-    vocab_size = 1000
-
-    def encode(self, text):
-        return [ord(c) % 1000 for c in text]
-
-
-class PromptCodec(CharCodec):
-    def encode(self, text):
-        self.text = text
-        return super().encode(text)
-
-
-def run(limits=LIMITS, **fields):
-    data = {"model": "electron", "messages": [{"role": "user", "content": "Weather in Pune?"}], **fields}
-    codec = PromptCodec()
-    return prepare_chat(parse_body(json.dumps(data).encode()), limits, TEMPLATE, codec), codec.text
-
+from support.guided import LIMITS, TIME, WEATHER, PromptCodec, run
 
 def refused(**fields):
     with pytest.raises(InvalidRequestError) as info:

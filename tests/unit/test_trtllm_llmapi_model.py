@@ -27,7 +27,7 @@ from tritonclient.grpc import model_config_pb2
 
 from engine_contract.request import decode_stop_words
 from paths import DATA_DIR, ROOT
-from test_engine_contract import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
+from support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
 
 MODEL_DIR = ROOT / "model_repository" / "electron_trtllm"
 API = json.loads((DATA_DIR / "trtllm_llm_api_1_2_1.json").read_text())

@@ -1,0 +1,1 @@
+"""Helpers the tests share, so that no test file imports another."""
