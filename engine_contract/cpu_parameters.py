@@ -27,7 +27,8 @@ class ParameterError(ValueError):
         self.name, self.message = name, message
 
 
-def _bool(raw: str) -> bool:
+def parse_bool(raw: str) -> bool:
+    """1/true/yes/on or 0/false/no/off (any case); anything else is a ValueError."""
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -91,7 +92,7 @@ class CpuEngineParameters:
                 continue
             raw, kind = parameters[f.name], type(f.default)
             try:
-                values[f.name] = _bool(raw) if kind is bool else kind(raw)
+                values[f.name] = parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ParameterError(f.name, f"{raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)

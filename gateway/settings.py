@@ -14,19 +14,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
-from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters, ParameterError
+from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters, ParameterError, parse_bool
 
 PREFIX = "ELECTRON_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(raw)
 
 
 @dataclass(frozen=True)
@@ -145,7 +136,7 @@ class Settings:
                 continue
             kind = type(f.default)
             try:
-                values[f.name] = _parse_bool(raw) if kind is bool else kind(raw)
+                values[f.name] = parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
                 raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)
