@@ -149,10 +149,10 @@ async def through_gateway(http: httpx2.AsyncClient, body: dict) -> dict:
 
 
 def engine_ttfts_from_log(path: Path) -> dict[str, float]:
-    """request id -> engine_ttft_ms, from the gateway's usage log lines."""
+    """request id -> engine_ttft_ms, from the gateway's request log lines (INFO)."""
     found = {}
     for line in path.read_text(errors="replace").splitlines():
-        match = re.search(r"\[(bench-[0-9a-f]+)\] usage: .* engine_ttft_ms=([0-9.]+)", line)
+        match = re.search(r"gateway\.request \[(bench-[0-9a-f]+)\] .* engine_ttft_ms=([0-9.]+)", line)
         if match:
             found[match.group(1)] = float(match.group(2))
     return found

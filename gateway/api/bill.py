@@ -78,6 +78,8 @@ class Bill:
                              cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
                              ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
                              first_text_ms=None if run is None or run.first_text_ms is None
-                             else round(run.first_text_ms, 1))
+                             else round(run.first_text_ms, 1),
+                             engine_ttft_ms=None if run is None or run.engine_ttft_ms is None
+                             else round(run.engine_ttft_ms, 1))
         if self.error_code:
             self._summary["error_code"] = self.error_code

@@ -39,7 +39,7 @@ class CompletionRun:
                                     logprobs=prepared.logprobs, tools=prepared.tools)
         self._reused_blocks = 0
         self._prefilled = 0  # prompt tokens the engine had taken in, by its last progress report
-        self._engine_ttft_ms: float | None = None
+        self.engine_ttft_ms: float | None = None
         self.first_text_ms: float | None = None  # the first audible text
         self.first_token_ms: float | None = None  # the engine's first output, as the gateway saw it
         self.engine_outputs = 0  # outputs the engine delivered (0: it never produced anything)
@@ -96,7 +96,7 @@ class CompletionRun:
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks
                 if output.engine_ttft_ms is not None:
-                    self._engine_ttft_ms = output.engine_ttft_ms
+                    self.engine_ttft_ms = output.engine_ttft_ms
                 delta = self._choice.feed(output.token_ids, output.logprobs)
                 if delta is None and output.token_ids and not self._started:
                     delta = Delta()  # the first token's text is held back: the stream still starts now
@@ -114,7 +114,7 @@ class CompletionRun:
             log.debug("usage: prompt_tokens=%d cached_tokens=%d completion_tokens=%d finish_reason=%s "
                      "first_text_ms=%s engine_ttft_ms=%s duration_ms=%.1f%s",
                      self.prompt_tokens, self.cached_tokens, self.completion_tokens, self.finish_reason,
-                     _ms(self.first_text_ms), _ms(self._engine_ttft_ms), (time.perf_counter() - started) * 1e3,
+                     _ms(self.first_text_ms), _ms(self.engine_ttft_ms), (time.perf_counter() - started) * 1e3,
                      "" if self.completed else " (ended early: client gone or error)")
 
 

@@ -27,6 +27,7 @@ class Script:
     logprob: float = -0.5
     prefill_progress: tuple[int, ...] = ()  # prompt tokens taken in, reported before the first token
     first_token_delay_s: float = 0.0  # after the progress reports
+    engine_ttft_ms: float | None = None  # reported with the first tokens, as Triton's perf metrics give it
 
 
 @dataclass
@@ -77,7 +78,8 @@ class ScriptedEngine:
                 final = n == len(pieces) - 1
                 call.responses_sent += 1
                 yield EngineOutput(token_ids=piece, logprobs=[s.logprob] * len(piece) if request.logprobs else None,
-                                   final=final, reused_blocks=s.reused_blocks)
+                                   final=final, reused_blocks=s.reused_blocks,
+                                   engine_ttft_ms=s.engine_ttft_ms if n == 0 else None)
             call.finished = True
         finally:
             call.abandoned = not call.finished

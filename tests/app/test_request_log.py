@@ -11,7 +11,7 @@ SECRET = "my card number is 4111"
 
 
 async def test_one_line_per_request_with_figures_and_no_text(client, say, caplog):
-    say("Here is the private answer.", reused_blocks=1)
+    say("Here is the private answer.", reused_blocks=1, engine_ttft_ms=12.34)
     caplog.set_level(logging.INFO)
     body = {"messages": [{"role": "user", "content": SECRET}]}
     r = await post(client, **body, stream=True)
@@ -23,6 +23,7 @@ async def test_one_line_per_request_with_figures_and_no_text(client, say, caplog
     done, bad = (rec.fields for rec in lines)
     assert done["http_status"] == 200 and done["status"] == "stop" and done["account"] == "local"
     assert done["completion_tokens"] > 0 and done["cached_tokens"] == 16 and done["ttft_ms"] is not None
+    assert done["engine_ttft_ms"] == 12.3  # the engine's own time to first token (perf/bench_gateway.py reads it)
     assert done["request_id"] == r.headers["x-request-id"]
     assert bad["http_status"] == 400 and "status" not in bad
     text = "\n".join(rec.getMessage() for rec in caplog.records)
