@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the GPU engines' guide compilers (xgrammar and llguidance at TensorRT-LLM 1.2.1's pins, with
 # the CPU build of PyTorch that xgrammar imports) into ./.venv-guides, apart from the server's .venv:
-# tests/unit/test_guide_backends.py compiles every guide the gateway sends with them. Safe to run again.
+# tests/unit/deploy/test_guide_backends.py compiles every guide the gateway sends with them. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -4,7 +4,7 @@ The names and types are TensorRT-LLM's ``tensorrt_llm`` model's, so that the gat
 drives the embedded CPU model and a TensorRT-LLM engine alike. Dims are per request,
 without the batch dimension (every model has ``max_batch_size > 0`` and takes one
 request per sequence, so arrays on the wire are ``[1, *dims]``). The ``config.pbtxt``
-of each model is checked against these tables (tests/unit/test_engine_contract.py).
+of each model is checked against these tables (tests/unit/contract/test_engine_contract.py).
 """
 
 from __future__ import annotations

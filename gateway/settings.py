@@ -4,7 +4,7 @@ Nothing else reads the environment: the loaded object is passed explicitly. It c
 itself when built (a ValueError names the variable). The CPU engine's fields take their
 defaults and valid values from ``engine_contract.cpu_parameters``, which also carries them
 into the model's configuration and back. Every field, its variable and its default are
-listed in docs/configuration.md (checked by tests/unit/test_settings_reference.py).
+listed in docs/configuration.md (checked by tests/unit/contract/test_settings_reference.py).
 """
 
 from __future__ import annotations

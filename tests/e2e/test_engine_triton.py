@@ -177,7 +177,7 @@ def test_sampling_seed_penalties_min_tokens_stop_words_and_bias(triton, chat, ju
     # Same seed, same first draw. Later draws may differ: without flash attention llama.cpp's
     # attention rounds differently as the KV pool's used cells grow (measured: 0.28 in a logit,
     # 0.0009 in a probability), enough to move a draw across a boundary. The seed's effect on
-    # fixed logits is held exactly by tests/unit/test_sampling_seed.py.
+    # fixed logits is held exactly by tests/unit/engine/test_sampling_seed.py.
     assert a.tokens[0] == b.tokens[0]
     assert seeded(99).tokens not in (a.tokens, b.tokens)  # the seed reaches the sampler
     forced = gen(triton, prompt, 20, min_tokens=20, end_id=EOS)

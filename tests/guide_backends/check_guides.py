@@ -1,7 +1,7 @@
 """Compile guides with the GPU engines' guide compilers and try strings against them.
 
 Runs in ./.venv-guides (xgrammar and llguidance at TensorRT-LLM 1.2.1's pins), not in the
-server's .venv: ``tests/unit/test_guide_backends.py`` writes the cases as JSON to stdin and
+server's .venv: ``tests/unit/deploy/test_guide_backends.py`` writes the cases as JSON to stdin and
 reads the results from stdout. Each case: ``backend`` (xgrammar | llguidance), the guide's
 ``type`` and ``text`` as the gateway sends them, ``accept`` and ``reject`` strings.
 

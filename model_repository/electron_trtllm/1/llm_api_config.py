@@ -1,6 +1,6 @@
 """electron_trtllm's parameter file (llm_api.yaml) -> ``LLM`` keyword arguments, and the
 checks that tie it to config.pbtxt and the checkpoint. Plain data: nothing here imports
-TensorRT-LLM or torch (tests/unit/test_trtllm_llmapi_model.py)."""
+TensorRT-LLM or torch (tests/unit/contract/test_trtllm_llmapi_model.py)."""
 
 from __future__ import annotations
 

@@ -165,7 +165,7 @@ def test_a_process_in_a_cgroup_with_a_quota_sees_the_quota_and_its_cpu_time(tmp_
                 "start = time.process_time()\n"
                 "while time.process_time() - start < 0.2: pass\n"
                 "print(cgroup_cpu_limit(), usable_cores(), path, cgroup_cpu_usage_s(path) - before)\n")
-        engine_dir = Path(__file__).resolve().parents[2] / "model_repository" / "electron_cpu" / "1"
+        engine_dir = Path(__file__).resolve().parents[3] / "model_repository" / "electron_cpu" / "1"
         done = subprocess.run([sys.executable, "-c", code, *made], capture_output=True, text=True, timeout=60,
                               env={**os.environ, "PYTHONPATH": str(engine_dir)})
         assert done.returncode == 0, done.stderr
