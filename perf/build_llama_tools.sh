@@ -2,14 +2,14 @@
 # Builds llama.cpp's own tools -- llama-server (the peer of the voice benchmark),
 # llama-bench and llama-batched-bench (the peers of perf/engine_vs_llamacpp.py) and
 # llama-quantize -- from the llama.cpp vendored in the llama-cpp-python source
-# distribution the engine runs (the version pinned in build/install.sh), with native
+# distribution the engine runs (the version pinned in build/requirements-engine.txt), with native
 # CPU flags; cached per CPU feature set under perf/.cache/llama-tools/ (gitignored).
 # Prints the directory that holds the four binaries.
 #   bash perf/build_llama_tools.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION=$(sed -n 's/^LLAMA_CPP_PYTHON_VERSION=\([0-9.]*\)$/\1/p' build/install.sh)
-[ -n "$VERSION" ] || { echo "LLAMA_CPP_PYTHON_VERSION not found in build/install.sh" >&2; exit 1; }
+VERSION=$(sed -n 's/^llama-cpp-python==//p' build/requirements-engine.txt)
+[ -n "$VERSION" ] || { echo "llama-cpp-python is not pinned in build/requirements-engine.txt" >&2; exit 1; }
 TOOLS=(llama-server llama-bench llama-batched-bench llama-quantize)
 key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
 out="perf/.cache/llama-tools/$VERSION-$key"

@@ -3,6 +3,7 @@ pinned once (build/requirements.txt, build/requirements-engine.txt)."""
 
 import ast
 import re
+import subprocess
 import sys
 import tomllib
 from importlib.metadata import packages_distributions
@@ -59,9 +60,17 @@ def test_every_declared_package_is_pinned_exactly_once():
     assert len(pinned) == len(set(pinned)), "a package pinned twice"
 
 
-def test_the_install_script_writes_no_version_of_its_own():
-    script = (ROOT / "build" / "install.sh").read_text()
-    assert not re.search(r"==\s*[0-9]|_VERSION=[0-9]", script)
+def test_the_scripts_of_the_server_environment_read_the_engine_pins_and_write_none():
+    # install.sh and build_llama_tools.sh (llama.cpp's tools from the same llama-cpp-python);
+    # the guide compilers' and perf_analyzer's own environments keep their own pins
+    for path in (ROOT / "build" / "install.sh", ROOT / "perf" / "build_llama_tools.sh"):
+        text = path.read_text()
+        assert not re.search(r"==\s*[0-9]|_VERSION=[0-9]", text), path
+        assert "build/requirements-engine.txt" in text, path
+    tools = subprocess.run(["bash", "-c", "sed -n 11,12p perf/build_llama_tools.sh > /tmp/_v.sh; "
+                            "source /tmp/_v.sh; echo $VERSION"], cwd=ROOT, capture_output=True, text=True)
+    assert tools.stdout.strip() == next(line.split("==")[1] for line in PIN_FILES[1].read_text().splitlines()
+                                        if line.startswith("llama-cpp-python=="))
 
 
 @pytest.mark.parametrize("folders, extras", [
