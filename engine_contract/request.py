@@ -50,10 +50,6 @@ class ContractRequest:
     playback_chars_per_s: float = 0.0  # the client plays the text at this pace (0: not played)
     return_prefill_progress: bool = False  # a response without tokens after each prompt chunk
 
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0 or self.top_k == 1
-
 
 _DEFAULTS = {f.name: f.default for f in fields(ContractRequest)}
 # scalar fields whose tensor name differs from the field's
