@@ -40,8 +40,8 @@ class OverloadJudge:
     def estimate_new_tokens(self, s: SequenceState) -> None:
         """The prompt tokens ``s`` would prefill itself now (not cached nor being computed by a
         running prefill) and the sequences computing the rest of its prefix."""
-        reusable, computing = self.cache.reusable_prefix(s.request.prompt, s.keys)
-        s.new_tokens_estimate, s.awaits = len(s.request.prompt) - reusable, frozenset(computing)
+        reusable, computing = self.cache.reusable_prefix(s.request.prompt, s.estimate.keys)
+        s.estimate.new_tokens, s.estimate.awaits = len(s.request.prompt) - reusable, frozenset(computing)
 
     def queue_delay_s(self, s: SequenceState, running: Sequence[SequenceState], waiting: Sequence[SequenceState],
                       beside: tuple[int, float | None]) -> float:
@@ -54,12 +54,12 @@ class OverloadJudge:
         ahead are prefilled beside the streams decoding now (with none, in full chunks, as
         the step does); once prefilled, a paced stream rests after a few tokens."""
         is_running = s.seq >= 0
-        own = s.prompt_left if is_running else s.new_tokens_estimate
+        own = s.prompt_left if is_running else s.estimate.new_tokens
         ahead = sum(r.prompt_left for r in running if r is not s and 0 < r.prompt_left
-                    and (r.prompt_left <= own or r.seq in s.awaits))
-        ahead += sum(self.work_beside(w, s) for w in waiting if w.new_tokens_estimate <= own and w is not s)
+                    and (r.prompt_left <= own or r.seq in s.estimate.awaits))
+        ahead += sum(self.work_beside(w, s) for w in waiting if w.estimate.new_tokens <= own and w is not s)
         load, wait = beside
-        alone = max(s.alone_tokens, own)
+        alone = max(s.estimate.alone_tokens, own)
         delay = self.planner.prefill_time_s(load, wait, ahead + own) - self.planner.prefill_time_s(load, wait, alone)
         queued = len(running) + sum(1 for w in waiting if w is not s) - self.max_running
         if not is_running and queued >= 0:  # slots free as streams end: the soonest ends after its remaining tokens
@@ -73,8 +73,8 @@ class OverloadJudge:
         their prompts share are computed once, by whichever goes first, and are part of
         ``s``'s own prefill (a burst of calls with a new system prompt waits only for the
         others' own turns, not for the system prompt once per call)."""
-        reusable = len(w.request.prompt) - w.new_tokens_estimate  # cached or being computed already
+        reusable = len(w.request.prompt) - w.estimate.new_tokens  # cached or being computed already
         # only blocks past those matter (this runs for every pair of queued requests each step:
         # a cached system prompt is not walked again)
-        common = shared_blocks(w.keys, s.keys, start=reusable // self.cache.block_size) * self.cache.block_size
-        return max(min(w.new_tokens_estimate, 1), w.new_tokens_estimate - max(0, common - reusable))  # its logits
+        common = shared_blocks(w.estimate.keys, s.estimate.keys, start=reusable // self.cache.block_size) * self.cache.block_size
+        return max(min(w.estimate.new_tokens, 1), w.estimate.new_tokens - max(0, common - reusable))  # its logits
