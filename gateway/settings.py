@@ -9,8 +9,10 @@ listed in docs/configuration.md (checked by tests/unit/contract/test_settings_re
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
+from functools import cache
 from pathlib import Path
 from typing import Mapping
 
@@ -18,6 +20,18 @@ from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters, Pa
 
 PREFIX = "ELECTRON_"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# the valid values of the settings that are a choice (their users read the lists from here)
+WEIGHT_FORMATS = ("q8_0", "q4_0")  # the requantized copies the engine can load (gateway/server/weight_choice.py)
+WEIGHT_FORMAT_CHOICES = ("auto", "shipped", *WEIGHT_FORMATS)
+CANCELLED_PROMPT_BILLING = ("cached", "full", "none")  # gateway/accounts/pricing.py
+# the tool dialects are data (gateway/tools/tool_dialect.py): their names are the file's keys
+TOOL_DIALECTS_FILE = REPO_ROOT / "gateway" / "tools" / "data" / "tool_dialects.json"
+
+
+@cache
+def tool_dialect_names() -> tuple[str, ...]:
+    return tuple(json.loads(TOOL_DIALECTS_FILE.read_text()))
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,11 @@ class Settings:
         except ParameterError as exc:
             name = "engine_log_level" if exc.name == "log_level" else exc.name
             raise ValueError(f"{PREFIX}{name.upper()}: {exc.message}") from exc
+        for name, choices in (("weight_format", WEIGHT_FORMAT_CHOICES), ("tool_dialect", tool_dialect_names()),
+                              ("cancelled_prompt_billing", CANCELLED_PROMPT_BILLING)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"{PREFIX}{name.upper()}: {value!r} is not one of {', '.join(choices)}")
         if self.gateway_workers > 1 and not self.redis_url:
             raise ValueError(f"{PREFIX}GATEWAY_WORKERS={self.gateway_workers} needs {PREFIX}REDIS_URL: per-account "
                              "caps kept in each worker process would multiply by the number of workers.")

@@ -24,15 +24,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gateway.server.triton_launcher import render_config  # noqa: E402
+from gateway.settings import Settings  # noqa: E402
 
 MODELS = ("electron_trtllm", "tensorrt_llm")
 MOUNT = "/models"  # where the filled repository is mounted in the Triton container
 
 
-def electron_trtllm_values(llm_api_config: Path) -> dict[str, str]:
+def electron_trtllm_values(llm_api_config: Path, settings: Settings) -> dict[str, str]:
     config = yaml.safe_load(llm_api_config.read_text())
     return {
         "llm_api_config": f"{MOUNT}/electron_trtllm/llm_api.yaml",
+        "log_level": settings.engine_log_level,  # ELECTRON_ENGINE_LOG_LEVEL
         "tokens_per_block": str(config["kv_cache_config"]["tokens_per_block"]),
         "max_sequence_length": str(config["max_seq_len"]),
         "triton_max_batch_size": str(config["max_batch_size"]),
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--kv-cache-free-gpu-mem-fraction", type=float, default=0.85)
     args = parser.parse_args(argv)
-    values = (electron_trtllm_values(args.llm_api_config) if args.model == "electron_trtllm"
+    values = (electron_trtllm_values(args.llm_api_config, Settings.from_env()) if args.model == "electron_trtllm"
               else tensorrt_llm_values(args))
     target = fill(args.model, values, args.out)
     if args.model == "electron_trtllm":

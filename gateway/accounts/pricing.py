@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from gateway.settings import CANCELLED_PROMPT_BILLING
+
 MICRO = Decimal(10) ** 6
 PICO = Decimal(10) ** 12
 
@@ -71,8 +73,8 @@ def cost_of(prompt_tokens: int, cached_tokens: int, completion_tokens: int, pric
 
 
 # How a request cancelled before the engine's first token pays for the prompt tokens the
-# engine took in for it (``Settings.cancelled_prompt_billing``; docs/accounts.md, "The usage ledger").
-CANCELLED_PROMPT_BILLING = ("cached", "full", "none")
+# engine took in for it: one of CANCELLED_PROMPT_BILLING (``Settings.cancelled_prompt_billing``;
+# docs/accounts.md, "The usage ledger").
 
 
 def cancelled_prompt_cost(prompt_tokens: int, cached_tokens: int, prices: Prices, policy: str) -> Cost:

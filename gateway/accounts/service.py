@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from gateway.accounts.api_keys import bearer_token, hash_key, same_hash
 from gateway.accounts.ledger import UsageLedger, UsageRow, usage_row
 from gateway.accounts.limits import UNLIMITED, Admission, Limiter, Limits, LocalLimiter, Refusal
-from gateway.accounts.pricing import CANCELLED_PROMPT_BILLING, NO_COST, Prices, cancelled_prompt_cost, cost_of
+from gateway.accounts.pricing import NO_COST, Prices, cancelled_prompt_cost, cost_of
 from gateway.accounts.rate_headers import refusal_headers, window_headers
 from gateway.accounts.store import AccountStore, KeyRecord
 from gateway.errors import AuthenticationError, RateLimitError
@@ -110,9 +110,6 @@ class AccountService:
     def __init__(self, settings: Settings, limiter: Limiter | None = None) -> None:
         self._settings = settings
         self._prices = Prices.from_settings(settings)
-        if settings.cancelled_prompt_billing not in CANCELLED_PROMPT_BILLING:
-            raise ValueError(f"ELECTRON_CANCELLED_PROMPT_BILLING={settings.cancelled_prompt_billing!r} is not one of "
-                             f"{', '.join(CANCELLED_PROMPT_BILLING)}")
         self._defaults = Limits(settings.default_concurrency, settings.default_rpm, settings.default_tpm)
         self._open_allowed = is_loopback(settings.gateway_host)
         self.limiter = limiter or make_limiter(settings)

@@ -42,7 +42,6 @@ from gateway.api.request_log import summary
 from gateway.api.responses import ResponseShaper
 from gateway.settings import Settings
 from gateway.tools.guided_request import GUIDE_BACKENDS
-from gateway.tools.tool_dialect import dialects
 
 log = logging.getLogger(__name__)
 CLIENT_GONE = 499  # nginx's code for "client closed the request"; nobody reads it
@@ -59,8 +58,6 @@ class ChatService:
         self.in_flight = 0  # admitted, not yet settled
         self.draining = False  # SIGTERM: new requests get 503
         self.cut_off = False  # the drain's grace period is over: running streams end now
-        if settings.tool_dialect not in dialects():
-            raise ValueError(f"ELECTRON_TOOL_DIALECT={settings.tool_dialect!r} is not one of {', '.join(dialects())}")
         self._settings = settings
         self._engine = engine
         self._model = model

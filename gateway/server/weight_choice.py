@@ -45,12 +45,12 @@ from pathlib import Path
 from gateway.server import weight_gate
 from gateway.server.engine_state import cpu_paths_cache_dir
 from gateway.model_artifacts import ModelArtifacts, read_gguf_metadata
-from gateway.settings import Settings
+from gateway.settings import WEIGHT_FORMAT_CHOICES, WEIGHT_FORMATS, Settings
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("q8_0", "q4_0")
-SETTING_CHOICES = ("auto", "shipped", *FORMATS)
+FORMATS = WEIGHT_FORMATS
+SETTING_CHOICES = WEIGHT_FORMAT_CHOICES
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "weight_gate_prompts.json"
 DECISION_VERSION = 2  # 2: agreement counted on the stable prompts
 ENGINE_MODEL = "electron_cpu"  # the model folder whose llama_engine package does the llama.cpp work
@@ -73,9 +73,7 @@ def engine_weights(settings: Settings, artifacts: ModelArtifacts, formats: tuple
                    prompts: list[list[int]] | None = None) -> WeightChoice:
     """The weights for ``settings.weight_format`` (see the module docstring). ``formats`` and
     ``prompts`` (token ids) replace the candidates and the fixed prompt set (tests)."""
-    setting = settings.weight_format
-    if setting not in SETTING_CHOICES:
-        raise ValueError(f"ELECTRON_WEIGHT_FORMAT must be one of {SETTING_CHOICES}, not {setting!r}")
+    setting = settings.weight_format  # one of SETTING_CHOICES (Settings checks it)
     if setting == "shipped":
         return _logged(WeightChoice(artifacts.gguf_path, "shipped", "set: shipped"))
     if settings.triton_model != ENGINE_MODEL:

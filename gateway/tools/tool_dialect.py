@@ -28,11 +28,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cache, lru_cache
-from pathlib import Path
 
 from outlines_core.json_schema import build_regex_from_schema
 
-DIALECTS_FILE = Path(__file__).resolve().parent / "data" / "tool_dialects.json"
+from gateway.settings import TOOL_DIALECTS_FILE
+
+DIALECTS_FILE = TOOL_DIALECTS_FILE  # gateway/tools/data/tool_dialects.json
 NO_PARAMETERS = {"type": "object", "properties": {}}
 # JSON on one line, as the dialect's examples write it (no free whitespace to wander into); the
 # same options as the engine's JSON guides (llama_engine.guides.JSON_OPTIONS)

@@ -262,11 +262,6 @@ async def test_a_request_cancelled_during_its_prefill_pays_for_the_prompt_the_en
     assert (nothing["status"], nothing["prompt_tokens"], nothing["cost_pico"]) == ("cancelled", 0, 0)
 
 
-def test_an_unknown_cancelled_prompt_billing_policy_fails_the_start(settings):
-    with pytest.raises(ValueError, match="ELECTRON_CANCELLED_PROMPT_BILLING"):
-        AccountService(dataclasses.replace(settings, cancelled_prompt_billing="half"))
-
-
 async def test_ledger_rows_equal_the_usage_of_every_kind_of_ending(open_gateway, say, engine, store_url):
     prices = Prices(400_000, 100_000, 1_600_000)
     async with open_gateway(database_url=store_url) as gw:

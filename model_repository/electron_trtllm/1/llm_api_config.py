@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from engine_contract.cpu_parameters import LOG_LEVELS  # Python logging's levels, as the CPU model takes them
+
 ELECTRON_KEYS = frozenset({"quantization"})  # parameter-file keys that are electron's, not LLM arguments
 QUANTIZATIONS = ("none", "fp8")
 
@@ -62,3 +64,12 @@ def vocab_size_of(hf_config: Mapping[str, Any]) -> int:
         if isinstance(holder.get("vocab_size"), int):
             return holder["vocab_size"]
     raise ValueError("config.json of the checkpoint has no vocab_size")
+
+
+def log_level_of(params: Mapping[str, str]) -> str:
+    """The model's logging level from config.pbtxt's ``log_level`` (the gateway's
+    ``ELECTRON_ENGINE_LOG_LEVEL``, filled in with the repository); raises ValueError."""
+    level = params.get("log_level", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"config.pbtxt parameter log_level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level

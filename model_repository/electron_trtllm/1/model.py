@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ import yaml
 from tensorrt_llm.llmapi import LLM, GuidedDecodingParams, KvCacheConfig, SamplingParams
 
 from engine_contract import InvalidRequest
-from llm_api_config import check_advertised, check_quantization, llm_kwargs, vocab_size_of
+from llm_api_config import check_advertised, check_quantization, llm_kwargs, log_level_of, vocab_size_of
 from llm_api_request import Limits, LlmApiCall, parse_request
 from llm_api_responses import ResponseBuilder
 
@@ -97,8 +96,6 @@ def _read_json(path: Path) -> dict | None:
 
 class TritonPythonModel:
     def initialize(self, args):
-        logging.basicConfig(level=os.environ.get("ELECTRON_ENGINE_LOG_LEVEL", "INFO"),
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         config = json.loads(args["model_config"])
         if not pb_utils.using_decoupled_model_transaction_policy(config):
             raise pb_utils.TritonModelException("electron_trtllm must be decoupled (model_transaction_policy)")
@@ -106,6 +103,11 @@ class TritonPythonModel:
         unfilled = sorted(k for k, v in params.items() if "${" in v)
         if unfilled:
             raise pb_utils.TritonModelException(f"config.pbtxt parameters {unfilled} are unfilled ${{...}} placeholders")
+        try:
+            level = log_level_of(params)
+        except ValueError as exc:
+            raise pb_utils.TritonModelException(str(exc)) from exc
+        logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         kwargs, self._limits = self._read_parameter_file(params)
         self._period_s = float(params.get("cancellation_check_period_ms", "20")) / 1000
         self._live: set[_Live] = set()

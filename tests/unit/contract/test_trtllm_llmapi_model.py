@@ -491,6 +491,13 @@ def test_vocab_size_from_the_checkpoint_config():
         cf.vocab_size_of({})
 
 
+def test_log_level_from_the_config_parameter():
+    assert cf.log_level_of({"log_level": "debug"}) == "DEBUG"
+    assert cf.log_level_of({}) == "INFO"
+    with pytest.raises(ValueError, match="log_level 'LOUD' is not one of DEBUG, INFO"):
+        cf.log_level_of({"log_level": "loud"})
+
+
 # ---- config.pbtxt and model.py against the recorded API --------------------------------------
 
 def test_config_parses_declares_llguidance_and_the_cpu_models_contract_tensors():
@@ -498,7 +505,8 @@ def test_config_parses_declares_llguidance_and_the_cpu_models_contract_tensors()
     assert gpu.backend == "python" and gpu.model_transaction_policy.decoupled and gpu.max_batch_size > 0
     params = {k: v.string_value for k, v in gpu.parameters.items()}
     assert params["guided_decoding_backend"] == "llguidance"
-    assert {"llm_api_config", "tokens_per_block", "max_sequence_length", "cancellation_check_period_ms"} <= set(params)
+    assert {"llm_api_config", "tokens_per_block", "max_sequence_length", "cancellation_check_period_ms",
+            "log_level"} <= set(params)
     assert params["max_sequence_length"].isdigit()  # placeholders filled in: the gateway reads digits
     assert int(params["cancellation_check_period_ms"]) > 0
     assert [(g.kind, g.count) for g in gpu.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]

@@ -128,6 +128,7 @@ def test_the_gpu_triton_serves_a_model_of_the_repository_filled_by_the_build_ste
     assert int(params["tokens_per_block"]) == llm_api["kv_cache_config"]["tokens_per_block"]
     assert int(params["max_sequence_length"]) == llm_api["max_seq_len"]
     assert params["llm_api_config"] == "/models/electron_trtllm/llm_api.yaml"
+    assert params["log_level"] == "INFO"  # ELECTRON_ENGINE_LOG_LEVEL's default
     assert (tmp_path / "electron_trtllm" / "1" / "model.py").is_file()
 
 

@@ -26,6 +26,10 @@ def test_an_unknown_argument_exits_2_before_any_start(capsys, monkeypatch):
     ("ELECTRON_GATEWAY_WORKERS", "2", "needs ELECTRON_REDIS_URL"),
     ("ELECTRON_KV_LAYOUT", "paged", "ELECTRON_KV_LAYOUT: 'paged' is not one of unified, streams"),
     ("ELECTRON_KV_CELLS", "many", "ELECTRON_KV_CELLS='many' is not a valid int"),
+    ("ELECTRON_WEIGHT_FORMAT", "q2_k", "ELECTRON_WEIGHT_FORMAT: 'q2_k' is not one of auto, shipped, q8_0, q4_0"),
+    ("ELECTRON_TOOL_DIALECT", "mistral", "ELECTRON_TOOL_DIALECT: 'mistral' is not one of hermes"),
+    ("ELECTRON_CANCELLED_PROMPT_BILLING", "half",
+     "ELECTRON_CANCELLED_PROMPT_BILLING: 'half' is not one of cached, full, none"),
 ])
 def test_a_bad_setting_exits_2_with_its_variable_named_before_any_start(monkeypatch, caplog, name, value, message):
     monkeypatch.setenv(name, value)
