@@ -25,9 +25,10 @@ from typing import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.accounts.service import AccountService
+from gateway.accounts.bill import Bill
+from gateway.accounts.ledger import UsageRow
+from gateway.accounts.service import AccountService, Outcome
 from gateway.api import sse
-from gateway.api.bill import Bill
 from gateway.api.client_io import ClientGone, read_body, until_disconnect
 from gateway.api.sse_stream import SettlingStreamingResponse, sse_events
 from gateway.chat.chat_request import ChatLimits, PreparedChat, prepare_chat
@@ -123,8 +124,8 @@ class ChatService:
         prepared = await self._prepare(body)
         admission = await self._accounts.admit(caller)
         self.in_flight += 1
-        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model, fields,
-                    on_settle=self._settled)
+        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model,
+                    on_settle=lambda outcome, row: self._settled(fields, bill, outcome, row))
         bill.prepared(prepared.prompt_tokens)
         try:
             return await self._respond(request, prepared, bill, self._accounts.headers(admission))
@@ -142,8 +143,19 @@ class ChatService:
             bill.settle("cancelled")
             raise
 
-    def _settled(self) -> None:
+    def _settled(self, fields: dict, bill: Bill, outcome: Outcome, row: UsageRow) -> None:
+        """The request's slot is free and its row recorded: what its log line says of it."""
         self.in_flight -= 1
+        run: CompletionRun | None = bill.run  # the run _respond started
+        fields.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None,
+                      prompt_tokens=outcome.prompt_tokens,
+                      cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
+                      ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
+                      first_text_ms=None if run is None or run.first_text_ms is None else round(run.first_text_ms, 1),
+                      engine_ttft_ms=None if run is None or run.engine_ttft_ms is None
+                      else round(run.engine_ttft_ms, 1))
+        if bill.error_code:
+            fields["error_code"] = bill.error_code
 
     async def _respond(self, request: Request, prepared, bill: Bill, headers: dict[str, str]) -> Response:
         request_id = current_request_id.get()

@@ -10,7 +10,7 @@ from typing import AsyncIterator
 from starlette.responses import StreamingResponse
 
 from gateway.api import sse
-from gateway.api.bill import Bill
+from gateway.accounts.bill import Bill
 from gateway.api.request_context import current_request_id
 from gateway.api.responses import ResponseShaper
 from gateway.chat.choice_stream import Delta

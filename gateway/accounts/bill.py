@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import time
+from typing import Callable, Protocol
 
+from gateway.accounts.ledger import UsageRow
 from gateway.accounts.limits import Admission
 from gateway.accounts.service import AccountService, Caller, Outcome
-from gateway.chat.completion import CompletionRun
+
+
+class MeteredRun(Protocol):
+    """What a bill reads of the engine run it meters (``gateway.chat.completion.CompletionRun``)."""
+
+    @property
+    def engine_prompt_tokens(self) -> int: ...  # what the engine took in: reused or computed
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    engine_outputs: int  # outputs the engine delivered (0: it never produced anything)
+    first_token_ms: float | None
+    completed: bool  # the last delta, with its finish_reason, was produced
 
 
 class Bill:
     """Settles one admitted request exactly once: releases its concurrency slot and
     records its usage row, whichever way it ends. ``settle`` does no I/O, so it
     also completes inside a cancelled task. The row's prompt and cached tokens are
-    what the engine took in for the request (``CompletionRun.engine_prompt_tokens``):
-    the whole prompt once it produced an output, as far as its prefill got before."""
+    what the engine took in for the request (``MeteredRun.engine_prompt_tokens``):
+    the whole prompt once it produced an output, as far as its prefill got before.
+    ``on_settle(outcome, row)`` runs once, after the row is recorded."""
 
     def __init__(self, accounts: AccountService, caller: Caller, admission: Admission, request_id: str,
-                 model: str, summary: dict, on_settle=None) -> None:
+                 model: str, on_settle: Callable[[Outcome, UsageRow], None] | None = None) -> None:
         self._accounts = accounts
-        self._summary = summary
         self._on_settle = on_settle
         self._caller = caller
         self._admission = admission
         self._request_id = request_id
         self._model = model
         self._started_at = time.time()
-        self.run: CompletionRun | None = None
+        self.run: MeteredRun | None = None
         self.prompt_tokens = 0
         self.failed = False
         self.error_code: str | None = None  # of an error event sent mid-stream
@@ -37,7 +54,7 @@ class Bill:
         """The prompt is tokenized: what it pays for if nothing reaches the engine."""
         self.prompt_tokens = prompt_tokens
 
-    def running(self, run: CompletionRun) -> None:
+    def running(self, run: MeteredRun) -> None:
         """The request runs on the engine: from now on its usage is the run's."""
         self.run = run
 
@@ -55,6 +72,8 @@ class Bill:
         self.cut_off = True
 
     def settle(self, status: str | None = None) -> None:
+        """``status``: how the request ended, when the caller knows (cancelled, overloaded,
+        error); else the run's finish reason, an error, or cancelled if it did not complete."""
         run = self.run
         if status is None:
             status = "error" if self.failed else (run.finish_reason if run is not None and run.completed
@@ -72,14 +91,4 @@ class Bill:
         row = self._accounts.settle(self._caller, self._admission, self._request_id, self._model, outcome,
                                     self._started_at)
         if self._on_settle is not None:
-            self._on_settle()
-        self._summary.update(status=outcome.status, cost_usd=row.cost_pico / 1e12, _gaps=run.gaps if run else None,
-                             prompt_tokens=outcome.prompt_tokens,
-                             cached_tokens=outcome.cached_tokens, completion_tokens=outcome.completion_tokens,
-                             ttft_ms=None if outcome.ttft_ms is None else round(outcome.ttft_ms, 1),
-                             first_text_ms=None if run is None or run.first_text_ms is None
-                             else round(run.first_text_ms, 1),
-                             engine_ttft_ms=None if run is None or run.engine_ttft_ms is None
-                             else round(run.engine_ttft_ms, 1))
-        if self.error_code:
-            self._summary["error_code"] = self.error_code
+            self._on_settle(outcome, row)
