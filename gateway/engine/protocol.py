@@ -53,12 +53,21 @@ class EngineOutput:
 class EngineInfo:
     tokens_per_block: int
     max_sequence_length: int | None  # None: the engine does not say
-    paces_playback: bool = False  # the model takes playback_chars_per_s (the embedded CPU engine)
     guide_backend: str = "llguidance"  # what compiles its guides: llguidance or xgrammar (config parameter)
-    # the model takes return_prefill_progress (the embedded CPU engine): while a prompt is
-    # prefilled in several steps it reports how far it got, so that a request cancelled
-    # before its first token is billed for the prompt the engine computed for it
-    reports_prefill: bool = False
+    # the engine contract's inputs the model declares (docs/engine-contract.md); empty: not known
+    declared_inputs: frozenset[str] = frozenset()
+
+    @property
+    def paces_playback(self) -> bool:
+        """The model takes playback_chars_per_s (the embedded CPU engine)."""
+        return "playback_chars_per_s" in self.declared_inputs
+
+    @property
+    def reports_prefill(self) -> bool:
+        """The model takes return_prefill_progress (the embedded CPU engine): while a prompt is
+        prefilled in several steps it reports how far it got, so that a request cancelled
+        before its first token is billed for the prompt the engine computed for it."""
+        return "return_prefill_progress" in self.declared_inputs
 
 
 class Engine(Protocol):

@@ -56,23 +56,13 @@ def contract_request(request: EngineRequest, reports_prefill: bool = False) -> C
 
 
 _SHARED_INPUTS = frozenset(name for name, spec in INPUTS.items() if not spec.cpu_only)
-_PLAYBACK = frozenset({"playback_chars_per_s"})
-_PREFILL = frozenset({"return_prefill_progress"})
-
-
-def declared_inputs(info: EngineInfo | None) -> frozenset[str]:
-    """The contract's inputs the model declares (before ``info`` is known: the shared ones)."""
-    if info is None:
-        return _SHARED_INPUTS
-    return _SHARED_INPUTS | (_PLAYBACK if info.paces_playback else frozenset()) | (
-        _PREFILL if info.reports_prefill else frozenset())
 
 
 def request_inputs(request: EngineRequest, vocab_size: int, declared: Collection[str] = _SHARED_INPUTS,
                    reports_prefill: bool = False) -> list[InferInput]:
-    """``declared``: the inputs the model declares (``declared_inputs``; Triton refuses others:
-    the CPU-only ``playback_chars_per_s`` and ``return_prefill_progress`` go only to a model
-    that has them)."""
+    """``declared``: the inputs the model declares (``EngineInfo.declared_inputs``; Triton refuses
+    others: the CPU-only ``playback_chars_per_s`` and ``return_prefill_progress`` go only to a
+    model that has them; before the model's config is read, the shared ones)."""
     arrays = encode_request(contract_request(request, reports_prefill), vocab_size, declared)
     inputs = []
     for name, array in arrays.items():
@@ -221,15 +211,16 @@ class TritonEngine:
             self._info = EngineInfo(
                 tokens_per_block=int(value("tokens_per_block") or 0),
                 max_sequence_length=int(max_length) if max_length.isdigit() and int(max_length) > 0 else None,
-                paces_playback="playback_chars_per_s" in inputs,
-                reports_prefill="return_prefill_progress" in inputs,
                 guide_backend=value("guided_decoding_backend") or "llguidance",
+                # the shared inputs every model of the contract declares (tests/unit/contract), and the
+                # CPU-only ones this model has
+                declared_inputs=_SHARED_INPUTS | (frozenset(inputs) & frozenset(INPUTS)),
             )
         return self._info
 
     async def generate(self, request: EngineRequest, request_id: str) -> AsyncIterator[EngineOutput]:
         info = self._info
-        inputs = request_inputs(request, self._vocab_size, declared_inputs(info),
+        inputs = request_inputs(request, self._vocab_size, _SHARED_INPUTS if info is None else info.declared_inputs,
                                 info is not None and info.reports_prefill)
 
         async def one_request():

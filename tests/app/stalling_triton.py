@@ -10,9 +10,14 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 
 class StallingTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self) -> None:
+    """``inputs``: the input tensors its model config declares; ``received``: the input names
+    of each request it took."""
+
+    def __init__(self, inputs: tuple[str, ...] = ()) -> None:
         self.requests = 0
         self.cancelled = 0
+        self.inputs = inputs
+        self.received: list[set[str]] = []
 
     async def ModelReady(self, request, context):
         return service_pb2.ModelReadyResponse(ready=True)
@@ -22,11 +27,14 @@ class StallingTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
         config.config.name = request.name
         config.config.parameters["tokens_per_block"].string_value = "4"
         config.config.parameters["max_sequence_length"].string_value = "2048"
+        for name in self.inputs:
+            config.config.input.add(name=name)
         return config
 
     async def ModelStreamInfer(self, request_iterator, context):
-        async for _ in request_iterator:
+        async for request in request_iterator:
             self.requests += 1
+            self.received.append({i.name for i in request.inputs})
             try:
                 await asyncio.sleep(3600)  # accepted, never answered
             except asyncio.CancelledError:
@@ -36,9 +44,9 @@ class StallingTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
             yield
 
 
-async def start(port: int) -> tuple[grpc.aio.Server, StallingTriton]:
+async def start(port: int, inputs: tuple[str, ...] = ()) -> tuple[grpc.aio.Server, StallingTriton]:
     server = grpc.aio.server()
-    servicer = StallingTriton()
+    servicer = StallingTriton(inputs)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
