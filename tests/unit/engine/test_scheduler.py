@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from llama_engine.scheduler import (DecodeCandidate, PrefillCandidate, SchedulerConfig, StepCostModel, StepPlanner,
-                                    floor_wait_s, paced_wait_s, playback_lead_s)
+from llama_engine.scheduler import (DecodeCandidate, PrefillCandidate, SchedulerConfig, StepPlanner, floor_wait_s,
+                                    paced_wait_s, playback_lead_s)
+from llama_engine.step_cost import StepCostModel
 
 
 def planner():
