@@ -1,6 +1,6 @@
 """What keys, limits and the usage ledger add to a request.
 
-    .venv/bin/python perf/bench_accounts.py [--requests 3000]
+    .venv/bin/python -m perf accounts [--requests 3000]
 
 1. The account layer alone, per request: ``authenticate`` (hash + lookup) + ``admit``
    (limiter) before the engine, ``settle`` (release + ledger row) after it, with the
@@ -28,15 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT, ROOT / "tests", ROOT / "perf"):
-    sys.path.insert(0, str(extra))
-
 from gateway.accounts.limits import UNLIMITED, Admission
 from gateway.accounts.service import AccountService, Caller
 from gateway.accounts.service import Outcome
 from gateway.settings import Settings
-from results_dir import run_meta, write_results
+from perf import RESULTS
+from perf.results_dir import run_meta, write_results
 
 
 def pct(values: list[float], q: float) -> float:
@@ -95,7 +92,7 @@ class NullAccounts(AccountService):
 
 async def per_token_run(settings: Settings, tokens: int, requests: int, null: bool) -> float:
     import httpx2
-    from app.scripted_engine import Script, ScriptedEngine
+    from tests.app.scripted_engine import Script, ScriptedEngine
     from gateway.api.app import create_app
     from gateway.chat.served_model import model_view
     from gateway.server.triton_launcher import prepare_artifacts
@@ -139,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--hold-ms", type=float, default=50.0, help="how long each request holds its slot")
     parser.add_argument("--token-requests", type=int, default=150)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from services import PostgresServer, RedisServer
+    from tests.services import PostgresServer, RedisServer
 
     meta = run_meta(requests=args.requests, hold_ms=args.hold_ms)
     layer = []

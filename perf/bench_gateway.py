@@ -24,8 +24,8 @@ from llama.cpp's two threads, so the interval difference is mostly that. A
 third, in-process figure isolates the gateway's own Python per token (decode,
 stop and grapheme gates, chunk, SSE bytes).
 
-    .venv/bin/python perf/bench_gateway.py                 # starts Triton and the gateway
-    .venv/bin/python perf/bench_gateway.py --triton 127.0.0.1:8001 --gateway http://127.0.0.1:8000 \
+    .venv/bin/python -m perf gateway                 # starts Triton and the gateway
+    .venv/bin/python -m perf gateway --triton 127.0.0.1:8001 --gateway http://127.0.0.1:8000 \
         --gateway-log gateway.log                          # a running stack (its INFO log)
 """
 
@@ -46,10 +46,6 @@ from pathlib import Path
 import httpx2
 import tritonclient.grpc.aio as grpcaio
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
-
 from gateway.api import sse
 from gateway.chat.served_model import model_view
 from gateway.chat.chat_request import ChatLimits, prepare_chat
@@ -59,8 +55,9 @@ from gateway.api.responses import ResponseShaper
 from gateway.settings import Settings
 from gateway.engine.triton_engine import request_inputs
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
-from results_dir import run_meta, write_results
-from voice_load.servers import ElectronServer
+from perf import RESULTS, ROOT
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.servers import ElectronServer
 
 log = logging.getLogger("bench_gateway")
 SYSTEM = ("You are the voice agent of a restaurant. Keep answers short and friendly, confirm names, party "
@@ -252,7 +249,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx2").setLevel(logging.WARNING)  # a line per request otherwise

@@ -6,8 +6,8 @@ tokens: plain ones exactly 48 (``min_tokens``), guided ones under a schema whose
 is longer than 48 tokens (so ``length`` ends them too). Plain and guided rounds
 alternate (A B A B) so that machine drift hits both. Reports medians and the ratio.
 
-    .venv/bin/python perf/bench_guided.py              # starts its own tritonserver
-    .venv/bin/python perf/bench_guided.py --url 127.0.0.1:8001
+    .venv/bin/python -m perf guided              # starts its own tritonserver
+    .venv/bin/python -m perf guided --url 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -24,14 +24,11 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from bench_triton import WORDS, one_request
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
-from results_dir import run_meta, write_results
+from perf import RESULTS
+from perf.bench_triton import WORDS, one_request
+from perf.results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_guided")
 SCHEMA = {"type": "object", "properties": {
@@ -93,7 +90,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()

@@ -10,9 +10,9 @@ one engine configuration: 0 sends every token as its own response; 40 sends
 the first token alone, then the tokens of each 40 ms window together (what the
 CPU engine does for streams ahead of their playhead).
 
-    .venv/bin/python perf/bench_relay.py          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
-    .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40 --tokens-per-s 100
-    .venv/bin/python perf/bench_relay.py --workers 1 2     # also a pool of 2 gateway workers (with Redis)
+    .venv/bin/python -m perf relay          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
+    .venv/bin/python -m perf relay --streams 64 --coalesce-ms 40 --tokens-per-s 100
+    .venv/bin/python -m perf relay --workers 1 2     # also a pool of 2 gateway workers (with Redis)
 
 With ``--workers N`` (N > 1) the gateway is a pool of N worker processes sharing
 their caps through a real Redis started for the run; gateway CPU is then the
@@ -31,18 +31,13 @@ from pathlib import Path
 
 import httpx2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real Redis server (services.RedisServer)
-
-from results_dir import run_meta, write_results
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-from voice_load.stats import percentile
-
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
+from perf import RESULTS, ROOT
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
+from perf.voice_load.stats import percentile
 
 MODEL = "electron_synthetic"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -138,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-per-s", type=float, nargs="+", default=[50.0, 100.0], help="engine pace of each stream")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="gateway worker processes")
     parser.add_argument("--port", type=int, default=18700)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = []
     redis = None
     if max(args.workers) > 1:
-        from services import RedisServer
+        from tests.services import RedisServer  # the tests' real Redis server
         redis = RedisServer()
     try:
         for rate in args.tokens_per_s:

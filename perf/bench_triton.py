@@ -9,8 +9,8 @@ Reports medians per scenario: time to first token (client side, from sending to
 the first token), per-stream decode tokens/s after the first token, aggregate
 output tokens/s. Writes ``perf/results/<date>-triton-<host>/`` (JSON + Markdown).
 
-    .venv/bin/python perf/bench_triton.py            # starts its own tritonserver
-    .venv/bin/python perf/bench_triton.py --url 127.0.0.1:8001   # an existing one
+    .venv/bin/python -m perf triton            # starts its own tritonserver
+    .venv/bin/python -m perf triton --url 127.0.0.1:8001   # an existing one
 """
 
 from __future__ import annotations
@@ -30,14 +30,11 @@ import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
 from tritonclient.grpc import InferInput
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
-
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from engine_contract import INPUTS, ContractRequest, encode_request
-from results_dir import run_meta, write_results
+from perf import RESULTS, ROOT
+from perf.results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_triton")
 WORDS = "the caller wants to change a booking for two people on friday evening near the window and asks about parking".split()
@@ -169,7 +166,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--prefix-tokens", type=int, default=600)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--perf-analyzer", action="store_true",
                         help="then run Triton's perf_analyzer --streaming (perf/perf_analyzer.sh) on the same server")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ Stages:
   to ``max_step_s`` (0.25 s), the longest a cancel can wait for a step.
 - ``decoding``: a reply hung up after its 10th delta.
 
-    .venv/bin/python perf/cancel_latency.py --reps 8
+    .venv/bin/python -m perf cancel-latency --reps 8
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import datetime
 import random
 import re
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,13 +38,11 @@ from pathlib import Path
 
 import httpx2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf import RESULTS
+from perf.results_dir import cpu_info, run_meta, write_results
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
 
-from results_dir import cpu_info, run_meta, write_results
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("harbor lantern signal window river morning station ticket order number account balance "
          "delivery address weather journey garden market letter question answer minute").split()
 CANCELLED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO request (\S+) cancelled after (\d+) tokens")
@@ -164,7 +161,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--port", type=int, default=18600)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     log_path = Path(f"/tmp/cancel-latency-{args.port}.log")
     server = ElectronServer(args.port, log_path=log_path, log_level="INFO")
@@ -174,7 +171,7 @@ def main() -> None:
     finally:
         server.stop()
     rows = summarize(hangups, engine_cancel_times(log_path.read_text(errors="replace")))
-    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"perf/cancel_latency.py --reps {args.reps}")
+    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"-m perf cancel-latency --reps {args.reps}")
     write_results(args.out, "cancel-latency", meta, {"stages": rows}, markdown(rows, meta))
 
 

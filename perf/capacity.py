@@ -12,9 +12,9 @@ server that misses the SLO at ``--stop-after`` consecutive N is not run at
 larger N. Writes ``perf/results/<date>-capacity-<host>/``: capacity.json,
 capacity.md (the headline first) and capacity.png.
 
-    .venv/bin/python perf/capacity.py                       # both servers, ~30 minutes
-    .venv/bin/python perf/capacity.py --servers electron --calls 32 48
-    .venv/bin/python perf/capacity.py --url http://gpu-host:8000/v1 --calls 64 128 256
+    .venv/bin/python -m perf capacity                       # both servers, ~30 minutes
+    .venv/bin/python -m perf capacity --servers electron --calls 32 48
+    .venv/bin/python -m perf capacity --url http://gpu-host:8000/v1 --calls 64 128 256
 """
 
 from __future__ import annotations
@@ -27,15 +27,12 @@ import sys
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_bench import start_servers
-from voice_load import plots
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown
+from perf import RESULTS
+from perf.results_dir import run_meta, write_results
+from perf.voice_bench import start_servers
+from perf.voice_load import plots
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown
 
 
 async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,
@@ -75,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--chars-per-s", type=float, default=15.0, help="the callers' text-to-speech pace")
     parser.add_argument("--stop-after", type=int, default=2, help="consecutive misses before a server stops")
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     counts = sorted(set(args.calls))
     plan = CallPlan(turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens,

@@ -18,7 +18,7 @@ A stall is time a text-to-speech player speaking at 15 characters/s from the
 first text would wait for text that has not arrived (``voice_load.playback``).
 Writes ``perf/results/<date>-contention-<host>/``.
 
-    .venv/bin/python perf/contention.py --variant fixed:ELECTRON_ADAPTIVE_THREADS=false --variant adaptive \
+    .venv/bin/python -m perf contention --variant fixed:ELECTRON_ADAPTIVE_THREADS=false --variant adaptive \
         --busy 0 1 2 gateway:2
 """
 
@@ -36,16 +36,13 @@ from pathlib import Path
 
 import httpx2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load.calls import CallPlan, run_calls, system_prompt
-from voice_load.playback import longest_stall
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-from voice_load.stats import percentile
+from perf import RESULTS, ROOT
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt
+from perf.voice_load.playback import longest_stall
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
+from perf.voice_load.stats import percentile
 
 SINGLE_PROMPT = ("I am calling about my order from last week. It has not arrived yet and the tracking page has not "
                  "changed for four days. Can you tell me what is going on and when it will arrive?")
@@ -70,8 +67,8 @@ def gateway_burst(base_url: str, concurrency: int, log_path: Path):
     prompts too long for the context, tokenized then refused); its request count
     is appended to ``log_path``."""
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "voice_load" / "gateway_burst.py"),
-                                 base_url, "--concurrency", str(concurrency)], stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "perf.voice_load.gateway_burst", base_url, "--concurrency",
+                                 str(concurrency)], cwd=ROOT, stdout=log, stderr=log)
         try:
             time.sleep(1.0)
             yield
@@ -193,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--cases", nargs="+", choices=["single", "paced"], default=["single", "paced"])
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or ["current"])]
     meta = run_meta(variants={name: env for name, env in variants}, busy=args.busy, replies=args.replies,

@@ -16,7 +16,7 @@ Ratios: engine ms / llama.cpp's best ms for the row (any tool, any of its config
 and engine ms / the tool with the engine configuration's own settings. Output:
 ``perf/results/<date>-engine-vs-llamacpp-<host>/engine-vs-llamacpp.{md,json}``.
 
-    .venv/bin/python perf/engine_vs_llamacpp.py [--threads 2] [--quick]
+    .venv/bin/python -m perf engine-vs-llamacpp [--threads 2] [--quick]
 """
 
 from __future__ import annotations
@@ -34,15 +34,10 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-PERF = Path(__file__).resolve().parent
-ROOT = PERF.parent
-sys.path.insert(0, str(PERF))
-sys.path.insert(0, str(ROOT))
-
-import llamacpp_tools as tools
-import quiet
 from gateway.settings import Settings
-from results_dir import cpu_info, run_meta, write_results
+from perf import RESULTS, ROOT, quiet
+from perf import llamacpp_tools as tools
+from perf.results_dir import cpu_info, run_meta, write_results
 
 KIND = "engine-vs-llamacpp"
 SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default
@@ -89,7 +84,7 @@ def step_plan(quick: bool) -> dict:
 def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict[str, dict]:
     """One engine configuration in a fresh process (GOMP_SPINCOUNT is read when libgomp loads)."""
     job = {"config": asdict(config), "gguf": gguf, "threads": threads, "plan": plan}
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+    done = subprocess.run([sys.executable, "-m", "perf.engine_vs_llamacpp", "--child", json.dumps(job)],
                           env=tools.tool_env(config.spin_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -98,7 +93,7 @@ def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict
 
 
 def child_main(job: dict) -> int:
-    from engine_steps import StepPlan, measure
+    from perf.engine_steps import StepPlan, measure
 
     plan = StepPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["plan"].items()})
     rows = measure(job["gguf"], job["threads"], job["config"], plan)
@@ -205,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small sizes, two engine configurations (smoke test)")
-    parser.add_argument("--out", type=Path, default=PERF / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--max-noise", type=float, default=0.2,
                         help="cores other processes may use during a unit before it is measured again (once)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -235,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         run, cores = measure(name, unit)
         runs.append(run)
         noise[run.name] = cores
-    meta = run_meta(command=" ".join([".venv/bin/python", "perf/engine_vs_llamacpp.py"]
+    meta = run_meta(command=" ".join([".venv/bin/python", "-m", "perf", "engine-vs-llamacpp"]
                                      + (sys.argv[1:] if argv is None else argv)),
                     cpu=cpu_info(), threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
                     load_before=load_before, load_after=load_average(), wall_s=time.monotonic() - began,

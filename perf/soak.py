@@ -1,6 +1,6 @@
 """Soak: paced voice calls for a long time, checking that nothing drifts or leaks.
 
-    .venv/bin/python perf/soak.py --minutes 30 --calls 8
+    .venv/bin/python -m perf soak --minutes 30 --calls 8
 
 ``--calls`` paced calls (default 8; meant to be about 70% of the machine's
 capacity: on this 2-core VM, 16 paced calls already gave TTFT p95 ~600 ms in
@@ -34,14 +34,11 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.servers import ElectronServer
-from voice_load.stats import percentile
+from perf import RESULTS
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.stats import percentile
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -214,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18500)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     plan = CallPlan(calls=args.calls, turns=6, stagger_s=0.5, speculative_fraction=0.2, hangup_fraction=0.1)
     meta = run_meta(minutes=args.minutes, calls=args.calls, plan=plan.__dict__)

@@ -24,11 +24,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
+from perf import RESULTS, ROOT
+from perf.results_dir import run_meta, write_results
 
 PYTHON = sys.executable
 TRITON_URL = "127.0.0.1:8001"
@@ -83,7 +80,7 @@ def run_step(step: Step, log_dir: Path) -> tuple[int, float, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     meta = run_meta(mode=args.mode)
     log_dir = args.out / f"{meta['date']}-suite-{platform.node()}" / "raw"  # raw/ is not committed

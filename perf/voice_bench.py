@@ -16,9 +16,9 @@ same harness at any one OpenAI-compatible endpoint instead. Writes
 ``perf/results/<date>-voice-<host>/``: voice.json (all figures and TTFT
 samples), voice.md, and PNG plots.
 
-    .venv/bin/python perf/voice_bench.py --mode quick      # a few minutes
-    .venv/bin/python perf/voice_bench.py --mode full
-    .venv/bin/python perf/voice_bench.py --url http://gpu-host:8000/v1 --scenario paced-warm:16
+    .venv/bin/python -m perf voice --mode quick      # a few minutes
+    .venv/bin/python -m perf voice --mode full
+    .venv/bin/python -m perf voice --url http://gpu-host:8000/v1 --scenario paced-warm:16
 """
 
 from __future__ import annotations
@@ -34,14 +34,11 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load import plots
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.report import figures
+from perf import RESULTS
+from perf.results_dir import run_meta, write_results
+from perf.voice_load import plots
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.report import figures
 
 MODES = {
     "quick": {"scenarios": ["paced-warm:8", "cold-burst:8", "closed:8"], "turns": 3, "rounds": 1},
@@ -129,7 +126,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
-    from voice_load.servers import ElectronServer, LlamaServer, build_llama_server
+    from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server
     from gateway.model_artifacts import embedded_gguf_path
     from gateway.settings import Settings
 
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--tool-fraction", type=float, default=0.0)
     parser.add_argument("--speculative-fraction", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
     base = CallPlan(calls=args.calls, turns=args.turns or mode["turns"], system_words=args.system_words,

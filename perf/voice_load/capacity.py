@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voice_load.calls import TurnRecord
-from voice_load.playback import DEFAULT_CHARS_PER_S, longest_stall
-from voice_load.stats import percentile
+from perf.voice_load.calls import TurnRecord
+from perf.voice_load.playback import DEFAULT_CHARS_PER_S, longest_stall
+from perf.voice_load.stats import percentile
 
 
 @dataclass(frozen=True)
