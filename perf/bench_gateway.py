@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import statistics
 import re
 import sys
@@ -56,6 +55,7 @@ from gateway.settings import Settings
 from gateway.engine.triton_engine import request_inputs
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from perf import RESULTS, ROOT
+from perf.procfs import cpu_seconds
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 
@@ -97,11 +97,6 @@ class Timing:
         per_token = (self.last - self.first) / (self.tokens - 1) if self.tokens > 1 else 0.0
         return {"ttft_ms": (self.first - self.start) * 1e3, "first_text_ms": (self.first_text - self.start) * 1e3,
                 "per_token_ms": per_token * 1e3, "tokens": self.tokens, "engine_ttft_ms": self.engine_ttft_ms}
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def direct(client: grpcaio.InferenceServerClient, model: str, body: dict, view, limits: ChatLimits) -> dict:
@@ -171,9 +166,9 @@ async def measure(args, view, limits, gateway_pid: int | None) -> list[dict]:
                         runs = [direct(grpc_client, args.model, b, view, limits) for b in bodies]
                         samples[path].extend(await asyncio.gather(*runs))
                         continue
-                    cpu_before = process_cpu_s(gateway_pid) if gateway_pid else 0.0
+                    cpu_before = cpu_seconds(gateway_pid) if gateway_pid else 0.0
                     samples[path].extend(await asyncio.gather(*(through_gateway(http, b) for b in bodies)))
-                    gateway_cpu += (process_cpu_s(gateway_pid) - cpu_before) if gateway_pid else 0.0
+                    gateway_cpu += (cpu_seconds(gateway_pid) - cpu_before) if gateway_pid else 0.0
             await asyncio.sleep(0.5)  # let the gateway write its log lines
             engine = engine_ttfts_from_log(args.gateway_log)
             for v in samples["gateway"]:

@@ -34,13 +34,13 @@ import httpx2
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
 from perf import RESULTS, ROOT
+from perf.procfs import cpu_seconds
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 from perf.voice_load.sse_client import stream_chat
 from perf.voice_load.stats import percentile
 
 MODEL = "electron_synthetic"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
@@ -55,16 +55,6 @@ def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
     (model / "config.pbtxt").write_text(config)
     (model / "1").symlink_to(ROOT / "perf" / "synthetic_engine" / "1", target_is_directory=True)
     return root
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its live children (a pool's workers)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
 
 
 async def relay(base_url: str, streams: int, tokens: int) -> list:

@@ -39,7 +39,8 @@ from pathlib import Path
 import httpx2
 
 from perf import RESULTS
-from perf.results_dir import cpu_info, run_meta, write_results
+from perf.procfs import cpu_info
+from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 from perf.voice_load.sse_client import stream_chat
 

@@ -37,7 +37,8 @@ from typing import Callable
 from gateway.settings import Settings
 from perf import RESULTS, ROOT, quiet
 from perf import llamacpp_tools as tools
-from perf.results_dir import cpu_info, run_meta, write_results
+from perf.procfs import cpu_info
+from perf.results_dir import run_meta, write_results
 
 KIND = "engine-vs-llamacpp"
 SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
@@ -13,18 +12,6 @@ from pathlib import Path
 def run_meta(**extra) -> dict:
     """Date and machine of this run, plus ``extra``."""
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}", **extra}
-
-
-def cpu_info() -> dict:
-    """The CPU the figures come from: model and flags from ``/proc/cpuinfo``, logical CPUs."""
-    model, flags = "unknown", ""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    return {"model": model, "flags": flags, "cpus": os.cpu_count()}
 
 
 def write_results(out_root: Path, kind: str, meta: dict, payload: dict, table: str) -> Path:

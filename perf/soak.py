@@ -35,41 +35,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from perf import RESULTS
+from perf.procfs import children, cmdline, rss_mb
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
 from perf.voice_load.servers import ElectronServer
 from perf.voice_load.stats import percentile
-
-
-def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def stack_pids(gateway_pid: int) -> dict[str, int | None]:
