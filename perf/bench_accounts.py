@@ -33,6 +33,7 @@ from gateway.accounts.service import AccountService, Caller
 from gateway.accounts.service import Outcome
 from gateway.settings import Settings
 from perf import RESULTS
+from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 
 
@@ -131,6 +132,34 @@ async def redis_ping_ms(url: str, hold_s: float, n: int = 300) -> float:
     return statistics.median(times) * 1e3
 
 
+LAYER_COLUMNS = (
+    Column("stores", "stores"),
+    Column("in flight", "concurrency"),
+    Column("added per request, median (ms)", "median_ms", "{:.3f}"),
+    Column("p99 (ms)", "p99_ms", "{:.3f}"),
+    Column("CPU per request, back to back (ms)", "cpu_ms_per_request", "{:.3f}"),
+    Column("requests/s the layer sustains", "requests_per_s", "{:.0f}"),
+)
+PER_TOKEN_COLUMNS = (
+    Column("tokens", "tokens"),
+    Column("with accounts (ms)", "with_accounts_ms", "{:.2f}"),
+    Column("null accounts (ms)", "null_accounts_ms", "{:.2f}"),
+    Column("added (ms)", "added_ms", "{:+.2f}"),
+)
+
+
+def report(meta: dict, layer: list[dict], ping: dict, per_token: list[dict], token_requests: int) -> Report:
+    return Report("accounts", meta, {"layer": layer, "redis_ping": ping, "per_token": per_token}, [
+        f"Account layer overhead - {meta['date']} on {meta['machine']}, {meta['requests']} requests per row, "
+        f"each holding its slot {meta['hold_ms']:g} ms",
+        Table(LAYER_COLUMNS, layer),
+        f"Reference: a bare Redis PING from this process takes {ping['held_ms']:.3f} ms (median) after the "
+        f"same {meta['hold_ms']:g} ms idle, {ping['back_to_back_ms']:.3f} ms back to back.",
+        "Per token: streamed requests through the app in process (instant engine), median of "
+        f"{token_requests} requests x 5 alternated rounds; added = median of the rounds' differences",
+        Table(PER_TOKEN_COLUMNS, per_token)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -178,22 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         per_token.append({"tokens": tokens, "with_accounts_ms": real, "null_accounts_ms": null, "added_ms": paired})
         print(per_token[-1], flush=True)
 
-    lines = [f"Account layer overhead - {meta['date']} on {meta['machine']}, {args.requests} requests per row, "
-             f"each holding its slot {args.hold_ms:g} ms", "",
-             "| stores | in flight | added per request, median (ms) | p99 (ms) | CPU per request, back to back (ms) "
-             "| requests/s the layer sustains |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['stores']} | {r['concurrency']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
-              f"{r['cpu_ms_per_request']:.3f} | {r['requests_per_s']:.0f} |" for r in layer]
-    lines += ["", f"Reference: a bare Redis PING from this process takes {ping['held_ms']:.3f} ms (median) after the "
-              f"same {args.hold_ms:g} ms idle, {ping['back_to_back_ms']:.3f} ms back to back.", ""]
-    lines += ["", "Per token: streamed requests through the app in process (instant engine), median of "
-              f"{args.token_requests} requests x 5 alternated rounds; added = median of the rounds' differences", "",
-              "| tokens | with accounts (ms) | null accounts (ms) | added (ms) |", "|---|---|---|---|"]
-    lines += [f"| {r['tokens']} | {r['with_accounts_ms']:.2f} | {r['null_accounts_ms']:.2f} | {r['added_ms']:+.2f} |"
-              for r in per_token]
-    write_results(args.out, "accounts", meta, {"layer": layer, "redis_ping": ping, "per_token": per_token},
-                  "\n".join(lines) + "\n")
+    write_results(args.out, report(meta, layer, ping, per_token, args.token_requests))
     return 0
 
 

@@ -56,6 +56,7 @@ from gateway.engine.triton_engine import request_inputs
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from perf import RESULTS, ROOT
 from perf.procfs import cpu_seconds
+from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 
@@ -215,24 +216,27 @@ def cpu_per_token(view, repeats: int = 20) -> dict:
     return {"per_token_us": per_token_us, "prepare_request_us": per_request_us, "tokens": len(ids)}
 
 
-def markdown(rows: list[dict], cpu: dict, meta: dict) -> str:
-    lines = [f"Gateway overhead over direct Triton gRPC - {meta['date']} on {meta['machine']} "
-             f"({meta['tokens']} tokens per request, cached ~300-token system prompt, "
-             f"{meta['rounds']} rounds A/B per concurrency)", "",
-             "| concurrency | requests per path | TTFT direct / gateway (ms) | TTFT net of engine, direct / "
-             "gateway (ms) | **per-request overhead (ms)** | per token direct / gateway (ms) "
-             "| **per-token overhead (ms)** | gateway CPU per token (ms) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        cpu_ms = "n/a" if r["gateway_cpu_ms_per_token"] is None else f"{r['gateway_cpu_ms_per_token']:.2f}"
-        lines.append(f"| {r['concurrency']} | {r['requests']} | {r['direct_ttft_ms']:.1f} / {r['gateway_ttft_ms']:.1f} "
-                     f"| {r['direct_net_ttft_ms']:.2f} / {r['gateway_net_ttft_ms']:.2f} | {r['ttft_overhead_ms']:+.2f} "
-                     f"| {r['direct_per_token_ms']:.2f} / {r['gateway_per_token_ms']:.2f} "
-                     f"| {r['per_token_overhead_ms']:+.3f} | {cpu_ms} |")
-    lines += ["", f"In process, the gateway's CPU: {cpu['per_token_us']:.1f} µs per token (decode, stop and "
-              f"grapheme gates, chunk, SSE bytes; {cpu['tokens']} tokens of mixed English/Hindi), "
-              f"{cpu['prepare_request_us'] / 1000:.2f} ms to parse, render and tokenize a request."]
-    return "\n".join(lines) + "\n"
+GATEWAY_COLUMNS = (
+    Column("concurrency", "concurrency"),
+    Column("requests per path", "requests"),
+    Column("TTFT direct / gateway (ms)", ("direct_ttft_ms", "gateway_ttft_ms"), "{:.1f} / {:.1f}"),
+    Column("TTFT net of engine, direct / gateway (ms)", ("direct_net_ttft_ms", "gateway_net_ttft_ms"), "{:.2f} / {:.2f}"),
+    Column("**per-request overhead (ms)**", "ttft_overhead_ms", "{:+.2f}"),
+    Column("per token direct / gateway (ms)", ("direct_per_token_ms", "gateway_per_token_ms"), "{:.2f} / {:.2f}"),
+    Column("**per-token overhead (ms)**", "per_token_overhead_ms", "{:+.3f}"),
+    Column("gateway CPU per token (ms)", "gateway_cpu_ms_per_token", "{:.2f}", missing="n/a"),
+)
+
+
+def report(rows: list[dict], cpu: dict, meta: dict) -> Report:
+    return Report("gateway", meta, {"rows": rows, "cpu": cpu}, [
+        f"Gateway overhead over direct Triton gRPC - {meta['date']} on {meta['machine']} "
+        f"({meta['tokens']} tokens per request, cached ~300-token system prompt, "
+        f"{meta['rounds']} rounds A/B per concurrency)",
+        Table(GATEWAY_COLUMNS, rows),
+        f"In process, the gateway's CPU: {cpu['per_token_us']:.1f} µs per token (decode, stop and "
+        f"grapheme gates, chunk, SSE bytes; {cpu['tokens']} tokens of mixed English/Hindi), "
+        f"{cpu['prepare_request_us'] / 1000:.2f} ms to parse, render and tokenize a request."])
 
 
 def main() -> int:
@@ -270,7 +274,7 @@ def main() -> int:
             stop_triton(triton)
     cpu = cpu_per_token(view)
     meta = run_meta(tokens=args.tokens, rounds=args.rounds)
-    write_results(args.out, "gateway", meta, {"rows": rows, "cpu": cpu}, markdown(rows, cpu, meta))
+    write_results(args.out, report(rows, cpu, meta))
     return 0
 
 

@@ -35,6 +35,7 @@ from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
 from perf import RESULTS, ROOT
 from perf.procfs import cpu_seconds
+from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 from perf.voice_load.sse_client import stream_chat
@@ -100,19 +101,25 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
             "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95)}}
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
-             "stream; gateway CPU = user + system time of the gateway's processes)", "",
-             "| gateway workers | streams | engine tok/s per stream | coalescing | streams ok | tokens relayed "
-             "| SSE events per stream "
-             "| gateway CPU ms per token | tokens per gateway core-second | TTFT p50 / p95 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.get('workers', 1)} | {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms "
-                     f"| {r['ok']} | {r['tokens']} "
-                     f"| {r['events_per_stream']:.1f} | {r['cpu_ms_per_token']:.3f} | {r['tokens_per_core_s']:.0f} "
-                     f"| {r['ttft_ms']['p50']:.0f} / {r['ttft_ms']['p95']:.0f} |")
-    return "\n".join(lines) + "\n"
+RELAY_COLUMNS = (
+    Column("gateway workers", lambda r: r.get("workers", 1)),
+    Column("streams", "streams"),
+    Column("engine tok/s per stream", "tokens_per_s", "{:g}"),
+    Column("coalescing", "coalesce_ms", "{:g} ms"),
+    Column("streams ok", "ok"),
+    Column("tokens relayed", "tokens"),
+    Column("SSE events per stream", "events_per_stream", "{:.1f}"),
+    Column("gateway CPU ms per token", "cpu_ms_per_token", "{:.3f}"),
+    Column("tokens per gateway core-second", "tokens_per_core_s", "{:.0f}"),
+    Column("TTFT p50 / p95 (ms)", ("ttft_ms.p50", "ttft_ms.p95"), "{:.0f} / {:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
+    return Report("relay", meta, {"rows": rows}, [
+        f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
+        "stream; gateway CPU = user + system time of the gateway's processes)",
+        Table(RELAY_COLUMNS, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if redis is not None:
             redis.stop()
     meta = run_meta(tokens=args.tokens)
-    write_results(args.out, "relay", meta, {"rows": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
     return 0
 
 

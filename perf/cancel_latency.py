@@ -40,6 +40,7 @@ import httpx2
 
 from perf import RESULTS
 from perf.procfs import cpu_info
+from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
 from perf.voice_load.sse_client import stream_chat
@@ -143,18 +144,23 @@ def summarize(hangups: list[Hangup], cancels: dict[str, tuple[float, int]]) -> l
     return rows
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+CANCEL_COLUMNS = (
+    Column("stage", "stage"),
+    Column("hang-ups", "hangups"),
+    Column("cancelled", "cancelled"),
+    Column("p50 ms", "p50_ms", "{:.0f}"),
+    Column("max ms", "max_ms", "{:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
     cpu = meta["cpu"]
-    lines = [f"Cancel latency - {meta['date']} on {meta['machine']}, {cpu['model']} ({cpu['cpus']} CPUs)", "",
-             f"- command: `.venv/bin/python {meta['command']}`", f"- CPU flags: {cpu['flags']}", "",
-             "From the client closing its connection to the engine's `cancelled` log line "
-             "(ms; not cancelled: the request ended before the hang-up reached the engine).", "",
-             "| stage | hang-ups | cancelled | p50 ms | max ms |", "|---|---|---|---|---|"]
-    for r in rows:
-        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.0f}"
-        top = "-" if r["max_ms"] is None else f"{r['max_ms']:.0f}"
-        lines.append(f"| {r['stage']} | {r['hangups']} | {r['cancelled']} | {p50} | {top} |")
-    return "\n".join(lines) + "\n"
+    return Report("cancel-latency", meta, {"stages": rows}, [
+        f"Cancel latency - {meta['date']} on {meta['machine']}, {cpu['model']} ({cpu['cpus']} CPUs)",
+        f"- command: `.venv/bin/python {meta['command']}`\n- CPU flags: {cpu['flags']}",
+        "From the client closing its connection to the engine's `cancelled` log line "
+        "(ms; not cancelled: the request ended before the hang-up reached the engine).",
+        Table(CANCEL_COLUMNS, rows)])
 
 
 def main() -> None:
@@ -173,7 +179,7 @@ def main() -> None:
         server.stop()
     rows = summarize(hangups, engine_cancel_times(log_path.read_text(errors="replace")))
     meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"-m perf cancel-latency --reps {args.reps}")
-    write_results(args.out, "cancel-latency", meta, {"stages": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
 
 
 if __name__ == "__main__":

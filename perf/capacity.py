@@ -22,17 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import platform
 import sys
 import uuid
 from pathlib import Path
 
 from perf import RESULTS
-from perf.results_dir import run_meta, write_results
+from perf.report import Report
+from perf.results_dir import result_dir, run_meta, write_results
 from perf.voice_bench import start_servers
 from perf.voice_load import plots
 from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from perf.voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown
+from perf.voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, sections
 
 
 async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                     pacing="paced", stagger_s=args.stagger, tts_chars_per_s=args.chars_per_s, model=args.model)
     slo = Slo(chars_per_s=args.chars_per_s)
     meta = run_meta(servers=args.url or " vs ".join(args.servers), plan=dataclasses.asdict(plan), slo=dataclasses.asdict(slo))
-    out = args.out / f"{meta['date']}-capacity-{platform.node()}"
+    out = result_dir(args.out, "capacity", meta)
     (out / "raw").mkdir(parents=True, exist_ok=True)  # server logs; not committed
     servers = [] if args.url else start_servers(args.servers, max(counts), out / "raw")
     endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                "capacity": {s: capacity(p) for s, p in points.items()},
                "capacity_at": {s: {str(b): capacity(p, b, slo.max_failed_share) for b in OTHER_BOUNDS_MS}
                                for s, p in points.items()}}
-    write_results(args.out, "capacity", meta, payload, markdown(points, slo, title))
+    write_results(args.out, Report("capacity", meta, payload, sections(points, slo, title)))
     plots.capacity(points, slo, out / "capacity.png")
     return 0
 

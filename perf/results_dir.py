@@ -8,17 +8,26 @@ import sys
 import time
 from pathlib import Path
 
+from perf.report import Report
+
 
 def run_meta(**extra) -> dict:
     """Date and machine of this run, plus ``extra``."""
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}", **extra}
 
 
-def write_results(out_root: Path, kind: str, meta: dict, payload: dict, table: str) -> Path:
-    """Writes the JSON (``meta`` + ``payload``) and the Markdown table, echoes the table."""
-    out = out_root / f"{meta['date']}-{kind}-{platform.node()}"
+def result_dir(out_root: Path, kind: str, meta: dict) -> Path:
+    """``out_root/<date>-<kind>-<host>/`` of a run (``meta`` from ``run_meta``); not created here."""
+    return out_root / f"{meta['date']}-{kind}-{platform.node()}"
+
+
+def write_results(out_root: Path, report: Report) -> Path:
+    """Writes ``report`` as ``<kind>.json`` and ``<kind>.md`` into its result directory,
+    echoes the Markdown; returns the directory."""
+    out = result_dir(out_root, report.kind, report.meta)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{kind}.json").write_text(json.dumps({"meta": meta, **payload}, indent=1))
-    (out / f"{kind}.md").write_text(table)
-    sys.stdout.write(table)
+    text = report.markdown()
+    (out / f"{report.kind}.json").write_text(json.dumps(report.json(), indent=1))
+    (out / f"{report.kind}.md").write_text(text)
+    sys.stdout.write(text)
     return out

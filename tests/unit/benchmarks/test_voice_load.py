@@ -134,9 +134,9 @@ def fake_row(server, calls, later_p50, tps, scenario="sweep"):
 
 
 def test_markdown_pairs_the_servers_with_ratios():
-    from perf.voice_bench import markdown
+    from perf.voice_bench import report
     rows = [fake_row("electron", 8, 200.0, 60.0, "closed"), fake_row("llama-server", 8, 400.0, 40.0, "closed")]
-    table = markdown(rows, {"date": "d", "machine": "m", "servers": "electron vs llama-server"})
+    table = report(rows, {"date": "d", "machine": "m", "servers": "electron vs llama-server"}).markdown()
     assert "| closed | 8 | 2 | electron | 500 / 500 | 200 / 200 / 200 |" in table
     assert "| closed | 8 | 1.00 / 0.50 | 1.50 |" in table
 
@@ -173,7 +173,8 @@ def _paced_turn(ttft_s, gaps=(), status=200, chars=15):
 
 
 def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
-    from perf.voice_load.capacity import Slo, capacity, judge, markdown
+    from perf.report import markdown
+    from perf.voice_load.capacity import Slo, capacity, judge, sections
     slo = Slo()
     # 15 characters last 1 s at 15 chars/s: deltas 1.0 s apart never stall, 1.5 s apart stall 500 ms
     calm = [TurnRecord(i, 0, _paced_turn(0.2, gaps=[1.0, 1.0])) for i in range(99)]
@@ -191,13 +192,14 @@ def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
     assert capacity(points["llama-server"], 600) == 0  # its refusals at 16 cap it below its 24
     # a miss caps capacity there, even where a larger N happened to pass
     assert capacity({8: good, 16: slow, 24: good}) == 8 and capacity({8: slow, 16: good}) == 0
-    table = markdown(points, slo, "t")
+    table = markdown(sections(points, slo, "t"))
     assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
     assert "| 32 | electron | 100 | 100 / 500 / 500 | - / - | 0 / 0 | 0.0% | 0 | 0 | no |" in table
 
 
 def test_capacity_reports_the_later_turns_ttft_apart_from_first_turns():
-    from perf.voice_load.capacity import Slo, judge, markdown
+    from perf.report import markdown
+    from perf.voice_load.capacity import Slo, judge, sections
     # first turns compute the system prompt (slow), later turns only their new text (fast)
     records = [TurnRecord(call, turn, _paced_turn(0.6 if turn == 0 else 0.08 + 0.01 * call))
                for call in range(4) for turn in range(3)]
@@ -205,7 +207,7 @@ def test_capacity_reports_the_later_turns_ttft_apart_from_first_turns():
     point = judge(records, Slo())
     assert point["ttft_ms"]["p95"] == pytest.approx(600.0)
     assert point["later_ttft_ms"]["p50"] == pytest.approx(95.0) and point["later_ttft_ms"]["p95"] == pytest.approx(110.0)
-    assert "| 4 | electron | 13 | 105 / 600 / 600 | 95 / 110 |" in markdown({"electron": {4: point}}, Slo(), "t")
+    assert "| 4 | electron | 13 | 105 / 600 / 600 | 95 / 110 |" in markdown(sections({"electron": {4: point}}, Slo(), "t"))
 
 
 def test_capacity_plot_is_written(tmp_path):
