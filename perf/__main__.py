@@ -4,18 +4,16 @@
     .venv/bin/python -m perf capacity --calls 1 4 8 16
     .venv/bin/python -m perf relay --help
 
-Each benchmark is a script of this directory, run as ``__main__`` with the options that
-follow its name; it starts and stops its own servers and writes its results to
-perf/results/<date>-<kind>-<host>/ (docs/benchmarks.md).
+Each benchmark is a module of this package (``BENCHMARKS``: name -> its file), run as
+``__main__`` with the options that follow its name, as ``python -m perf.MODULE [options]``
+runs it; it starts and stops its own servers and writes its results to
+perf/results/<date>-<kind>-<host>/ (docs/benchmarks.md). Run from the repository's root.
 """
 
 from __future__ import annotations
 
 import runpy
 import sys
-from pathlib import Path
-
-PERF = Path(__file__).resolve().parent
 
 # name -> (script, what it measures); the suite (``suite``) runs most of them in one go
 BENCHMARKS = {
@@ -50,11 +48,10 @@ def main(argv: list[str]) -> int:
     if name not in BENCHMARKS:
         print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    script = PERF / BENCHMARKS[name][0]
-    sys.argv = [str(script), *options]
-    sys.path.insert(0, str(PERF))
+    module = "perf." + BENCHMARKS[name][0].removesuffix(".py")
+    sys.argv = [sys.argv[0], *options]  # run_module puts the module's file first
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return 0

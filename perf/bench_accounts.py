@@ -1,6 +1,6 @@
 """What keys, limits and the usage ledger add to a request.
 
-    .venv/bin/python perf/bench_accounts.py [--requests 3000]
+    .venv/bin/python -m perf accounts [--requests 3000]
 
 1. The account layer alone, per request: ``authenticate`` (hash + lookup) + ``admit``
    (limiter) before the engine, ``settle`` (release + ledger row) after it, with the
@@ -27,16 +27,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-for extra in (ROOT, ROOT / "tests", ROOT / "perf"):
-    sys.path.insert(0, str(extra))
+from types import SimpleNamespace
 
 from gateway.accounts.limits import UNLIMITED, Admission
 from gateway.accounts.service import AccountService, Caller
 from gateway.accounts.service import Outcome
 from gateway.settings import Settings
-from results_dir import run_meta, write_results
+from perf import RESULTS
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
 
 
 def pct(values: list[float], q: float) -> float:
@@ -91,11 +90,15 @@ class NullAccounts(AccountService):
 
     def settle(self, caller, admission, request_id, model, outcome, started_at):
         admission.released = True
+        return NULL_ROW  # the gateway reads the row's cost for its request log line
+
+
+NULL_ROW = SimpleNamespace(cost_pico=0)
 
 
 async def per_token_run(settings: Settings, tokens: int, requests: int, null: bool) -> float:
     import httpx2
-    from app.scripted_engine import Script, ScriptedEngine
+    from tests.app.scripted_engine import Script, ScriptedEngine
     from gateway.api.app import create_app
     from gateway.chat.served_model import model_view
     from gateway.server.triton_launcher import prepare_artifacts
@@ -134,14 +137,42 @@ async def redis_ping_ms(url: str, hold_s: float, n: int = 300) -> float:
     return statistics.median(times) * 1e3
 
 
+LAYER_COLUMNS = (
+    Column("stores", "stores"),
+    Column("in flight", "concurrency"),
+    Column("added per request, median (ms)", "median_ms", "{:.3f}"),
+    Column("p99 (ms)", "p99_ms", "{:.3f}"),
+    Column("CPU per request, back to back (ms)", "cpu_ms_per_request", "{:.3f}"),
+    Column("requests/s the layer sustains", "requests_per_s", "{:.0f}"),
+)
+PER_TOKEN_COLUMNS = (
+    Column("tokens", "tokens"),
+    Column("with accounts (ms)", "with_accounts_ms", "{:.2f}"),
+    Column("null accounts (ms)", "null_accounts_ms", "{:.2f}"),
+    Column("added (ms)", "added_ms", "{:+.2f}"),
+)
+
+
+def report(meta: dict, layer: list[dict], ping: dict, per_token: list[dict], token_requests: int) -> Report:
+    return Report("accounts", meta, {"layer": layer, "redis_ping": ping, "per_token": per_token}, [
+        f"Account layer overhead - {meta['date']} on {meta['machine']}, {meta['requests']} requests per row, "
+        f"each holding its slot {meta['hold_ms']:g} ms",
+        Table(LAYER_COLUMNS, layer),
+        f"Reference: a bare Redis PING from this process takes {ping['held_ms']:.3f} ms (median) after the "
+        f"same {meta['hold_ms']:g} ms idle, {ping['back_to_back_ms']:.3f} ms back to back.",
+        "Per token: streamed requests through the app in process (instant engine), median of "
+        f"{token_requests} requests x 5 alternated rounds; added = median of the rounds' differences",
+        Table(PER_TOKEN_COLUMNS, per_token)])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--hold-ms", type=float, default=50.0, help="how long each request holds its slot")
     parser.add_argument("--token-requests", type=int, default=150)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from services import PostgresServer, RedisServer
+    from tests.services import PostgresServer, RedisServer
 
     meta = run_meta(requests=args.requests, hold_ms=args.hold_ms)
     layer = []
@@ -181,22 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         per_token.append({"tokens": tokens, "with_accounts_ms": real, "null_accounts_ms": null, "added_ms": paired})
         print(per_token[-1], flush=True)
 
-    lines = [f"Account layer overhead - {meta['date']} on {meta['machine']}, {args.requests} requests per row, "
-             f"each holding its slot {args.hold_ms:g} ms", "",
-             "| stores | in flight | added per request, median (ms) | p99 (ms) | CPU per request, back to back (ms) "
-             "| requests/s the layer sustains |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['stores']} | {r['concurrency']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | "
-              f"{r['cpu_ms_per_request']:.3f} | {r['requests_per_s']:.0f} |" for r in layer]
-    lines += ["", f"Reference: a bare Redis PING from this process takes {ping['held_ms']:.3f} ms (median) after the "
-              f"same {args.hold_ms:g} ms idle, {ping['back_to_back_ms']:.3f} ms back to back.", ""]
-    lines += ["", "Per token: streamed requests through the app in process (instant engine), median of "
-              f"{args.token_requests} requests x 5 alternated rounds; added = median of the rounds' differences", "",
-              "| tokens | with accounts (ms) | null accounts (ms) | added (ms) |", "|---|---|---|---|"]
-    lines += [f"| {r['tokens']} | {r['with_accounts_ms']:.2f} | {r['null_accounts_ms']:.2f} | {r['added_ms']:+.2f} |"
-              for r in per_token]
-    write_results(args.out, "accounts", meta, {"layer": layer, "redis_ping": ping, "per_token": per_token},
-                  "\n".join(lines) + "\n")
+    write_results(args.out, report(meta, layer, ping, per_token, args.token_requests))
     return 0
 
 

@@ -6,8 +6,8 @@ tokens: plain ones exactly 48 (``min_tokens``), guided ones under a schema whose
 is longer than 48 tokens (so ``length`` ends them too). Plain and guided rounds
 alternate (A B A B) so that machine drift hits both. Reports medians and the ratio.
 
-    .venv/bin/python perf/bench_guided.py              # starts its own tritonserver
-    .venv/bin/python perf/bench_guided.py --url 127.0.0.1:8001
+    .venv/bin/python -m perf guided              # starts its own tritonserver
+    .venv/bin/python -m perf guided --url 127.0.0.1:8001
 """
 
 from __future__ import annotations
@@ -24,14 +24,12 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from bench_triton import WORDS, one_request
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
-from results_dir import run_meta, write_results
+from perf import RESULTS
+from perf.bench_triton import WORDS, one_request
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_guided")
 SCHEMA = {"type": "object", "properties": {
@@ -73,17 +71,22 @@ async def run_all(args, url, model, tokenizer) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Guided decoding cost - {meta['date']} on {meta['machine']} ({meta['tokens']} tokens per stream, "
-             f"{meta['rounds']} rounds A/B, JSON-schema guide)", "",
-             "| streams | decode tok/s per stream p50 (min), plain | guided | guided / plain | "
-             "aggregate tok/s plain / guided | tokens per stream p50 plain / guided |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        p, g = r["plain"], r["guided"]
-        lines.append(f"| {r['streams']} | {p['decode_tps_p50']:.1f} ({p['decode_tps_min']:.1f}) | "
-                     f"{g['decode_tps_p50']:.1f} ({g['decode_tps_min']:.1f}) | {r['ratio']:.2f} | "
-                     f"{p['aggregate_tps']:.1f} / {g['aggregate_tps']:.1f} | {p['tokens_p50']:.0f} / {g['tokens_p50']:.0f} |")
-    return "\n".join(lines) + "\n"
+GUIDED_COLUMNS = (
+    Column("streams", "streams"),
+    Column("decode tok/s per stream p50 (min), plain", ("plain.decode_tps_p50", "plain.decode_tps_min"),
+           "{:.1f} ({:.1f})"),
+    Column("guided", ("guided.decode_tps_p50", "guided.decode_tps_min"), "{:.1f} ({:.1f})"),
+    Column("guided / plain", "ratio", "{:.2f}"),
+    Column("aggregate tok/s plain / guided", ("plain.aggregate_tps", "guided.aggregate_tps"), "{:.1f} / {:.1f}"),
+    Column("tokens per stream p50 plain / guided", ("plain.tokens_p50", "guided.tokens_p50"), "{:.0f} / {:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
+    return Report("guided", meta, {"rows": rows}, [
+        f"Guided decoding cost - {meta['date']} on {meta['machine']} ({meta['tokens']} tokens per stream, "
+        f"{meta['rounds']} rounds A/B, JSON-schema guide)",
+        Table(GUIDED_COLUMNS, rows)])
 
 
 def main() -> int:
@@ -93,7 +96,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=48)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = Settings.from_env()
@@ -105,7 +108,7 @@ def main() -> int:
         if process is not None:
             stop_triton(process)
     meta = run_meta(tokens=args.tokens, rounds=args.rounds)
-    write_results(args.out, "guided", meta, {"rows": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
     return 0
 
 

@@ -5,21 +5,19 @@ Prints median milliseconds for: a 1-token decode step and an 8-token batched ste
 at a 612-token context, a 512-token prefill, and the 1-token step again with ~10k
 cells of other sequences in the pool (the cost of keeping a prefix cache).
 
-    .venv/bin/python perf/bench_llama_raw.py [--threads N]
+    .venv/bin/python -m perf llama-raw [--threads N]
 """
 
 import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "model_repository" / "electron_cpu" / "1"))
-sys.path.insert(0, str(ROOT))
 
 from gateway.model_artifacts import embedded_gguf_path
-from llama_engine.llama_runner import LlamaRunner, RunnerConfig
+from perf import engine_path
+
+engine_path.add()
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig  # noqa: E402  (after engine_path.add())
 
 
 def main() -> int:

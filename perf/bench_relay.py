@@ -10,9 +10,9 @@ one engine configuration: 0 sends every token as its own response; 40 sends
 the first token alone, then the tokens of each 40 ms window together (what the
 CPU engine does for streams ahead of their playhead).
 
-    .venv/bin/python perf/bench_relay.py          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
-    .venv/bin/python perf/bench_relay.py --streams 64 --coalesce-ms 40 --tokens-per-s 100
-    .venv/bin/python perf/bench_relay.py --workers 1 2     # also a pool of 2 gateway workers (with Redis)
+    .venv/bin/python -m perf relay          # 64 and 256 streams, 0 and 40 ms, 50 and 100 tokens/s
+    .venv/bin/python -m perf relay --streams 64 --coalesce-ms 40 --tokens-per-s 100
+    .venv/bin/python -m perf relay --workers 1 2     # also a pool of 2 gateway workers (with Redis)
 
 With ``--workers N`` (N > 1) the gateway is a pool of N worker processes sharing
 their caps through a real Redis started for the run; gateway CPU is then the
@@ -31,21 +31,17 @@ from pathlib import Path
 
 import httpx2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the tests' real Redis server (services.RedisServer)
-
-from results_dir import run_meta, write_results
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-from voice_load.stats import percentile
-
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
+from perf import RESULTS, ROOT
+from perf.procfs import cpu_seconds
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
+from perf.voice_load.stats import percentile
 
 MODEL = "electron_synthetic"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
@@ -60,16 +56,6 @@ def synthetic_repository(tokens_per_s: float, coalesce_ms: float) -> Path:
     (model / "config.pbtxt").write_text(config)
     (model / "1").symlink_to(ROOT / "perf" / "synthetic_engine" / "1", target_is_directory=True)
     return root
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system time of ``pid`` and its live children (a pool's workers)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    total = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
 
 
 async def relay(base_url: str, streams: int, tokens: int) -> list:
@@ -115,19 +101,25 @@ def run_one(port: int, streams: int, tokens: int, tokens_per_s: float, coalesce_
             "ttft_ms": {"p50": percentile(ttft, 50), "p95": percentile(ttft, 95)}}
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
-             "stream; gateway CPU = user + system time of the gateway's processes)", "",
-             "| gateway workers | streams | engine tok/s per stream | coalescing | streams ok | tokens relayed "
-             "| SSE events per stream "
-             "| gateway CPU ms per token | tokens per gateway core-second | TTFT p50 / p95 (ms) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r.get('workers', 1)} | {r['streams']} | {r['tokens_per_s']:g} | {r['coalesce_ms']:g} ms "
-                     f"| {r['ok']} | {r['tokens']} "
-                     f"| {r['events_per_stream']:.1f} | {r['cpu_ms_per_token']:.3f} | {r['tokens_per_core_s']:.0f} "
-                     f"| {r['ttft_ms']['p50']:.0f} / {r['ttft_ms']['p95']:.0f} |")
-    return "\n".join(lines) + "\n"
+RELAY_COLUMNS = (
+    Column("gateway workers", lambda r: r.get("workers", 1)),
+    Column("streams", "streams"),
+    Column("engine tok/s per stream", "tokens_per_s", "{:g}"),
+    Column("coalescing", "coalesce_ms", "{:g} ms"),
+    Column("streams ok", "ok"),
+    Column("tokens relayed", "tokens"),
+    Column("SSE events per stream", "events_per_stream", "{:.1f}"),
+    Column("gateway CPU ms per token", "cpu_ms_per_token", "{:.3f}"),
+    Column("tokens per gateway core-second", "tokens_per_core_s", "{:.0f}"),
+    Column("TTFT p50 / p95 (ms)", ("ttft_ms.p50", "ttft_ms.p95"), "{:.0f} / {:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
+    return Report("relay", meta, {"rows": rows}, [
+        f"Token relay - {meta['date']} on {meta['machine']} (synthetic engine, {meta['tokens']} tokens per "
+        "stream; gateway CPU = user + system time of the gateway's processes)",
+        Table(RELAY_COLUMNS, rows)])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens-per-s", type=float, nargs="+", default=[50.0, 100.0], help="engine pace of each stream")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="gateway worker processes")
     parser.add_argument("--port", type=int, default=18700)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     rows = []
     redis = None
     if max(args.workers) > 1:
-        from services import RedisServer
+        from tests.services import RedisServer  # the tests' real Redis server
         redis = RedisServer()
     try:
         for rate in args.tokens_per_s:
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         if redis is not None:
             redis.stop()
     meta = run_meta(tokens=args.tokens)
-    write_results(args.out, "relay", meta, {"rows": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
     return 0
 
 

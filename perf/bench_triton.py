@@ -9,8 +9,8 @@ Reports medians per scenario: time to first token (client side, from sending to
 the first token), per-stream decode tokens/s after the first token, aggregate
 output tokens/s. Writes ``perf/results/<date>-triton-<host>/`` (JSON + Markdown).
 
-    .venv/bin/python perf/bench_triton.py            # starts its own tritonserver
-    .venv/bin/python perf/bench_triton.py --url 127.0.0.1:8001   # an existing one
+    .venv/bin/python -m perf triton            # starts its own tritonserver
+    .venv/bin/python -m perf triton --url 127.0.0.1:8001   # an existing one
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ import tritonclient.grpc.aio as grpcaio
 from tokenizers import Tokenizer
 from tritonclient.grpc import InferInput
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "perf"))
-
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from engine_contract import INPUTS, ContractRequest, encode_request
-from results_dir import run_meta, write_results
+from perf import RESULTS, ROOT
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
 
 log = logging.getLogger("bench_triton")
 WORDS = "the caller wants to change a booking for two people on friday evening near the window and asks about parking".split()
@@ -130,21 +128,22 @@ async def scenario(url, model, tokenizer, kind, concurrency, rounds, tokens, sha
     }
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [
+TRITON_COLUMNS = (
+    Column("prompts", "kind"),
+    Column("streams", "concurrency"),
+    Column("TTFT p50 (ms)", "ttft_p50_ms", "{:.0f}"),
+    Column("TTFT max (ms)", "ttft_max_ms", "{:.0f}"),
+    Column("decode tok/s per stream p50 (min)", ("decode_tps_p50", "decode_tps_min"), "{:.1f} ({:.1f})"),
+    Column("aggregate tok/s", "aggregate_tps", "{:.1f}"),
+    Column("reused blocks p50", "reused_blocks_p50", "{:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
+    return Report("triton", meta, {"rows": rows}, [
         f"Engine through Triton gRPC - {meta['date']} on {meta['machine']} "
         f"({meta['tokens']} tokens per stream, ~{meta['prefix_tokens']}-token prompts)",
-        "",
-        "| prompts | streams | TTFT p50 (ms) | TTFT max (ms) | decode tok/s per stream p50 (min) | aggregate tok/s "
-        "| reused blocks p50 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['kind']} | {r['concurrency']} | {r['ttft_p50_ms']:.0f} | {r['ttft_max_ms']:.0f} | "
-            f"{r['decode_tps_p50']:.1f} ({r['decode_tps_min']:.1f}) | {r['aggregate_tps']:.1f} | {r['reused_blocks_p50']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
+        Table(TRITON_COLUMNS, rows)])
 
 
 async def run_all(args, url, model, tokenizer) -> list[dict]:
@@ -169,7 +168,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--prefix-tokens", type=int, default=600)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--perf-analyzer", action="store_true",
                         help="then run Triton's perf_analyzer --streaming (perf/perf_analyzer.sh) on the same server")
     args = parser.parse_args()
@@ -184,7 +183,7 @@ def main() -> int:
         if process is not None:
             stop_triton(process)
     meta = run_meta(tokens=args.tokens, prefix_tokens=args.prefix_tokens, args=vars(args) | {"out": str(args.out)})
-    out = write_results(args.out, "triton", meta, {"rows": rows}, markdown(rows, meta))
+    out = write_results(args.out, report(rows, meta))
     if analyzer is not None:
         code, text = analyzer
         (out / "perf_analyzer.txt").write_text(text)

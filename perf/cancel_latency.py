@@ -20,7 +20,7 @@ Stages:
   to ``max_step_s`` (0.25 s), the longest a cancel can wait for a step.
 - ``decoding``: a reply hung up after its 10th delta.
 
-    .venv/bin/python perf/cancel_latency.py --reps 8
+    .venv/bin/python -m perf cancel-latency --reps 8
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import datetime
 import random
 import re
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,13 +38,13 @@ from pathlib import Path
 
 import httpx2
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from perf import RESULTS
+from perf.procfs import cpu_info
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
 
-from results_dir import cpu_info, run_meta, write_results
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-
-ROOT = Path(__file__).resolve().parents[1]
 WORDS = ("harbor lantern signal window river morning station ticket order number account balance "
          "delivery address weather journey garden market letter question answer minute").split()
 CANCELLED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ INFO request (\S+) cancelled after (\d+) tokens")
@@ -145,18 +144,23 @@ def summarize(hangups: list[Hangup], cancels: dict[str, tuple[float, int]]) -> l
     return rows
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
+CANCEL_COLUMNS = (
+    Column("stage", "stage"),
+    Column("hang-ups", "hangups"),
+    Column("cancelled", "cancelled"),
+    Column("p50 ms", "p50_ms", "{:.0f}"),
+    Column("max ms", "max_ms", "{:.0f}"),
+)
+
+
+def report(rows: list[dict], meta: dict) -> Report:
     cpu = meta["cpu"]
-    lines = [f"Cancel latency - {meta['date']} on {meta['machine']}, {cpu['model']} ({cpu['cpus']} CPUs)", "",
-             f"- command: `.venv/bin/python {meta['command']}`", f"- CPU flags: {cpu['flags']}", "",
-             "From the client closing its connection to the engine's `cancelled` log line "
-             "(ms; not cancelled: the request ended before the hang-up reached the engine).", "",
-             "| stage | hang-ups | cancelled | p50 ms | max ms |", "|---|---|---|---|---|"]
-    for r in rows:
-        p50 = "-" if r["p50_ms"] is None else f"{r['p50_ms']:.0f}"
-        top = "-" if r["max_ms"] is None else f"{r['max_ms']:.0f}"
-        lines.append(f"| {r['stage']} | {r['hangups']} | {r['cancelled']} | {p50} | {top} |")
-    return "\n".join(lines) + "\n"
+    return Report("cancel-latency", meta, {"stages": rows}, [
+        f"Cancel latency - {meta['date']} on {meta['machine']}, {cpu['model']} ({cpu['cpus']} CPUs)",
+        f"- command: `.venv/bin/python {meta['command']}`\n- CPU flags: {cpu['flags']}",
+        "From the client closing its connection to the engine's `cancelled` log line "
+        "(ms; not cancelled: the request ended before the hang-up reached the engine).",
+        Table(CANCEL_COLUMNS, rows)])
 
 
 def main() -> None:
@@ -164,7 +168,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--port", type=int, default=18600)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     log_path = Path(f"/tmp/cancel-latency-{args.port}.log")
     server = ElectronServer(args.port, log_path=log_path, log_level="INFO")
@@ -174,8 +178,8 @@ def main() -> None:
     finally:
         server.stop()
     rows = summarize(hangups, engine_cancel_times(log_path.read_text(errors="replace")))
-    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"perf/cancel_latency.py --reps {args.reps}")
-    write_results(args.out, "cancel-latency", meta, {"stages": rows}, markdown(rows, meta))
+    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"-m perf cancel-latency --reps {args.reps}")
+    write_results(args.out, report(rows, meta))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ server that misses the SLO at ``--stop-after`` consecutive N is not run at
 larger N. Writes ``perf/results/<date>-capacity-<host>/``: capacity.json,
 capacity.md (the headline first) and capacity.png.
 
-    .venv/bin/python perf/capacity.py                       # both servers, ~30 minutes
-    .venv/bin/python perf/capacity.py --servers electron --calls 32 48
-    .venv/bin/python perf/capacity.py --url http://gpu-host:8000/v1 --calls 64 128 256
+    .venv/bin/python -m perf capacity                       # both servers, ~30 minutes
+    .venv/bin/python -m perf capacity --servers electron --calls 32 48
+    .venv/bin/python -m perf capacity --url http://gpu-host:8000/v1 --calls 64 128 256
 """
 
 from __future__ import annotations
@@ -22,20 +22,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import platform
 import sys
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_bench import start_servers
-from voice_load import plots
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, markdown
+from perf import RESULTS
+from perf.report import Report
+from perf.results_dir import result_dir, run_meta, write_results
+from perf.voice_bench import start_servers
+from perf.voice_load import plots
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.capacity import OTHER_BOUNDS_MS, Slo, capacity, judge, sections
 
 
 async def measure(endpoints: dict[str, str], plan: CallPlan, counts: list[int], slo: Slo,
@@ -75,14 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--chars-per-s", type=float, default=15.0, help="the callers' text-to-speech pace")
     parser.add_argument("--stop-after", type=int, default=2, help="consecutive misses before a server stops")
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     counts = sorted(set(args.calls))
     plan = CallPlan(turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens,
                     pacing="paced", stagger_s=args.stagger, tts_chars_per_s=args.chars_per_s, model=args.model)
     slo = Slo(chars_per_s=args.chars_per_s)
     meta = run_meta(servers=args.url or " vs ".join(args.servers), plan=dataclasses.asdict(plan), slo=dataclasses.asdict(slo))
-    out = args.out / f"{meta['date']}-capacity-{platform.node()}"
+    out = result_dir(args.out, "capacity", meta)
     (out / "raw").mkdir(parents=True, exist_ok=True)  # server logs; not committed
     servers = [] if args.url else start_servers(args.servers, max(counts), out / "raw")
     endpoints = {"endpoint": args.url} if args.url else {s.name: s.base_url for s in servers}
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                "capacity": {s: capacity(p) for s, p in points.items()},
                "capacity_at": {s: {str(b): capacity(p, b, slo.max_failed_share) for b in OTHER_BOUNDS_MS}
                                for s, p in points.items()}}
-    write_results(args.out, "capacity", meta, payload, markdown(points, slo, title))
+    write_results(args.out, Report("capacity", meta, payload, sections(points, slo, title)))
     plots.capacity(points, slo, out / "capacity.png")
     return 0
 

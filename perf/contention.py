@@ -18,7 +18,7 @@ A stall is time a text-to-speech player speaking at 15 characters/s from the
 first text would wait for text that has not arrived (``voice_load.playback``).
 Writes ``perf/results/<date>-contention-<host>/``.
 
-    .venv/bin/python perf/contention.py --variant fixed:ELECTRON_ADAPTIVE_THREADS=false --variant adaptive \
+    .venv/bin/python -m perf contention --variant fixed:ELECTRON_ADAPTIVE_THREADS=false --variant adaptive \
         --busy 0 1 2 gateway:2
 """
 
@@ -36,16 +36,14 @@ from pathlib import Path
 
 import httpx2
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load.calls import CallPlan, run_calls, system_prompt
-from voice_load.playback import longest_stall
-from voice_load.servers import ElectronServer
-from voice_load.sse_client import stream_chat
-from voice_load.stats import percentile
+from perf import RESULTS, ROOT
+from perf.report import Column, Report, Table
+from perf.results_dir import result_dir, run_meta, write_results
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt
+from perf.voice_load.playback import longest_stall
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.sse_client import stream_chat
+from perf.voice_load.stats import percentile
 
 SINGLE_PROMPT = ("I am calling about my order from last week. It has not arrived yet and the tracking page has not "
                  "changed for four days. Can you tell me what is going on and when it will arrive?")
@@ -70,8 +68,8 @@ def gateway_burst(base_url: str, concurrency: int, log_path: Path):
     prompts too long for the context, tokenized then refused); its request count
     is appended to ``log_path``."""
     with open(log_path, "a") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "voice_load" / "gateway_burst.py"),
-                                 base_url, "--concurrency", str(concurrency)], stdout=log, stderr=log)
+        proc = subprocess.Popen([sys.executable, "-m", "perf.voice_load.gateway_burst", base_url, "--concurrency",
+                                 str(concurrency)], cwd=ROOT, stdout=log, stderr=log)
         try:
             time.sleep(1.0)
             yield
@@ -157,29 +155,34 @@ def electron(env: dict[str, str], log_path: Path):
         server.stop()
 
 
-def _f(value, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+SINGLE_COLUMNS = (
+    Column("variant", "variant"),
+    Column("busy", "busy"),
+    Column("reply p50 / max (s)", ("single.reply_s.p50", "single.reply_s.max"), "{:.2f} / {:.2f}"),
+    Column("TTFT p50 / max (ms)", ("single.ttft_ms.p50", "single.ttft_ms.max"), "{:.0f} / {:.0f}"),
+    Column("largest token gap (ms)", "single.max_gap_ms", "{:.0f}"),
+    Column("stall p95 / max (ms)", ("single.stall_ms.p95", "single.stall_ms.max"), "{:.0f} / {:.0f}"),
+    Column("errors", "single.errors"),
+)
+PACED_COLUMNS = (
+    Column("variant", "variant"),
+    Column("busy", "busy"),
+    Column("calls", "calls"),
+    Column("TTFT p50 / p95 (ms)", ("paced.ttft_ms.p50", "paced.ttft_ms.p95"), "{:.0f} / {:.0f}"),
+    Column("token gap p99 (ms)", "paced.itl_p99_ms", "{:.0f}"),
+    Column("stall p95 / max (ms)", ("paced.stall_ms.p95", "paced.stall_ms.max"), "{:.0f} / {:.0f}"),
+    Column("turns stalled > 100 ms", "paced.stalled_share", "{:.0%}"),
+    Column("errors", "paced.errors"),
+)
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Contention - {meta['date']} on {meta['machine']}, {os.cpu_count()} cores", "",
-             "Single reply (48 tokens, one at a time):", "",
-             "| variant | busy | reply p50 / max (s) | TTFT p50 / max (ms) | largest token gap (ms) "
-             "| stall p95 / max (ms) | errors |", "|---|---|---|---|---|---|---|"]
-    for row in (r for r in rows if "single" in r):
-        s = row["single"]
-        lines.append(f"| {row['variant']} | {row['busy']} | {_f(s['reply_s']['p50'], 2)} / {_f(s['reply_s']['max'], 2)} "
-                     f"| {_f(s['ttft_ms']['p50'])} / {_f(s['ttft_ms']['max'])} | {_f(s['max_gap_ms'])} "
-                     f"| {_f(s['stall_ms']['p95'])} / {_f(s['stall_ms']['max'])} | {s['errors']} |")
-    lines += ["", "Paced calls:", "",
-              "| variant | busy | calls | TTFT p50 / p95 (ms) | token gap p99 (ms) | stall p95 / max (ms) "
-              "| turns stalled > 100 ms | errors |", "|---|---|---|---|---|---|---|---|"]
-    for row in (r for r in rows if "paced" in r):
-        p = row["paced"]
-        lines.append(f"| {row['variant']} | {row['busy']} | {row['calls']} | {_f(p['ttft_ms']['p50'])} / "
-                     f"{_f(p['ttft_ms']['p95'])} | {_f(p['itl_p99_ms'])} | {_f(p['stall_ms']['p95'])} / "
-                     f"{_f(p['stall_ms']['max'])} | {p['stalled_share']:.0%} | {p['errors']} |")
-    return "\n".join(lines) + "\n"
+def report(rows: list[dict], meta: dict) -> Report:
+    return Report("contention", meta, {"rows": rows}, [
+        f"Contention - {meta['date']} on {meta['machine']}, {os.cpu_count()} cores",
+        "Single reply (48 tokens, one at a time):",
+        Table(SINGLE_COLUMNS, [r for r in rows if "single" in r]),
+        "Paced calls:",
+        Table(PACED_COLUMNS, [r for r in rows if "paced" in r])])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--cases", nargs="+", choices=["single", "paced"], default=["single", "paced"])
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     variants = [parse_variant(v) for v in (args.variant or ["current"])]
     meta = run_meta(variants={name: env for name, env in variants}, busy=args.busy, replies=args.replies,
                     calls=args.calls, turns=args.turns)
-    raw = args.out / f"{meta['date']}-contention-{os.uname().nodename}" / "raw"
+    raw = result_dir(args.out, "contention", meta) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, env in variants:
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
                         row["paced"] = asyncio.run(paced_calls(server.base_url, args.calls, args.turns))
                 rows.append(row)
-    write_results(args.out, "contention", meta, {"rows": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
     return 0
 
 

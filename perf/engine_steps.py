@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "model_repository" / "electron_cpu" / "1"))
+from perf import engine_path
 
-from llama_engine.llama_runner import LlamaRunner, RunnerConfig
+engine_path.add()
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig  # noqa: E402  (after engine_path.add())
+
 
 @dataclass(frozen=True)
 class StepPlan:

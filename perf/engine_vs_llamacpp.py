@@ -16,7 +16,7 @@ Ratios: engine ms / llama.cpp's best ms for the row (any tool, any of its config
 and engine ms / the tool with the engine configuration's own settings. Output:
 ``perf/results/<date>-engine-vs-llamacpp-<host>/engine-vs-llamacpp.{md,json}``.
 
-    .venv/bin/python perf/engine_vs_llamacpp.py [--threads 2] [--quick]
+    .venv/bin/python -m perf engine-vs-llamacpp [--threads 2] [--quick]
 """
 
 from __future__ import annotations
@@ -34,15 +34,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-PERF = Path(__file__).resolve().parent
-ROOT = PERF.parent
-sys.path.insert(0, str(PERF))
-sys.path.insert(0, str(ROOT))
-
-import llamacpp_tools as tools
-import quiet
 from gateway.settings import Settings
-from results_dir import cpu_info, run_meta, write_results
+from perf import RESULTS, ROOT, quiet
+from perf import llamacpp_tools as tools
+from perf.procfs import cpu_info
+from perf.report import Column, Report, Section, Table
+from perf.results_dir import run_meta, write_results
 
 KIND = "engine-vs-llamacpp"
 SERVED_SPIN = Settings().engine_spin_count  # the GOMP_SPINCOUNT the engine serves with by default
@@ -89,7 +86,7 @@ def step_plan(quick: bool) -> dict:
 def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict[str, dict]:
     """One engine configuration in a fresh process (GOMP_SPINCOUNT is read when libgomp loads)."""
     job = {"config": asdict(config), "gguf": gguf, "threads": threads, "plan": plan}
-    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+    done = subprocess.run([sys.executable, "-m", "perf.engine_vs_llamacpp", "--child", json.dumps(job)],
                           env=tools.tool_env(config.spin_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, cwd=ROOT)
     if done.returncode != 0:
@@ -98,7 +95,7 @@ def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict
 
 
 def child_main(job: dict) -> int:
-    from engine_steps import StepPlan, measure
+    from perf.engine_steps import StepPlan, measure
 
     plan = StepPlan(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["plan"].items()})
     rows = measure(job["gguf"], job["threads"], job["config"], plan)
@@ -155,46 +152,64 @@ def _f(ms: float) -> str:
     return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
-def render(meta: dict, keys: list[str], configs: list[EngineConfig], engine: dict, runs: list[tools.ToolRun]) -> str:
-    lines = [f"# Engine steps vs llama.cpp's own tools ({meta['date']}, {meta['machine']})", "",
-             f"- command: `{meta['command']}`",
-             f"- CPU: {meta['cpu']['model']}, {meta['cpu']['cpus']} logical CPUs; threads {meta['threads']}",
-             f"- flags: {meta['cpu']['flags']}",
-             f"- load average (1/5/15 min) before: {meta['load_before']}, after: {meta['load_after']}",
-             f"- GGUF: {meta['gguf']}; llama-cpp-python {meta['llama_cpp_python']}; wall time {meta['wall_s']:.0f} s",
-             "- engine: median ms of each step through the runner (prefill: one warm-up, then the repetitions;"
-             " decode: one warm-up step, then the steps); decode histories are one 1k-token prompt copied to"
-             " every sequence with seq_cp (shared cells in a unified pool, a buffer copy per stream), as"
-             " batched-bench's -pps does; prefill rows run one sequence in a context of its own (n_seq_max 1:"
-             " unified and streams are the same layout there); ub=256 is the runner's n_batch = n_ubatch = 256"
-             " (a 512-token prefill takes two decode calls); llama.cpp's tools run with GOMP_SPINCOUNT unset"
-             " and weight repacking off", "",
-             "## Ratio engine / llama.cpp's best, per engine configuration", "",
-             "| row | llama.cpp best ms (tool) | " + " | ".join(c.name for c in configs) + " | fastest engine config |",
-             "|---|---|" + "---|" * len(configs) + "---|"]
-    for key in keys:
-        best, name = best_tool(key, runs)
-        cells = [f"{_f(engine[c.name][key]['ms'])} ms ({engine[c.name][key]['ms'] / best:.2f}x)" for c in configs]
-        fastest = min(configs, key=lambda c: engine[c.name][key]["ms"])
-        lines.append(f"| {key} | {_f(best)} ({name}) | " + " | ".join(cells) + f" | {fastest.name} |")
-    lines += ["", "## llama.cpp's tools, ms per row (spin count unset)", "",
-              "| row | " + " | ".join(r.name for r in runs) + " |", "|---|" + "---|" * len(runs)]
-    for key in keys:
-        lines.append(f"| {key} | " + " | ".join(_f(r.ms[key]) if key in r.ms else "-" for r in runs) + " |")
+def config_table(config: EngineConfig, keys: list[str], rows: dict, runs: list[tools.ToolRun]) -> Table:
+    """One engine configuration's rows beside the tool run with its settings and llama.cpp's best."""
+    def same(key: str) -> tools.ToolRun | None:
+        return same_settings(config, key, runs)
+
+    def best(key: str) -> float:
+        return best_tool(key, runs)[0]
+
+    return Table((
+        Column("row", lambda key: key),
+        Column("engine ms", lambda key: _f(rows[key]["ms"])),
+        Column("llama.cpp same settings ms (tool)",
+               lambda key: f"{_f(same(key).ms[key])} ({same(key).name})" if same(key) else None),
+        Column("ratio", lambda key: f"{rows[key]['ms'] / same(key).ms[key]:.2f}x" if same(key) else None),
+        Column("llama.cpp best ms", lambda key: _f(best(key))),
+        Column("ratio", lambda key: rows[key]["ms"] / best(key), "{:.2f}x")), keys)
+
+
+def sections(meta: dict, keys: list[str], configs: list[EngineConfig], engine: dict,
+             runs: list[tools.ToolRun]) -> list[Section]:
+    """The report: the ratio of each engine configuration to llama.cpp's best per row, the
+    tools' own figures, each configuration beside the tool with its settings, the noise."""
+    def ms(config: EngineConfig, key: str) -> float:
+        return engine[config.name][key]["ms"]
+
+    def best(key: str) -> float:
+        return best_tool(key, runs)[0]
+
+    summary = [Column("row", lambda key: key),
+               Column("llama.cpp best ms (tool)", lambda key: f"{_f(best(key))} ({best_tool(key, runs)[1]})")]
+    summary += [Column(c.name, (lambda key, c=c: _f(ms(c, key)), lambda key, c=c: ms(c, key) / best(key)), "{} ms ({:.2f}x)")
+                for c in configs]
+    summary.append(Column("fastest engine config", lambda key: min(configs, key=lambda c: ms(c, key)).name))
+    tool_table = [Column("row", lambda key: key)]
+    tool_table += [Column(r.name, lambda key, r=r: _f(r.ms[key]) if key in r.ms else None) for r in runs]
+    out = [f"# Engine steps vs llama.cpp's own tools ({meta['date']}, {meta['machine']})",
+           "\n".join([
+               f"- command: `{meta['command']}`",
+               f"- CPU: {meta['cpu']['model']}, {meta['cpu']['cpus']} logical CPUs; threads {meta['threads']}",
+               f"- flags: {meta['cpu']['flags']}",
+               f"- load average (1/5/15 min) before: {meta['load_before']}, after: {meta['load_after']}",
+               f"- GGUF: {meta['gguf']}; llama-cpp-python {meta['llama_cpp_python']}; wall time {meta['wall_s']:.0f} s",
+               "- engine: median ms of each step through the runner (prefill: one warm-up, then the repetitions;"
+               " decode: one warm-up step, then the steps); decode histories are one 1k-token prompt copied to"
+               " every sequence with seq_cp (shared cells in a unified pool, a buffer copy per stream), as"
+               " batched-bench's -pps does; prefill rows run one sequence in a context of its own (n_seq_max 1:"
+               " unified and streams are the same layout there); ub=256 is the runner's n_batch = n_ubatch = 256"
+               " (a 512-token prefill takes two decode calls); llama.cpp's tools run with GOMP_SPINCOUNT unset"
+               " and weight repacking off"]),
+           "## Ratio engine / llama.cpp's best, per engine configuration", Table(summary, keys),
+           "## llama.cpp's tools, ms per row (spin count unset)", Table(tool_table, keys)]
     for config in configs:
-        lines += ["", f"## engine {config.name}", "",
-                  "| row | engine ms | llama.cpp same settings ms (tool) | ratio | llama.cpp best ms | ratio |",
-                  "|---|---|---|---|---|---|"]
-        for key in keys:
-            ms = engine[config.name][key]["ms"]
-            same, best = same_settings(config, key, runs), best_tool(key, runs)[0]
-            same_cell = f"{_f(same.ms[key])} ({same.name}) | {ms / same.ms[key]:.2f}x" if same else "- | -"
-            lines.append(f"| {key} | {_f(ms)} | {same_cell} | {_f(best)} | {ms / best:.2f}x |")
-    lines += ["", f"## other processes' CPU use while each unit ran (cores; a unit above {meta['max_noise']}"
-              " was measured once more outside --quick, the quieter try kept)", ""]
-    lines += [f"- {name}: {cores:.2f}" for name, cores in meta["others_cores"].items()]
-    lines += ["", "## commands", ""] + [f"- `{c}`" for r in runs for c in r.command] + [""]
-    return "\n".join(lines)
+        out += [f"## engine {config.name}", config_table(config, keys, engine[config.name], runs)]
+    out += [f"## other processes' CPU use while each unit ran (cores; a unit above {meta['max_noise']}"
+            " was measured once more outside --quick, the quieter try kept)",
+            "\n".join(f"- {name}: {cores:.2f}" for name, cores in meta["others_cores"].items()),
+            "## commands", "\n".join(f"- `{c}`" for r in runs for c in r.command)]
+    return out
 
 
 def load_average() -> str:
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="small sizes, two engine configurations (smoke test)")
-    parser.add_argument("--out", type=Path, default=PERF / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--max-noise", type=float, default=0.2,
                         help="cores other processes may use during a unit before it is measured again (once)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         run, cores = measure(name, unit)
         runs.append(run)
         noise[run.name] = cores
-    meta = run_meta(command=" ".join([".venv/bin/python", "perf/engine_vs_llamacpp.py"]
+    meta = run_meta(command=" ".join([".venv/bin/python", "-m", "perf", "engine-vs-llamacpp"]
                                      + (sys.argv[1:] if argv is None else argv)),
                     cpu=cpu_info(), threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
                     load_before=load_before, load_after=load_average(), wall_s=time.monotonic() - began,
@@ -245,11 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, rows in engine.items():
             if not (key in rows and math.isfinite(rows[key]["ms"]) and rows[key]["ms"] > 0):
                 raise RuntimeError(f"engine {name} has no figure for {key}")
-    table = render(meta, keys, configs, engine, runs)
     payload = {"rows": keys, "engine": {c.name: {"config": asdict(c), "rows": engine[c.name]} for c in configs},
                "llama_cpp": [{"name": r.name, "commands": r.command, "ms": r.ms, "samples_ms": r.samples_ms}
                              for r in runs]}
-    out = write_results(args.out, KIND, meta, payload, table)
+    out = write_results(args.out, Report(KIND, meta, payload, sections(meta, keys, configs, engine, runs)))
     sys.stderr.write(f"[engine-vs-llamacpp] wrote {out}\n")
     return 0
 

@@ -19,7 +19,7 @@ if [ ! -x "$PA/bin/perf_analyzer" ]; then
   "$PA/bin/pip" install -q --disable-pip-version-check tritonclient==2.45.0 nvidia-cuda-runtime-cu12==12.9.79
 fi
 cudart=$("$PA/bin/python" -c "import nvidia.cuda_runtime, os; print(os.path.join(nvidia.cuda_runtime.__path__[0], 'lib'))")
-.venv/bin/python perf/perf_analyzer_input.py > "$PA/input.json"
+.venv/bin/python -m perf.perf_analyzer_input > "$PA/input.json"
 LD_LIBRARY_PATH="$cudart${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$PA/bin/perf_analyzer" \
   -m electron_cpu -i grpc -u "$URL" --streaming --async \
   --input-data "$PA/input.json" --shape input_ids:632 \

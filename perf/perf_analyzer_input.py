@@ -3,12 +3,9 @@ prompt plus a short user turn, 48 new tokens, greedy) for perf/perf_analyzer.sh.
 
 import json
 import sys
-from pathlib import Path
 
 from tokenizers import Tokenizer
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts
 

@@ -14,16 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from perf.procfs import busy_seconds
+
 log = logging.getLogger(__name__)
-_TICK = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
-
-
-def _busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (everything but idle and iowait)."""
-    with open("/proc/stat", encoding="ascii") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICK
 
 
 def _own_s() -> float:
@@ -41,11 +35,11 @@ class Window:
 
     @classmethod
     def start(cls) -> "Window":
-        return cls(_busy_s(), _own_s(), time.monotonic())
+        return cls(busy_seconds(), _own_s(), time.monotonic())
 
     def others_cores(self) -> float:
         wall = max(time.monotonic() - self.wall, 1e-3)
-        return max(0.0, (_busy_s() - self.busy) - (_own_s() - self.own)) / wall
+        return max(0.0, (busy_seconds() - self.busy) - (_own_s() - self.own)) / wall
 
 
 def wait_quiet(max_cores: float, timeout_s: float, sample_s: float = 3.0) -> float:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import time
 from pathlib import Path
+
+from perf.report import Report
 
 
 def run_meta(**extra) -> dict:
@@ -15,23 +16,18 @@ def run_meta(**extra) -> dict:
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}", **extra}
 
 
-def cpu_info() -> dict:
-    """The CPU the figures come from: model and flags from ``/proc/cpuinfo``, logical CPUs."""
-    model, flags = "unknown", ""
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name") and model == "unknown":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = line.split(":", 1)[1].strip()
-    return {"model": model, "flags": flags, "cpus": os.cpu_count()}
+def result_dir(out_root: Path, kind: str, meta: dict) -> Path:
+    """``out_root/<date>-<kind>-<host>/`` of a run (``meta`` from ``run_meta``); not created here."""
+    return out_root / f"{meta['date']}-{kind}-{platform.node()}"
 
 
-def write_results(out_root: Path, kind: str, meta: dict, payload: dict, table: str) -> Path:
-    """Writes the JSON (``meta`` + ``payload``) and the Markdown table, echoes the table."""
-    out = out_root / f"{meta['date']}-{kind}-{platform.node()}"
+def write_results(out_root: Path, report: Report) -> Path:
+    """Writes ``report`` as ``<kind>.json`` and ``<kind>.md`` into its result directory,
+    echoes the Markdown; returns the directory."""
+    out = result_dir(out_root, report.kind, report.meta)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{kind}.json").write_text(json.dumps({"meta": meta, **payload}, indent=1))
-    (out / f"{kind}.md").write_text(table)
-    sys.stdout.write(table)
+    text = report.markdown()
+    (out / f"{report.kind}.json").write_text(json.dumps(report.json(), indent=1))
+    (out / f"{report.kind}.md").write_text(text)
+    sys.stdout.write(text)
     return out

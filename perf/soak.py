@@ -1,6 +1,6 @@
 """Soak: paced voice calls for a long time, checking that nothing drifts or leaks.
 
-    .venv/bin/python perf/soak.py --minutes 30 --calls 8
+    .venv/bin/python -m perf soak --minutes 30 --calls 8
 
 ``--calls`` paced calls (default 8; meant to be about 70% of the machine's
 capacity: on this 2-core VM, 16 paced calls already gave TTFT p95 ~600 ms in
@@ -34,45 +34,13 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.servers import ElectronServer
-from voice_load.stats import percentile
-
-
-def rss_mb(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
+from perf import RESULTS
+from perf.procfs import children, cmdline, rss_mb
+from perf.report import Column, Report, Table
+from perf.results_dir import run_meta, write_results
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.servers import ElectronServer
+from perf.voice_load.stats import percentile
 
 
 def stack_pids(gateway_pid: int) -> dict[str, int | None]:
@@ -208,13 +176,60 @@ def check_ledger(records, rows) -> dict:
             "extra_rows": len(set(by_id) - {r.request_id for r in admitted + refused})}
 
 
+MINUTE_COLUMNS = (
+    Column("minute", "minute"),
+    Column("turns", "turns"),
+    Column("errors", "errors"),
+    Column("TTFT p50 (ms)", lambda m: m["ttft_p50_ms"] or 0, "{:.0f}"),
+    Column("TTFT p95 (ms)", lambda m: m["ttft_p95_ms"] or 0, "{:.0f}"),
+)
+MEMORY_COLUMNS = (
+    Column("process", "process"),
+    Column("RSS first (MB)", lambda m: m["first"] or 0, "{:.0f}"),
+    Column("RSS last (MB)", lambda m: m["last"] or 0, "{:.0f}"),
+    Column("slope (MB/hour)", "slope", "{:+.1f}"),
+)
+
+
+def report(meta: dict, records, samples: list[dict], wall: float, ledger: dict, code: int) -> Report:
+    """The run's figures per minute and per process, the ledger check and the verdict (``data["verdict"]``):
+    no errors, a clean gateway exit, every admitted request exactly one right row."""
+    minutes = per_minute(records)
+    turns = [r for r in records if not r.speculative]
+    errors = [r.result.error or r.result.status for r in turns if not r.result.ok and r.result.status != 503]
+    refused = sum(1 for r in turns if r.result.status == 503)
+    slopes = {name: slope_per_hour([(s["t"], s[name]) for s in samples]) for name in ("gateway", "tritonserver", "stub")}
+    verdict = not errors and code == 0 and not (ledger["missing"] or ledger["duplicated"] or ledger["wrong"])
+    first, last = samples[0] if samples else {}, samples[-1] if samples else {}
+    memory = [{"process": name, "first": first.get(name), "last": last.get(name), "slope": slopes[name]}
+              for name in slopes]
+    kv = [s["kv_cells"] for s in samples if s["kv_cells"] is not None]
+    return Report("soak", meta, {
+        "per_minute": minutes, "samples": samples, "slopes_mb_per_hour": slopes, "ledger": ledger,
+        "errors": len(errors), "refused": refused, "exit_code": code, "verdict": verdict}, [
+        f"Soak - {meta['date']} on {meta['machine']}: {meta['calls']} paced calls for {meta['minutes']:g} min "
+        f"({wall / 60:.1f} min, {len(turns)} turns, {sum(r.speculative for r in records)} speculative, "
+        f"{sum(r.result.cancelled and not r.speculative for r in records)} hung up mid-reply)",
+        Table(MINUTE_COLUMNS, minutes),
+        Table(MEMORY_COLUMNS, memory),
+        "\n".join([
+            f"KV cells in use: first {kv[0] if kv else '-'}, max {max(kv) if kv else '-'}, last {kv[-1] if kv else '-'}",
+            f"Refused for overload (503, not errors: load shedding): {refused}",
+            f"Ledger: {ledger['admitted']} admitted requests and {ledger['refused']} refused, {ledger['rows']} rows; "
+            f"missing {ledger['missing']}, duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}"
+            + (f" (examples of missing, duplicated, wrong: {json.dumps(ledger['examples'])})"
+               if ledger["missing"] or ledger["duplicated"] or ledger["wrong"] else ""),
+            f"Errors: {len(errors)}{' ' + json.dumps(errors[:3]) if errors else ''}; gateway exit code {code}",
+            f"Verdict: {'PASS' if verdict else 'FAIL'}"])])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--calls", type=int, default=8)
     parser.add_argument("--sample-s", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18500)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     plan = CallPlan(calls=args.calls, turns=6, stagger_s=0.5, speculative_fraction=0.2, hangup_fraction=0.1)
     meta = run_meta(minutes=args.minutes, calls=args.calls, plan=plan.__dict__)
@@ -225,39 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         code = server.stop()
     rows = asyncio.run(ledger_rows(data_dir))
-    ledger = check_ledger(records, rows)
-    minutes = per_minute(records)
-    turns = [r for r in records if not r.speculative]
-    errors = [r.result.error or r.result.status for r in turns if not r.result.ok and r.result.status != 503]
-    refused = sum(1 for r in turns if r.result.status == 503)
-    slopes = {name: slope_per_hour([(s["t"], s[name]) for s in samples]) for name in ("gateway", "tritonserver", "stub")}
-    verdict = not errors and code == 0 and not (ledger["missing"] or ledger["duplicated"] or ledger["wrong"])
-    lines = [f"Soak - {meta['date']} on {meta['machine']}: {args.calls} paced calls for {args.minutes:g} min "
-             f"({wall / 60:.1f} min, {len(turns)} turns, {sum(r.speculative for r in records)} speculative, "
-             f"{sum(r.result.cancelled and not r.speculative for r in records)} hung up mid-reply)", "",
-             "| minute | turns | errors | TTFT p50 (ms) | TTFT p95 (ms) |", "|---|---|---|---|---|"]
-    lines += [f"| {m['minute']} | {m['turns']} | {m['errors']} | {m['ttft_p50_ms'] or 0:.0f} | {m['ttft_p95_ms'] or 0:.0f} |"
-              for m in minutes]
-    first, last = samples[0] if samples else {}, samples[-1] if samples else {}
-    lines += ["", "| process | RSS first (MB) | RSS last (MB) | slope (MB/hour) |", "|---|---|---|---|"]
-    lines += [f"| {name} | {first.get(name) or 0:.0f} | {last.get(name) or 0:.0f} | "
-              f"{'-' if slopes[name] is None else f'{slopes[name]:+.1f}'} |" for name in slopes]
-    kv = [s["kv_cells"] for s in samples if s["kv_cells"] is not None]
-    lines += ["", f"KV cells in use: first {kv[0] if kv else '-'}, max {max(kv) if kv else '-'}, "
-                  f"last {kv[-1] if kv else '-'}",
-              f"Refused for overload (503, not errors: load shedding): {refused}",
-              f"Ledger: {ledger['admitted']} admitted requests and {ledger['refused']} refused, {ledger['rows']} rows; "
-              f"missing {ledger['missing']}, "
-              f"duplicated {ledger['duplicated']}, wrong tokens {ledger['wrong']}"
-              + (f" (examples of missing, duplicated, wrong: {json.dumps(ledger['examples'])})"
-                 if ledger["missing"] or ledger["duplicated"] or ledger["wrong"] else ""),
-              f"Errors: {len(errors)}{' ' + json.dumps(errors[:3]) if errors else ''}; gateway exit code {code}",
-              f"Verdict: {'PASS' if verdict else 'FAIL'}"]
-    write_results(args.out, "soak", meta, {"per_minute": minutes, "samples": samples, "slopes_mb_per_hour": slopes,
-                                           "ledger": ledger, "errors": len(errors), "refused": refused,
-                                           "exit_code": code,
-                                           "verdict": verdict}, "\n".join(lines) + "\n")
-    return 0 if verdict else 1
+    done = report(meta, records, samples, wall, check_ledger(records, rows), code)
+    write_results(args.out, done)
+    return 0 if done.data["verdict"] else 1
 
 
 if __name__ == "__main__":

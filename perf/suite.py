@@ -15,7 +15,6 @@ the suite goes on; the exit code is non-zero if any step failed.
 from __future__ import annotations
 
 import argparse
-import platform
 import subprocess
 import sys
 import time
@@ -24,11 +23,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
+from perf import RESULTS, ROOT
+from perf.report import Column, Report, Table
+from perf.results_dir import result_dir, run_meta, write_results
 
 PYTHON = sys.executable
 TRITON_URL = "127.0.0.1:8001"
@@ -72,6 +69,10 @@ def steps(mode: str) -> list[Step]:
     ]
 
 
+SUITE_COLUMNS = (Column("step", "step"), Column("command", "command", "`{}`"), Column("exit", "exit_code"),
+                 Column("minutes", "minutes"), Column("results", "results"))
+
+
 def run_step(step: Step, log_dir: Path) -> tuple[int, float, Path]:
     log_file = log_dir / f"{step.results}.log"
     started = time.monotonic()
@@ -83,10 +84,10 @@ def run_step(step: Step, log_dir: Path) -> tuple[int, float, Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=["quick", "full"], default="quick")
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     meta = run_meta(mode=args.mode)
-    log_dir = args.out / f"{meta['date']}-suite-{platform.node()}" / "raw"  # raw/ is not committed
+    log_dir = result_dir(args.out, "suite", meta) / "raw"  # raw/ is not committed
     log_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     plan = steps(args.mode)
@@ -104,10 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                          if results else "-", "log": str(log_file.relative_to(ROOT))})
             progress.console.print(f"  exit {code} after {seconds / 60:.1f} min; log {log_file.relative_to(ROOT)}")
             progress.advance(task)
-    lines = [f"Benchmark suite ({args.mode}) - {meta['date']} on {meta['machine']}", "",
-             "| step | command | exit | minutes | results |", "|---|---|---|---|---|"]
-    lines += [f"| {r['step']} | `{r['command']}` | {r['exit_code']} | {r['minutes']} | {r['results']} |" for r in rows]
-    write_results(args.out, "suite", meta, {"steps": rows}, "\n".join(lines) + "\n")
+    write_results(args.out, Report("suite", meta, {"steps": rows}, [
+        f"Benchmark suite ({args.mode}) - {meta['date']} on {meta['machine']}", Table(SUITE_COLUMNS, rows)]))
     return 0 if all(r["exit_code"] == 0 for r in rows) else 1
 
 

@@ -16,9 +16,9 @@ same harness at any one OpenAI-compatible endpoint instead. Writes
 ``perf/results/<date>-voice-<host>/``: voice.json (all figures and TTFT
 samples), voice.md, and PNG plots.
 
-    .venv/bin/python perf/voice_bench.py --mode quick      # a few minutes
-    .venv/bin/python perf/voice_bench.py --mode full
-    .venv/bin/python perf/voice_bench.py --url http://gpu-host:8000/v1 --scenario paced-warm:16
+    .venv/bin/python -m perf voice --mode quick      # a few minutes
+    .venv/bin/python -m perf voice --mode full
+    .venv/bin/python -m perf voice --url http://gpu-host:8000/v1 --scenario paced-warm:16
 """
 
 from __future__ import annotations
@@ -27,21 +27,18 @@ import argparse
 import asyncio
 import dataclasses
 import os
-import platform
 import sys
 import uuid
 from pathlib import Path
 
 from rich.progress import Progress
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(ROOT))
-
-from results_dir import run_meta, write_results
-from voice_load import plots
-from voice_load.calls import CallPlan, run_calls, system_prompt, warm
-from voice_load.report import figures
+from perf import RESULTS
+from perf.report import Column, Report, Table
+from perf.results_dir import result_dir, run_meta, write_results
+from perf.voice_load import plots
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt, warm
+from perf.voice_load.report import figures
 
 MODES = {
     "quick": {"scenarios": ["paced-warm:8", "cold-burst:8", "closed:8"], "turns": 3, "rounds": 1},
@@ -91,45 +88,58 @@ async def run(endpoints: dict[str, str], scenario_plans, rounds: int) -> list[di
     return rows
 
 
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.0f}"
+VOICE_COLUMNS = (
+    Column("scenario", "scenario"),
+    Column("calls", "plan.calls"),
+    Column("turns", "plan.turns"),
+    Column("server", "server"),
+    Column("TTFT first turn p50 / p95 (ms)", ("figures.first_turn.ttft_ms.p50", "figures.first_turn.ttft_ms.p95"),
+           "{:.0f} / {:.0f}"),
+    Column("TTFT later turns p50 / p95 / p99 (ms)", ("figures.later_turns.ttft_ms.p50", "figures.later_turns.ttft_ms.p95",
+                                                     "figures.later_turns.ttft_ms.p99"), "{:.0f} / {:.0f} / {:.0f}"),
+    Column("decode tok/s p50 / min", ("figures.all.decode_tps.p50", "figures.all.decode_tps.min"), "{:.0f} / {:.0f}"),
+    Column("output tok/s", "figures.output_tokens_per_s", "{:.1f}"),
+    Column("cache ratio", "figures.cache_ratio", "{:.2f}"),
+    Column("errors", "figures.errors"),
+)
+RATIO_COLUMNS = (
+    Column("scenario", "scenario"),
+    Column("calls", "calls"),
+    Column("TTFT p50 ratio, first / later turns (electron ÷ llama-server)", ("first", "later"), "{:.2f} / {:.2f}"),
+    Column("output tok/s ratio", "output_tokens_per_s", "{:.2f}"),
+)
 
 
-def _ratio(a, b) -> str:
-    return "-" if not a or not b else f"{a / b:.2f}"
+def _ratio(a, b) -> float | None:
+    return None if not a or not b else a / b
 
 
-def markdown(rows: list[dict], meta: dict) -> str:
-    lines = [f"Voice calls - {meta['date']} on {meta['machine']} ({meta['servers']})", "",
-             "| scenario | calls | turns | server | TTFT first turn p50 / p95 (ms) | TTFT later turns p50 / p95 / p99 (ms) "
-             "| decode tok/s p50 / min | output tok/s | cache ratio | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        f, p = row["figures"], row["plan"]
-        first, later, tps = f["first_turn"]["ttft_ms"], f["later_turns"]["ttft_ms"], f["all"]["decode_tps"]
-        lines.append(f"| {row['scenario']} | {p['calls']} | {p['turns']} | {row['server']} "
-                     f"| {_fmt(first['p50'])} / {_fmt(first['p95'])} "
-                     f"| {_fmt(later['p50'])} / {_fmt(later['p95'])} / {_fmt(later['p99'])} "
-                     f"| {_fmt(tps['p50'])} / {_fmt(tps['min'])} "
-                     f"| {f['output_tokens_per_s']:.1f} | {f['cache_ratio']:.2f} | {f['errors']} |")
+def server_ratios(rows: list[dict]) -> list[dict]:
+    """electron's figures over llama-server's, per scenario and number of calls both ran."""
     pairs = {}
     for row in rows:
         pairs.setdefault((row["scenario"], row["plan"]["calls"]), {})[row["server"]] = row["figures"]
-    both = {k: v for k, v in pairs.items() if {"electron", "llama-server"} <= set(v)}
-    if both:
-        lines += ["", "| scenario | calls | TTFT p50 ratio, first / later turns (electron ÷ llama-server) "
-                  "| output tok/s ratio |", "|---|---|---|---|"]
-        for (scenario, calls), servers in both.items():
+    out = []
+    for (scenario, calls), servers in pairs.items():
+        if {"electron", "llama-server"} <= set(servers):
             e, ll = servers["electron"], servers["llama-server"]
-            first = _ratio(e['first_turn']['ttft_ms']['p50'], ll['first_turn']['ttft_ms']['p50'])
-            lines.append(f"| {scenario} | {calls} | {first}"
-                         f" / {_ratio(e['later_turns']['ttft_ms']['p50'], ll['later_turns']['ttft_ms']['p50'])} "
-                         f"| {_ratio(e['output_tokens_per_s'], ll['output_tokens_per_s'])} |")
-    return "\n".join(lines) + "\n"
+            out.append({"scenario": scenario, "calls": calls,
+                        "first": _ratio(e["first_turn"]["ttft_ms"]["p50"], ll["first_turn"]["ttft_ms"]["p50"]),
+                        "later": _ratio(e["later_turns"]["ttft_ms"]["p50"], ll["later_turns"]["ttft_ms"]["p50"]),
+                        "output_tokens_per_s": _ratio(e["output_tokens_per_s"], ll["output_tokens_per_s"])})
+    return out
+
+
+def report(rows: list[dict], meta: dict) -> Report:
+    sections = [f"Voice calls - {meta['date']} on {meta['machine']} ({meta['servers']})", Table(VOICE_COLUMNS, rows)]
+    ratios = server_ratios(rows)
+    if ratios:
+        sections.append(Table(RATIO_COLUMNS, ratios))
+    return Report("voice", meta, {"rows": rows}, sections)
 
 
 def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
-    from voice_load.servers import ElectronServer, LlamaServer, build_llama_server
+    from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server
     from gateway.model_artifacts import embedded_gguf_path
     from gateway.settings import Settings
 
@@ -166,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply-tokens", type=int, default=48)
     parser.add_argument("--tool-fraction", type=float, default=0.0)
     parser.add_argument("--speculative-fraction", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "perf" / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     mode = MODES[args.mode]
     base = CallPlan(calls=args.calls, turns=args.turns or mode["turns"], system_words=args.system_words,
@@ -174,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     speculative_fraction=args.speculative_fraction, model=args.model)
     scenario_plans = plans(args.scenario or mode["scenarios"], base)
     meta = run_meta(mode=args.mode, servers=args.url or " vs ".join(args.servers))
-    out = args.out / f"{meta['date']}-voice-{platform.node()}"
+    out = result_dir(args.out, "voice", meta)
     out.mkdir(parents=True, exist_ok=True)
     (out / "raw").mkdir(exist_ok=True)  # server logs; not committed
     servers = [] if args.url else start_servers(args.servers, max(p.calls for _, p in scenario_plans), out / "raw")
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
-    write_results(args.out, "voice", meta, {"rows": rows}, markdown(rows, meta))
+    write_results(args.out, report(rows, meta))
     plots.ttft_distribution(rows, "paced-warm", out / "ttft_paced_warm.png")
     plots.by_concurrency(rows, "sweep", out / "sweep.png")
     return 0

@@ -1,5 +1,5 @@
-"""Shared test set-up: the engine package lives in the Triton model folder, the load
-generator in perf/."""
+"""Shared test set-up: the engine package lives in the Triton model folder; the benchmarks
+and their load generator are the package ``perf`` (imported from the repository's root)."""
 
 import os
 import sys
@@ -7,9 +7,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 ENGINE_DIR = TESTS.parent / "model_repository" / "electron_cpu" / "1"
-PERF_DIR = TESTS.parent / "perf"
 
-for path in (ENGINE_DIR, TESTS, PERF_DIR):  # the engine package; tests/paths.py; voice_load
+for path in (ENGINE_DIR, TESTS):  # the engine package; tests/paths.py
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 

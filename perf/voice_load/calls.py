@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx2
 
-from voice_load.sse_client import TurnResult, stream_chat
+from perf.voice_load.sse_client import TurnResult, stream_chat
 
 TOPICS = ["book a table for {n} on friday", "move my appointment to {n} pm", "check the status of order {n}",
           "cancel the booking for {n} people", "ask whether you deliver to area {n}",

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voice_load.calls import TurnRecord
-from voice_load.playback import DEFAULT_CHARS_PER_S, longest_stall
-from voice_load.stats import percentile
+from perf.report import Column, Section, Table
+from perf.voice_load.calls import TurnRecord
+from perf.voice_load.playback import DEFAULT_CHARS_PER_S, longest_stall
+from perf.voice_load.stats import percentile
 
 
 @dataclass(frozen=True)
@@ -73,36 +74,32 @@ def capacity(points: dict[int, dict], ttft_p95_ms: float | None = None, max_fail
 OTHER_BOUNDS_MS = (500.0, 1000.0, 2000.0)
 
 
-def _fmt(value, digits: int = 0) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def markdown(by_server: dict[str, dict[int, dict]], slo: Slo, title: str) -> str:
-    """The headline (capacity per server and their ratio), then the table per N."""
+def sections(by_server: dict[str, dict[int, dict]], slo: Slo, title: str) -> list[Section]:
+    """The report's sections: the headline (capacity per server and their ratio), capacity at
+    looser TTFT bounds, then the figures per N."""
     caps = {server: capacity(points) for server, points in by_server.items()}
-    lines = [title, "", f"SLO: TTFT p95 <= {slo.ttft_p95_ms:.0f} ms and at most {slo.max_failed_share:.0%} of turns "
-             f"stalling over {slo.stall_ms:.0f} ms (player at {slo.chars_per_s:g} chars/s), refused or failed.", "",
-             "| server | capacity (calls) |", "|---|---|"]
-    lines += [f"| {server} | {cap} |" for server, cap in caps.items()]
+    out = [title, f"SLO: TTFT p95 <= {slo.ttft_p95_ms:.0f} ms and at most {slo.max_failed_share:.0%} of turns "
+           f"stalling over {slo.stall_ms:.0f} ms (player at {slo.chars_per_s:g} chars/s), refused or failed.",
+           Table((Column("server", "server"), Column("capacity (calls)", "capacity")),
+                 [{"server": server, "capacity": cap} for server, cap in caps.items()])]
     if caps.get("electron") and caps.get("llama-server"):
-        lines += ["", f"electron ÷ llama-server: {caps['electron'] / caps['llama-server']:.2f}x"]
+        out.append(f"electron ÷ llama-server: {caps['electron'] / caps['llama-server']:.2f}x")
     elif caps.get("electron") and "llama-server" in caps:
-        lines += ["", "llama-server meets the SLO at none of the measured N."]
-    lines += ["", "Capacity against looser TTFT p95 bounds (same runs; stalls, refusals and failures still at most "
-              f"{slo.max_failed_share:.0%}):", "", "| server | " + " | ".join(f"p95 <= {b:.0f} ms" for b in OTHER_BOUNDS_MS)
-              + " |", "|---|" + "---|" * len(OTHER_BOUNDS_MS)]
-    lines += [f"| {server} | " + " | ".join(str(capacity(points, b, slo.max_failed_share)) for b in OTHER_BOUNDS_MS)
-              + " |" for server, points in by_server.items()]
-    lines += ["", "| calls | server | turns | TTFT p50 / p95 / p99 (ms) | later turns' TTFT p50 / p95 (ms) "
-              f"| stall p95 / max (ms) | turns stalling > {slo.stall_ms:.0f} ms | refused (503) | failed | meets SLO |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for n in sorted({n for points in by_server.values() for n in points}):
-        for server, points in by_server.items():
-            if n not in points:
-                continue
-            f = points[n]
-            t, later, s = f["ttft_ms"], f["later_ttft_ms"], f["stall_ms"]
-            lines.append(f"| {n} | {server} | {f['turns']} | {_fmt(t['p50'])} / {_fmt(t['p95'])} / {_fmt(t['p99'])} "
-                         f"| {_fmt(later['p50'])} / {_fmt(later['p95'])} | {_fmt(s['p95'])} / {_fmt(s['max'])} "
-                         f"| {f['stalled_share']:.1%} | {f['refused']} | {f['failed']} | {'yes' if f['meets_slo'] else 'no'} |")
-    return "\n".join(lines) + "\n"
+        out.append("llama-server meets the SLO at none of the measured N.")
+    looser = [Column("server", lambda item: item[0])]
+    looser += [Column(f"p95 <= {b:.0f} ms", lambda item, b=b: capacity(item[1], b, slo.max_failed_share))
+               for b in OTHER_BOUNDS_MS]
+    out += ["Capacity against looser TTFT p95 bounds (same runs; stalls, refusals and failures still at most "
+            f"{slo.max_failed_share:.0%}):", Table(looser, list(by_server.items()))]
+    per_n = (Column("calls", "calls"), Column("server", "server"), Column("turns", "turns"),
+             Column("TTFT p50 / p95 / p99 (ms)", ("ttft_ms.p50", "ttft_ms.p95", "ttft_ms.p99"), "{:.0f} / {:.0f} / {:.0f}"),
+             Column("later turns' TTFT p50 / p95 (ms)", ("later_ttft_ms.p50", "later_ttft_ms.p95"), "{:.0f} / {:.0f}"),
+             Column("stall p95 / max (ms)", ("stall_ms.p95", "stall_ms.max"), "{:.0f} / {:.0f}"),
+             Column(f"turns stalling > {slo.stall_ms:.0f} ms", "stalled_share", "{:.1%}"),
+             Column("refused (503)", "refused"), Column("failed", "failed"),
+             Column("meets SLO", lambda f: "yes" if f["meets_slo"] else "no"))
+    rows = [{"calls": n, "server": server, **points[n]}
+            for n in sorted({n for points in by_server.values() for n in points})
+            for server, points in by_server.items() if n in points]
+    out.append(Table(per_n, rows))
+    return out

@@ -7,7 +7,7 @@ gateway reads and parses the ~345 kB body, renders and tokenizes ~145,000 tokens
 so what competes with the engine is the gateway process. Prints the number of
 requests sent and their statuses when stopped (SIGTERM).
 
-    python perf/voice_load/gateway_burst.py http://127.0.0.1:18200/v1 --concurrency 2
+    python -m perf.voice_load.gateway_burst http://127.0.0.1:18200/v1 --concurrency 2
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from voice_load.calls import TurnRecord
-from voice_load.stats import summarize
+from perf.voice_load.calls import TurnRecord
+from perf.voice_load.stats import summarize
 
 
 def _ms(values: list[float | None]) -> list[float]:

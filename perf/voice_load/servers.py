@@ -17,7 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+from perf import ROOT
+from perf.llamacpp_tools import build_tools
 
 
 def _wait_for(url: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -112,6 +113,4 @@ class LlamaServer(_Server):
 def build_llama_server() -> Path:
     """The cached llama-server binary, built first if needed (several minutes; with
     llama.cpp's other tools, by ``perf/build_llama_tools.sh``)."""
-    out = subprocess.run(["bash", str(ROOT / "perf" / "build_llama_tools.sh")], cwd=ROOT, check=True,
-                         stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
-    return ROOT / out / "llama-server"
+    return build_tools() / "llama-server"

@@ -6,7 +6,7 @@ from tokenizers import Tokenizer
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts, start_triton, stop_triton
 from gateway.server.weight_choice import engine_weights
-from voice_load.servers import ElectronServer
+from perf.voice_load.servers import ElectronServer
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ from gateway.accounts.store import AccountStore
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
 from gateway.server.stub_watch import children, is_stub
-from voice_load.servers import ElectronServer
+from perf.voice_load.servers import ElectronServer
 
 pytestmark = pytest.mark.e2e
 

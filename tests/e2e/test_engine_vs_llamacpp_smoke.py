@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-import engine_vs_llamacpp
+from perf import engine_vs_llamacpp
 
 pytestmark = pytest.mark.e2e
 

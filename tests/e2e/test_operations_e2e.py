@@ -65,7 +65,7 @@ async def test_a_killed_tritonserver_is_restarted_and_the_gateway_serves_again(t
     import time
 
     from gateway.accounts.store import AccountStore
-    from voice_load.servers import ElectronServer
+    from perf.voice_load.servers import ElectronServer
 
     port = 18400  # Triton of its own on 18401-18403
     data = tmp_path / "data"
@@ -154,7 +154,7 @@ async def _streams_then_sigterm(tmp_path, triton, grace_s: float, max_tokens: in
 
     from gateway.accounts.store import AccountStore
     from services import free_port
-    from voice_load.servers import ElectronServer
+    from perf.voice_load.servers import ElectronServer
 
     data = tmp_path / "data"
     server = ElectronServer(free_port(), log_path=tmp_path / "gateway.log", triton_grpc_port=triton.triton_grpc_port,

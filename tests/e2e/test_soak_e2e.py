@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_two_minute_soak_loses_nothing(tmp_path):
-    done = subprocess.run([sys.executable, str(ROOT / "perf" / "soak.py"), "--minutes", "2", "--calls", "8",
+    done = subprocess.run([sys.executable, "-m", "perf.soak", "--minutes", "2", "--calls", "8",
                            "--sample-s", "5", "--port", "18600", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-import voice_bench
-from voice_load.calls import CallPlan, run_calls, system_prompt
-from voice_load.report import figures
+from perf import voice_bench
+from perf.voice_load.calls import CallPlan, run_calls, system_prompt
+from perf.voice_load.report import figures
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from triton_client import read_metrics
-from voice_load.servers import ElectronServer
+from perf.voice_load.servers import ElectronServer
 
 pytestmark = pytest.mark.e2e
 PORT = 18960  # Triton's metrics on PORT + 2

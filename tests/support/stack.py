@@ -10,7 +10,7 @@ import openai
 
 from gateway.accounts.store import AccountStore
 from services import free_port
-from voice_load.servers import ElectronServer
+from perf.voice_load.servers import ElectronServer
 
 MODEL = "electron"
 BIN = Path(sys.executable).parent

@@ -2,7 +2,7 @@
 
 import datetime
 
-from cancel_latency import Hangup, engine_cancel_times, summarize
+from perf.cancel_latency import Hangup, engine_cancel_times, summarize
 
 LOG = """\
 I1204 21:02:34.964446 5835 server.cc:345] "Timeout 8: Found 0 live models"

@@ -4,12 +4,8 @@ import subprocess
 import sys
 
 from paths import ROOT
-
-sys.path.insert(0, str(ROOT / "perf"))
-sys.path.insert(0, str(ROOT))
-
-from perf.__main__ import BENCHMARKS  # noqa: E402
-import suite  # noqa: E402
+from perf import suite
+from perf.__main__ import BENCHMARKS
 
 
 def test_every_benchmark_script_has_a_name():

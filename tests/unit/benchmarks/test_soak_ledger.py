@@ -1,8 +1,8 @@
 """The soak benchmark's ledger check: one right row per admitted request."""
 
-from soak import check_ledger
-from voice_load.calls import TurnRecord
-from voice_load.sse_client import TurnResult
+from perf.soak import check_ledger
+from perf.voice_load.calls import TurnRecord
+from perf.voice_load.sse_client import TurnResult
 
 
 def turn(request_id, deltas, cancelled=False, tokens=None, status=200):

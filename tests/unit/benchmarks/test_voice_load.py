@@ -7,10 +7,10 @@ import httpx2
 import numpy as np
 import pytest
 
-from voice_load.calls import CallPlan, TurnRecord, caller_turn, listen_and_speak_s, start_offsets, system_prompt
-from voice_load.report import figures
-from voice_load.sse_client import TurnResult, apply_event, parse_sse_line, stream_chat
-from voice_load.stats import percentile, summarize
+from perf.voice_load.calls import CallPlan, TurnRecord, caller_turn, listen_and_speak_s, start_offsets, system_prompt
+from perf.voice_load.report import figures
+from perf.voice_load.sse_client import TurnResult, apply_event, parse_sse_line, stream_chat
+from perf.voice_load.stats import percentile, summarize
 
 
 def test_percentiles_match_numpy():
@@ -115,7 +115,7 @@ def test_figures_split_turns_and_count_errors():
 
 
 def test_scenario_specs_become_plans():
-    from voice_bench import SWEEP, plans
+    from perf.voice_bench import SWEEP, plans
     base = CallPlan(calls=8, turns=6)
     got = plans(["paced-warm:16", "cold-burst", "closed:4", "sweep"], base)
     assert [(n, p.calls, p.turns, p.pacing) for n, p in got[:3]] == [
@@ -134,15 +134,15 @@ def fake_row(server, calls, later_p50, tps, scenario="sweep"):
 
 
 def test_markdown_pairs_the_servers_with_ratios():
-    from voice_bench import markdown
+    from perf.voice_bench import report
     rows = [fake_row("electron", 8, 200.0, 60.0, "closed"), fake_row("llama-server", 8, 400.0, 40.0, "closed")]
-    table = markdown(rows, {"date": "d", "machine": "m", "servers": "electron vs llama-server"})
+    table = report(rows, {"date": "d", "machine": "m", "servers": "electron vs llama-server"}).markdown()
     assert "| closed | 8 | 2 | electron | 500 / 500 | 200 / 200 / 200 |" in table
     assert "| closed | 8 | 1.00 / 0.50 | 1.50 |" in table
 
 
 def test_plots_are_written(tmp_path):
-    from voice_load import plots
+    from perf.voice_load import plots
     rows = [fake_row(s, n, 100.0 * n, 10.0 * n) for s in ("electron", "llama-server") for n in (1, 2, 4)]
     rows += [fake_row(s, 8, 150.0, 50.0, "paced-warm") for s in ("electron", "llama-server")]
     for path in (plots.ttft_distribution(rows, "paced-warm", tmp_path / "a.png"),
@@ -152,7 +152,7 @@ def test_plots_are_written(tmp_path):
 
 
 def test_playback_stalls_only_when_the_player_runs_out_of_text():
-    from voice_load.playback import longest_stall, stalls
+    from perf.voice_load.playback import longest_stall, stalls
 
     # 15 chars/s: 30 characters at t=0 last until t=2.0; text at 1.5 s extends it by 1 s to 3.0
     assert stalls([(0.0, 30), (1.5, 15), (2.9, 15)]) == []
@@ -173,7 +173,8 @@ def _paced_turn(ttft_s, gaps=(), status=200, chars=15):
 
 
 def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
-    from voice_load.capacity import Slo, capacity, judge, markdown
+    from perf.report import markdown
+    from perf.voice_load.capacity import Slo, capacity, judge, sections
     slo = Slo()
     # 15 characters last 1 s at 15 chars/s: deltas 1.0 s apart never stall, 1.5 s apart stall 500 ms
     calm = [TurnRecord(i, 0, _paced_turn(0.2, gaps=[1.0, 1.0])) for i in range(99)]
@@ -191,13 +192,14 @@ def test_capacity_judges_ttft_stalls_and_refusals_per_turn():
     assert capacity(points["llama-server"], 600) == 0  # its refusals at 16 cap it below its 24
     # a miss caps capacity there, even where a larger N happened to pass
     assert capacity({8: good, 16: slow, 24: good}) == 8 and capacity({8: slow, 16: good}) == 0
-    table = markdown(points, slo, "t")
+    table = markdown(sections(points, slo, "t"))
     assert "| electron | 24 |" in table and "| llama-server | 0 |" in table and "none of the measured N" in table
     assert "| 32 | electron | 100 | 100 / 500 / 500 | - / - | 0 / 0 | 0.0% | 0 | 0 | no |" in table
 
 
 def test_capacity_reports_the_later_turns_ttft_apart_from_first_turns():
-    from voice_load.capacity import Slo, judge, markdown
+    from perf.report import markdown
+    from perf.voice_load.capacity import Slo, judge, sections
     # first turns compute the system prompt (slow), later turns only their new text (fast)
     records = [TurnRecord(call, turn, _paced_turn(0.6 if turn == 0 else 0.08 + 0.01 * call))
                for call in range(4) for turn in range(3)]
@@ -205,12 +207,12 @@ def test_capacity_reports_the_later_turns_ttft_apart_from_first_turns():
     point = judge(records, Slo())
     assert point["ttft_ms"]["p95"] == pytest.approx(600.0)
     assert point["later_ttft_ms"]["p50"] == pytest.approx(95.0) and point["later_ttft_ms"]["p95"] == pytest.approx(110.0)
-    assert "| 4 | electron | 13 | 105 / 600 / 600 | 95 / 110 |" in markdown({"electron": {4: point}}, Slo(), "t")
+    assert "| 4 | electron | 13 | 105 / 600 / 600 | 95 / 110 |" in markdown(sections({"electron": {4: point}}, Slo(), "t"))
 
 
 def test_capacity_plot_is_written(tmp_path):
-    from voice_load import plots
-    from voice_load.capacity import Slo, judge
+    from perf.voice_load import plots
+    from perf.voice_load.capacity import Slo, judge
     point = judge([TurnRecord(0, 0, _paced_turn(0.2, gaps=[1.0]))], Slo())
     path = plots.capacity({"electron": {16: point, 32: point}, "llama-server": {16: point}}, Slo(), tmp_path / "c.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
