@@ -1,16 +1,14 @@
-"""Shared test set-up: the engine package lives in the Triton model folder; the benchmarks
-and their load generator are the package ``perf`` (imported from the repository's root)."""
+"""Shared test set-up. The tests are the package ``tests`` (helpers in ``tests.support``), the
+benchmarks the package ``perf``, both imported from the repository's root; the CPU engine's
+package ``llama_engine`` lives in its Triton model folder, which pyproject.toml's pytest
+``pythonpath`` names (the folder is Triton's, not an installed package)."""
 
+import itertools
 import os
-import sys
-from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent
-ENGINE_DIR = TESTS.parent / "model_repository" / "electron_cpu" / "1"
+import pytest
 
-for path in (ENGINE_DIR, TESTS):  # the engine package; tests/paths.py
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from tests.services import PostgresServer, RedisServer
 
 # Engines started by the tests keep a fixed llama.cpp thread count. With adaptive threads (the
 # product default) a step's duration follows the test machine's load, the step-cost model and so
@@ -20,13 +18,6 @@ for path in (ENGINE_DIR, TESTS):  # the engine package; tests/paths.py
 # the tests that compare outputs would fail at random. test_workload_beside_busy_processes_e2e.py runs its own
 # engine with adaptive threads on.
 os.environ.setdefault("ELECTRON_ADAPTIVE_THREADS", "false")
-
-
-import itertools  # noqa: E402
-
-import pytest  # noqa: E402
-
-from services import PostgresServer, RedisServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")

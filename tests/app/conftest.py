@@ -8,7 +8,7 @@ from gateway.chat.served_model import model_view
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts
 
-from app.scripted_engine import Script, ScriptedEngine
+from tests.app.scripted_engine import Script, ScriptedEngine
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from gateway.accounts.service import AccountService, ProtectedModeError, check_p
 from gateway.api.app import create_app
 from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
-from app.asgi_driver import post_and_hang_up
-from support.chat import CALL, USER, WEATHER, sse_events
-from support.clock import Clock
+from tests.app.asgi_driver import post_and_hang_up
+from tests.support.chat import CALL, USER, WEATHER, sse_events
+from tests.support.clock import Clock
 
 
 @dataclasses.dataclass

@@ -8,8 +8,8 @@ import httpx2
 
 from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
-from app.asgi_driver import post_and_hang_up
-from support.chat import USER, post, sse_events
+from tests.app.asgi_driver import post_and_hang_up
+from tests.support.chat import USER, post, sse_events
 
 async def test_non_streaming_completion_has_openai_shape_and_exact_usage(client, say, engine):
     ids = say("Hello there! 👋", reused_blocks=1)

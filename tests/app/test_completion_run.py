@@ -4,7 +4,7 @@ from gateway.chat.chat_request import PreparedChat
 from gateway.chat.completion import CompletionRun
 from gateway.engine.protocol import EngineRequest
 
-from app.scripted_engine import Script, ScriptedEngine
+from tests.app.scripted_engine import Script, ScriptedEngine
 
 
 def run_for(model, text, max_tokens=50, stops=(), reused_blocks=0):

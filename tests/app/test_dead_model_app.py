@@ -14,9 +14,9 @@ import httpx2
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
 from gateway.engine.triton_engine import TritonEngine
-from services import free_port
+from tests.services import free_port
 
-from app import dead_stub_triton
+from tests.app import dead_stub_triton
 
 BODY = {"model": "electron", "messages": [{"role": "user", "content": "Tell me a story."}], "max_tokens": 200}
 

@@ -10,9 +10,9 @@ import httpx2
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
 from gateway.engine.triton_engine import TritonEngine
-from services import free_port
+from tests.services import free_port
 
-from app import stalling_triton
+from tests.app import stalling_triton
 
 
 async def test_a_silent_engine_is_cancelled_after_the_idle_timeout(settings, model):

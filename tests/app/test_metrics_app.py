@@ -9,8 +9,8 @@ from gateway.accounts.limits import LocalLimiter
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
 
-from support.chat import USER, post
-from support.metrics import samples, value
+from tests.support.chat import USER, post
+from tests.support.metrics import samples, value
 
 
 async def test_metrics_move_with_traffic(client, say):
@@ -68,7 +68,7 @@ def test_the_grafana_dashboard_loads_and_reads_only_metrics_the_gateway_exports(
     import re
 
     from gateway.api.metrics import GatewayMetrics
-    from paths import ROOT
+    from tests.paths import ROOT
 
     dashboard = json.loads((ROOT / "build" / "grafana-dashboard.json").read_text())
     exported = set()

@@ -10,12 +10,12 @@ from gateway.accounts.limits import Admission, Limits, Refusal
 from gateway.accounts.redis_limiter import LimiterUnavailable, RedisLimiter
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
-from services import free_port
+from tests.services import free_port
 
 import dataclasses
 import httpx2
 
-from support.chat import USER
+from tests.support.chat import USER
 
 
 @pytest.fixture

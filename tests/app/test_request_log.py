@@ -5,7 +5,7 @@ import logging
 
 from gateway.api.request_log import JsonFormatter
 
-from support.chat import post
+from tests.support.chat import post
 
 SECRET = "my card number is 4111"
 

@@ -9,7 +9,7 @@ import time
 from gateway.accounts.service import AccountService
 from gateway.api.app import create_app
 
-from support.chat import USER
+from tests.support.chat import USER
 
 
 async def test_a_client_that_stops_reading_is_treated_as_gone(settings, engine, model, say):

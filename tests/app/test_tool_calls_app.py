@@ -8,7 +8,7 @@ import pytest
 
 from gateway.tools.filler import phrase_bank
 
-from support.chat import CALL, TIME, WEATHER, post, sse_events
+from tests.support.chat import CALL, TIME, WEATHER, post, sse_events
 
 TWO_CALLS = CALL + '\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
 ENGLISH = phrase_bank()["en"]
@@ -136,7 +136,7 @@ async def test_forced_call_sends_its_filler_before_the_engines_first_token(model
     from gateway.chat.wire_request import parse_body
     from gateway.chat.completion import CompletionRun
 
-    from app.scripted_engine import Script, ScriptedEngine
+    from tests.app.scripted_engine import Script, ScriptedEngine
 
     engine = ScriptedEngine(script=Script(tokens=model.codec.encode(CALL)))
     limits = ChatLimits("electron", 8192, model.artifacts.vocab_size, 50, 2, 2)

@@ -9,9 +9,9 @@ from engine_contract import INPUTS
 from gateway.engine.protocol import EngineRequest
 from gateway.engine.triton_engine import TritonEngine
 from gateway.errors import EngineTimeoutError
-from services import free_port
+from tests.services import free_port
 
-from app import stalling_triton
+from tests.app import stalling_triton
 
 SHARED = tuple(name for name, spec in INPUTS.items() if not spec.cpu_only)
 CPU_ONLY = ("playback_chars_per_s", "return_prefill_progress")

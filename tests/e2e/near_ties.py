@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from llama_cpp import Llama
 
-from reference_model import reference_llama
+from tests.e2e.reference_model import reference_llama
 
 MAX_TIE_GAP = 0.5  # logits; batch-shape noise is far smaller, a real bug far larger
 

@@ -15,7 +15,7 @@ import openai
 import pytest
 
 
-from support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
+from tests.support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
 
 pytestmark = pytest.mark.e2e
 @pytest.fixture

@@ -13,9 +13,9 @@ import jsonschema
 import numpy as np
 import pytest
 
-from near_ties import NearTieJudge
-from reference_model import reference_llama
-from triton_client import Result, generate, read_metrics, request_inputs, run, tensor, wait_until_engine_idle
+from tests.e2e.near_ties import NearTieJudge
+from tests.e2e.reference_model import reference_llama
+from tests.e2e.triton_client import Result, generate, read_metrics, request_inputs, run, tensor, wait_until_engine_idle
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
@@ -447,7 +447,7 @@ def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_
 def test_the_cpu_paths_the_probe_chose_are_exposed_as_an_info_metric(triton, engine_gguf):
     import urllib.request
 
-    from reference_model import engine_cpu_paths
+    from tests.e2e.reference_model import engine_cpu_paths
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{triton.triton_metrics_port}/metrics", timeout=5).read().decode()
     line = next(line for line in text.splitlines() if line.startswith("electron_engine_cpu_paths_info{"))

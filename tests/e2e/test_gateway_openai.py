@@ -12,7 +12,7 @@ import httpx2
 import openai
 import pytest
 
-from triton_client import read_metrics, wait_until_engine_idle
+from tests.e2e.triton_client import read_metrics, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron"

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 
 from gateway.api.metrics import LIVE_REFRESH_S
-from support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
+from tests.support.stack import ASK, LONG, MODEL, Stack, cli, create_key, sdk, serve_once
 
 pytestmark = pytest.mark.e2e
 

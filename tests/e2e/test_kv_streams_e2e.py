@@ -15,8 +15,8 @@ import pytest
 
 from gateway.server.triton_launcher import start_triton, stop_triton
 from gateway.settings import Settings
-from near_ties import NearTieJudge
-from triton_client import generate, request_inputs, run
+from tests.e2e.near_ties import NearTieJudge
+from tests.e2e.triton_client import generate, request_inputs, run
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron_cpu"

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from triton_client import Result, generate, request_inputs, wait_until_engine_idle
+from tests.e2e.triton_client import Result, generate, request_inputs, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron_cpu"

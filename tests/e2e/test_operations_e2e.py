@@ -4,8 +4,8 @@ import httpx2
 import openai
 import pytest
 
-from support.metrics import samples, value
-from triton_client import read_metrics
+from tests.support.metrics import samples, value
+from tests.e2e.triton_client import read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -153,7 +153,7 @@ async def _streams_then_sigterm(tmp_path, triton, grace_s: float, max_tokens: in
     import signal
 
     from gateway.accounts.store import AccountStore
-    from services import free_port
+    from tests.services import free_port
     from perf.voice_load.servers import ElectronServer
 
     data = tmp_path / "data"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from paths import ROOT
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -16,8 +16,8 @@ import time
 import openai
 import pytest
 
-from support.stack import Stack
-from triton_client import read_metrics, wait_until_engine_idle
+from tests.support.stack import Stack
+from tests.e2e.triton_client import read_metrics, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron"

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from gateway.tools.filler import phrase_bank
-from paths import ROOT
+from tests.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 CLIENTS_PYTHON = ROOT / ".venv-clients" / "bin" / "python"

@@ -13,7 +13,7 @@ import time
 import httpx2
 import pytest
 
-from triton_client import read_metrics
+from tests.e2e.triton_client import read_metrics
 from perf.voice_load.servers import ElectronServer
 
 pytestmark = pytest.mark.e2e

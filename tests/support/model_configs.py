@@ -6,7 +6,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from engine_contract import INPUTS, OUTPUTS
-from paths import ROOT
+from tests.paths import ROOT
 
 # the contract's tables (engine_contract.tensors) as Triton's config names them
 CONTRACT_INPUTS = {s.name: (s.data_type, list(s.dims)) for s in INPUTS.values() if not s.cpu_only}

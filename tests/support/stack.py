@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 
 from gateway.accounts.store import AccountStore
-from services import free_port
+from tests.services import free_port
 from perf.voice_load.servers import ElectronServer
 
 MODEL = "electron"

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from paths import ROOT
+from tests.paths import ROOT
 from perf import suite
 from perf.__main__ import BENCHMARKS
 

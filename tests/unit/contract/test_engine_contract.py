@@ -8,7 +8,7 @@ against the package's tables: the contract is written once, in code.
 import pytest
 
 from engine_contract import INPUTS
-from support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
+from tests.support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
 
 REQUIRED_INPUTS = {s.name for s in INPUTS.values() if s.required}
 

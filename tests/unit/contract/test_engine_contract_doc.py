@@ -3,7 +3,7 @@
 import re
 
 from engine_contract import INPUTS, OUTPUTS
-from paths import ROOT
+from tests.paths import ROOT
 
 DOC = (ROOT / "docs" / "engine-contract.md").read_text()
 

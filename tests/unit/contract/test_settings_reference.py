@@ -8,7 +8,7 @@ import pytest
 
 from engine_contract.cpu_parameters import CPU_DEFAULTS, CpuEngineParameters
 from gateway.settings import PREFIX, Settings
-from paths import ROOT
+from tests.paths import ROOT
 
 # read outside Settings: prometheus_client's own variable, set by the worker pool's parent for its workers
 NOT_SETTINGS = {"PROMETHEUS_MULTIPROC_DIR"}

@@ -26,8 +26,8 @@ import yaml
 from tritonclient.grpc import model_config_pb2
 
 from engine_contract.request import decode_stop_words
-from paths import DATA_DIR, ROOT
-from support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
+from tests.paths import DATA_DIR, ROOT
+from tests.support.model_configs import CONTRACT_INPUTS, CONTRACT_OUTPUTS, load, table
 
 MODEL_DIR = ROOT / "model_repository" / "electron_trtllm"
 API = json.loads((DATA_DIR / "trtllm_llm_api_1_2_1.json").read_text())

@@ -3,7 +3,7 @@ directory that exists (relative to the linking file's directory, anchors strippe
 
 import re
 
-from paths import ROOT
+from tests.paths import ROOT
 
 DOCS = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 # [text](target) and ![alt](target); the target ends at whitespace or ")"

@@ -17,8 +17,8 @@ import pytest
 
 from gateway.server.triton_launcher import prepare_artifacts
 from gateway.settings import Settings
-from paths import ROOT
-from support.guided import LIMITS, TIME, WEATHER, run
+from tests.paths import ROOT
+from tests.support.guided import LIMITS, TIME, WEATHER, run
 
 pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
 

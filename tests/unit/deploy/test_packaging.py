@@ -15,7 +15,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from paths import ROOT
+from tests.paths import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 SERVER_LOCK, TEST_LOCK, ENGINE_LOCK = (ROOT / "build" / f"requirements{s}.txt" for s in ("", "-test", "-engine"))

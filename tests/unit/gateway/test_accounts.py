@@ -12,7 +12,7 @@ from gateway.accounts.pricing import Prices, cancelled_prompt_cost, cost_of, mic
 from gateway.accounts.rate_headers import duration, refusal_headers, window_headers
 from gateway.accounts.service import is_loopback
 from gateway.settings import Settings
-from support.clock import Clock
+from tests.support.clock import Clock
 
 
 # --- keys ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import json
 import pytest
 import regex
 
-from paths import DATA_DIR
+from tests.paths import DATA_DIR
 from gateway.chat.choice_stream import ChoiceStream
 from gateway.settings import Settings
 from gateway.chat.token_codec import TokenCodec

@@ -10,7 +10,7 @@ from gateway.chat.wire_request import parse_body
 from gateway.chat.chat_template import ChatTemplate
 from gateway.errors import InvalidRequestError
 from gateway.tools.filler import phrase_bank
-from support.guided import LIMITS, TIME, WEATHER, PromptCodec, run
+from tests.support.guided import LIMITS, TIME, WEATHER, PromptCodec, run
 
 def refused(**fields):
     with pytest.raises(InvalidRequestError) as info:

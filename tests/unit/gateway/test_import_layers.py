@@ -9,7 +9,7 @@ side and do not import each other. Imports inside functions count too."""
 import ast
 from pathlib import Path
 
-from paths import ROOT
+from tests.paths import ROOT
 
 GATEWAY = ROOT / "gateway"
 LEAVES = {"errors", "openai_schema", "model_artifacts", "settings"}

@@ -8,7 +8,7 @@ import pytest
 from llama_cpp import Llama
 from tokenizers import Tokenizer
 
-from paths import DATA_DIR
+from tests.paths import DATA_DIR
 from gateway.model_artifacts import ModelArtifacts, embedded_gguf_path, write_artifacts
 from gateway.settings import Settings
 from gateway.server.triton_launcher import prepare_artifacts

@@ -7,7 +7,7 @@ import time
 import pytest
 from tokenizers import Tokenizer
 
-from paths import DATA_DIR
+from tests.paths import DATA_DIR
 from gateway.settings import Settings
 from gateway.chat.token_codec import TokenCodec
 from gateway.server.triton_launcher import prepare_artifacts
