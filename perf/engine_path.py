@@ -6,7 +6,7 @@ Triton's Python backend loads ``model.py`` from there and puts that folder on th
 ``sys.path``, and the folder is copied into deployments as it is, so it is not an installed
 package. Putting the folder on ``sys.path`` is what Triton does too (the gateway sets
 ``PYTHONPATH`` to it for its llama.cpp children, ``gateway.server.weight_choice``; the tests
-add it in ``tests/conftest.py``); this module is the benchmarks' one place for it.
+name it in pyproject.toml's pytest ``pythonpath``); this module is the benchmarks' one place for it.
 """
 
 from __future__ import annotations
