@@ -39,7 +39,6 @@ from pathlib import Path
 import httpx2
 
 from perf import RESULTS
-from perf.procfs import cpu_info
 from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.servers import ElectronServer
@@ -178,7 +177,7 @@ def main() -> None:
     finally:
         server.stop()
     rows = summarize(hangups, engine_cancel_times(log_path.read_text(errors="replace")))
-    meta = run_meta(cpu=cpu_info(), reps=args.reps, command=f"-m perf cancel-latency --reps {args.reps}")
+    meta = run_meta(reps=args.reps, command=f"-m perf cancel-latency --reps {args.reps}")
     write_results(args.out, report(rows, meta))
 
 

@@ -37,7 +37,6 @@ from typing import Callable
 from gateway.settings import Settings
 from perf import RESULTS, ROOT, quiet
 from perf import llamacpp_tools as tools
-from perf.procfs import cpu_info
 from perf.report import Column, Report, Section, Table
 from perf.results_dir import run_meta, write_results
 
@@ -252,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         noise[run.name] = cores
     meta = run_meta(command=" ".join([".venv/bin/python", "-m", "perf", "engine-vs-llamacpp"]
                                      + (sys.argv[1:] if argv is None else argv)),
-                    cpu=cpu_info(), threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
+                    threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
                     load_before=load_before, load_after=load_average(), wall_s=time.monotonic() - began,
                     others_cores=noise, max_noise=args.max_noise,
                     quick=args.quick)

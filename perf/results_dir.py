@@ -8,12 +8,15 @@ import sys
 import time
 from pathlib import Path
 
+from perf.procfs import cpu_info
 from perf.report import Report
 
 
 def run_meta(**extra) -> dict:
-    """Date and machine of this run, plus ``extra``."""
-    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}", **extra}
+    """Date, machine and CPU (model and flags from ``/proc/cpuinfo``: the figures depend on
+    it) of this run, plus ``extra``."""
+    return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}",
+            "cpu": cpu_info(), **extra}
 
 
 def result_dir(out_root: Path, kind: str, meta: dict) -> Path:

@@ -49,6 +49,7 @@ def test_sections_are_one_blank_line_apart():
 
 def test_a_report_is_written_as_json_and_markdown_in_its_result_directory(tmp_path, capsys):
     meta = run_meta(rounds=3)
+    assert meta["cpu"]["model"] != "unknown" and meta["cpu"]["cpus"] >= 1  # every run records its CPU
     report = Report("demo", meta, {"rows": ROWS}, ["Demo", Table(COLUMNS, ROWS)])
     out = write_results(tmp_path, report)
     assert out == result_dir(tmp_path, "demo", meta) and out.name.startswith(f"{meta['date']}-demo-")
