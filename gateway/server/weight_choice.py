@@ -49,8 +49,6 @@ from gateway.settings import WEIGHT_FORMAT_CHOICES, WEIGHT_FORMATS, Settings
 
 log = logging.getLogger(__name__)
 
-FORMATS = WEIGHT_FORMATS
-SETTING_CHOICES = WEIGHT_FORMAT_CHOICES
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "weight_gate_prompts.json"
 DECISION_VERSION = 2  # 2: agreement counted on the stable prompts
 ENGINE_MODEL = "electron_cpu"  # the model folder whose llama_engine package does the llama.cpp work
@@ -60,7 +58,7 @@ TIMING_ROUNDS = 3
 @dataclass(frozen=True)
 class WeightChoice:
     path: Path  # the GGUF the engine loads
-    format: str  # "shipped" or one of FORMATS
+    format: str  # "shipped" or one of WEIGHT_FORMATS
     reason: str
     decision_file: Path | None = None
 
@@ -69,11 +67,11 @@ def weights_dir(artifacts: ModelArtifacts) -> Path:
     return artifacts.directory / "weights"
 
 
-def engine_weights(settings: Settings, artifacts: ModelArtifacts, formats: tuple[str, ...] = FORMATS,
+def engine_weights(settings: Settings, artifacts: ModelArtifacts, formats: tuple[str, ...] = WEIGHT_FORMATS,
                    prompts: list[list[int]] | None = None) -> WeightChoice:
     """The weights for ``settings.weight_format`` (see the module docstring). ``formats`` and
     ``prompts`` (token ids) replace the candidates and the fixed prompt set (tests)."""
-    setting = settings.weight_format  # one of SETTING_CHOICES (Settings checks it)
+    setting = settings.weight_format  # one of WEIGHT_FORMAT_CHOICES (Settings checks it)
     if setting == "shipped":
         return _logged(WeightChoice(artifacts.gguf_path, "shipped", "set: shipped"))
     if settings.triton_model != ENGINE_MODEL:
@@ -339,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Prepare the model artifacts and choose the engine's weights")
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: ELECTRON_GGUF_PATH or the embedded SmolLM2)")
     parser.add_argument("--artifacts-dir", type=Path, default=None, help="default: ELECTRON_ARTIFACTS_DIR")
-    parser.add_argument("--weight-format", choices=SETTING_CHOICES, default=None, help="default: ELECTRON_WEIGHT_FORMAT")
+    parser.add_argument("--weight-format", choices=WEIGHT_FORMAT_CHOICES, default=None, help="default: ELECTRON_WEIGHT_FORMAT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
