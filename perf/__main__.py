@@ -18,6 +18,7 @@ import sys
 # name -> (script, what it measures); the suite (``suite``) runs most of them in one go
 BENCHMARKS = {
     "capacity": ("capacity.py", "paced calls per machine at the voice SLO, beside llama-server (the headline)"),
+    "ttft": ("ttft.py", "where a later turn's time to first token goes, layer by layer, beside llama-server"),
     "voice": ("voice_bench.py", "voice calls side by side with llama-server"),
     "relay": ("bench_relay.py", "the gateway's CPU per relayed token, with an engine that computes nothing"),
     "gateway": ("bench_gateway.py", "the gateway's overhead over direct Triton gRPC"),

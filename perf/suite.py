@@ -48,6 +48,8 @@ def steps(mode: str) -> list[Step]:
     return [
         Step("capacity: paced calls at the voice SLO, electron and llama-server",
              _perf("capacity", *(["--calls", "1", "4", "8", "--stop-after", "1"] if quick else [])), "capacity"),
+        Step("a later turn's time to first token, layer by layer, beside llama-server",
+             _perf("ttft", *(["--turns", "4"] if quick else [])), "ttft"),
         Step("voice calls, electron vs llama-server", _perf("voice", "--mode", mode), "voice"),
         Step("token relay: the gateway's CPU per token",
              _perf("relay", *(["--streams", "64", "--tokens-per-s", "100"] if quick else [])), "relay"),

@@ -35,6 +35,7 @@ from gateway.chat.chat_request import ChatLimits, PreparedChat, prepare_chat
 from gateway.chat.wire_request import parse_body
 from gateway.chat.choice_stream import Delta
 from gateway.chat.completion import CompletionRun
+from gateway.chat.timeline import Timeline
 from gateway.chat.served_model import ModelView
 from gateway.engine.protocol import Engine
 from gateway.errors import (EngineUnavailableError, ServerOverloadedError, ShuttingDownError)
@@ -96,24 +97,28 @@ class ChatService:
             log.info("model limits: %s, tokens_per_block=%d", self._limits, self._tokens_per_block)
         return self._limits
 
-    async def _prepare(self, body: bytes) -> PreparedChat:
+    async def _prepare(self, body: bytes, timeline: Timeline) -> PreparedChat:
         """Parse (400 before anything else), resolve the limits, render and tokenize;
         a large body off the event loop."""
         if len(body) <= PREPARE_OFF_LOOP_BYTES:
             chat = parse_body(body)
-            return prepare_chat(chat, await self.limits(), self._model.template, self._model.codec)
+            timeline.mark("parse")
+            return prepare_chat(chat, await self.limits(), self._model.template, self._model.codec, timeline)
         loop = asyncio.get_running_loop()
         log.debug("preparing a %d-byte request off the event loop", len(body))
         chat = await loop.run_in_executor(self._prepare_pool, contextvars.copy_context().run, parse_body, body)
+        timeline.mark("parse")
         limits = await self.limits()
         return await loop.run_in_executor(self._prepare_pool, contextvars.copy_context().run, prepare_chat,
-                                          chat, limits, self._model.template, self._model.codec)
+                                          chat, limits, self._model.template, self._model.codec, timeline)
 
     async def complete(self, request: Request) -> Response:
         """Key (401), body and prompt (4xx, no engine work), caps (429), then the engine."""
         if self.draining:
             raise ShuttingDownError()
+        timeline = Timeline()
         caller = await self._accounts.authenticate(request.headers.get("authorization"))
+        timeline.mark("auth")
         fields = summary(request)
         fields.update(account=caller.account_id, key_id=caller.key_id)
         try:
@@ -121,14 +126,17 @@ class ChatService:
         except ClientGone:
             log.info("client disconnected while sending the request body")
             return Response(status_code=CLIENT_GONE)
-        prepared = await self._prepare(body)
+        timeline.mark("read_body")
+        prepared = await self._prepare(body, timeline)
         admission = await self._accounts.admit(caller)
+        timeline.mark("admit")
         self.in_flight += 1
-        bill = Bill(self._accounts, caller, admission, current_request_id.get(), self._settings.served_model,
-                    on_settle=lambda outcome, row: self._settled(fields, bill, outcome, row))
+        request_id = current_request_id.get()
+        bill = Bill(self._accounts, caller, admission, request_id, self._settings.served_model,
+                    on_settle=lambda outcome, row: self._settled(fields, bill, outcome, row, request_id))
         bill.prepared(prepared.prompt_tokens)
         try:
-            return await self._respond(request, prepared, bill, self._accounts.headers(admission))
+            return await self._respond(request, prepared, bill, self._accounts.headers(admission), timeline)
         except ClientGone:
             log.info("client disconnected before the response started")
             bill.settle("cancelled")
@@ -143,7 +151,7 @@ class ChatService:
             bill.settle("cancelled")
             raise
 
-    def _settled(self, fields: dict, bill: Bill, outcome: Outcome, row: UsageRow) -> None:
+    def _settled(self, fields: dict, bill: Bill, outcome: Outcome, row: UsageRow, request_id: str) -> None:
         """The request's slot is free and its row recorded: what its log line says of it."""
         self.in_flight -= 1
         run: CompletionRun | None = bill.run  # the run _respond started
@@ -156,11 +164,14 @@ class ChatService:
                       else round(run.engine_ttft_ms, 1))
         if bill.error_code:
             fields["error_code"] = bill.error_code
+        if run is not None:
+            run.timeline.log(request_id)
 
-    async def _respond(self, request: Request, prepared, bill: Bill, headers: dict[str, str]) -> Response:
+    async def _respond(self, request: Request, prepared, bill: Bill, headers: dict[str, str],
+                       timeline: Timeline) -> Response:
         request_id = current_request_id.get()
         run = CompletionRun(self._engine, prepared, request_id, self._model.codec.token_bytes,
-                            self._tokens_per_block)
+                            self._tokens_per_block, timeline)
         bill.running(run)
         shaper = ResponseShaper(self._settings.served_model, self._model.system_fingerprint,
                                 include_usage=prepared.include_usage, want_logprobs=prepared.logprobs)

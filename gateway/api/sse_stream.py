@@ -96,8 +96,10 @@ def _close_later(*generators) -> None:
 
 async def sse_events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
                   deltas: AsyncIterator[Delta], bill: Bill, cut_off) -> AsyncIterator[bytes]:
+    timeline = run.timeline
     try:
         yield sse.event(shaper.role_chunk()) + b"".join(sse.event(c) for c in shaper.stream_chunks(first))
+        timeline.written()  # resumed once the chunk was sent: the first content's, if it had text
         async for delta in deltas:
             if cut_off():
                 bill.cut_off_by_shutdown()
@@ -105,10 +107,12 @@ async def sse_events(shaper: ResponseShaper, run: CompletionRun, first: Delta,
             fast = shaper.plain_content_json(delta)
             if fast is not None:
                 yield sse.frame(fast)
+                timeline.written()
                 continue
             chunks = shaper.stream_chunks(delta)
             if chunks:
                 yield b"".join(sse.event(c) for c in chunks)
+                timeline.written()
         if shaper.include_usage:
             yield sse.event(shaper.usage_chunk(run))
     except APIError as exc:

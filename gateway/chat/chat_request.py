@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.chat.chat_template import ChatTemplate
 from gateway.chat.choice_stream import ToolMode
+from gateway.chat.timeline import Timeline
 from gateway.engine.protocol import EngineRequest
 from gateway.errors import ContextLengthExceededError, InvalidRequestError, ModelNotFoundError
 from gateway.tools.filler import choose_filler
@@ -175,8 +176,10 @@ def _max_tokens(request: ChatCompletionRequest, prompt_tokens: int, context_wind
 
 
 def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: ChatTemplate,
-            codec: TokenCodec) -> PreparedChat:
-    """Checks, renders and tokenizes; raises ``InvalidRequestError`` for anything refused."""
+            codec: TokenCodec, timeline: Timeline | None = None) -> PreparedChat:
+    """Checks, renders and tokenizes; raises ``InvalidRequestError`` for anything refused.
+    ``timeline``: marked at the end of the template, tokenize and guide stages."""
+    mark = timeline.mark if timeline is not None else _no_mark
     _check_unsupported(request)
     _check_model(request, limits)
     stops = _stops(request)
@@ -193,10 +196,11 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
     dialect = dialects()[limits.tool_dialect]
     messages = template_messages(request)
     tools = plan.tools if plan else None
-    if template.supports_tools:
-        prompt = codec.encode(template.render(messages, tools=tools))
-    else:
-        prompt = codec.encode(template.render(dialect.render_messages(messages, tools)))
+    text = template.render(messages, tools=tools) if template.supports_tools \
+        else template.render(dialect.render_messages(messages, tools))
+    mark("template")
+    prompt = codec.encode(text)
+    mark("tokenize")
     if calling or (plan is not None and guide is None):  # tool_choice none: text that never opens a call
         guide = tools_guide(plan, dialect, limits.guide_backend)
     tool_mode = ToolMode(dialect, plan.forced, _filler(request, limits),
@@ -221,6 +225,7 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
         guide=guide.text if guide else None,
         playback_chars_per_s=_playback_pace(request, limits, spoken),
     )
+    mark("guide")
     return PreparedChat(
         engine_request=engine_request,
         stops=stops,
@@ -229,6 +234,10 @@ def prepare_chat(request: ChatCompletionRequest, limits: ChatLimits, template: C
         logprobs=bool(request.logprobs),
         tools=tool_mode,
     )
+
+
+def _no_mark(stage: str) -> None:
+    pass
 
 
 def _filler(request: ChatCompletionRequest, limits: ChatLimits) -> str | None:

@@ -23,6 +23,7 @@ from typing import AsyncIterator
 
 from gateway.chat.chat_request import PreparedChat
 from gateway.chat.choice_stream import ChoiceStream, Delta
+from gateway.chat.timeline import Timeline
 from gateway.engine.protocol import Engine
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ log = logging.getLogger(__name__)
 
 class CompletionRun:
     def __init__(self, engine: Engine, prepared: PreparedChat, request_id: str,
-                 token_bytes, tokens_per_block: int) -> None:
+                 token_bytes, tokens_per_block: int, timeline: Timeline | None = None) -> None:
         self._engine = engine
+        self.timeline = timeline or Timeline()  # marked from the engine call to the first visible delta
         self._prepared = prepared
         self._request_id = request_id
         self._tokens_per_block = tokens_per_block
@@ -73,12 +75,15 @@ class CompletionRun:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         started = time.perf_counter()
+        timeline = self.timeline
+        timeline.engine_called()
         outputs = self._engine.generate(self._prepared.engine_request, self._request_id)
         try:
             opening = self._choice.opening()  # a forced tool call's filler: before the engine's first token
             if opening is not None:
                 self._started = True
                 self.first_text_ms = (time.perf_counter() - started) * 1e3
+                timeline.delta(visible=True)
                 yield opening
             last = None
             async for output in outputs:
@@ -93,10 +98,14 @@ class CompletionRun:
                 last = now
                 if self.first_token_ms is None:
                     self.first_token_ms = (now - started) * 1e3
+                    times = output.engine_times
+                    if times is not None:
+                        self.engine_ttft_ms = times.ttft_ms
+                        timeline.first_output(times.arrival_ns, times.first_scheduled_ns, times.first_token_ns)
+                    else:
+                        timeline.first_output(0, 0, 0)
                 if output.reused_blocks is not None:
                     self._reused_blocks = output.reused_blocks
-                if output.engine_ttft_ms is not None:
-                    self.engine_ttft_ms = output.engine_ttft_ms
                 delta = self._choice.feed(output.token_ids, output.logprobs)
                 if delta is None and output.token_ids and not self._started:
                     delta = Delta()  # the first token's text is held back: the stream still starts now
@@ -104,6 +113,7 @@ class CompletionRun:
                     self._started = True
                     if delta.content and self.first_text_ms is None:
                         self.first_text_ms = (time.perf_counter() - started) * 1e3
+                    timeline.delta(visible=bool(delta.content))
                     yield delta
                 if self._choice.stopped:
                     break  # a stop string: closing ``outputs`` cancels the engine request

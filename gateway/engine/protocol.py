@@ -38,12 +38,27 @@ class EngineRequest:
 
 
 @dataclass(frozen=True)
+class EngineTimes:
+    """The engine's own timestamps of a request (wall clock, ``time.time_ns``; 0: not reported)."""
+    arrival_ns: int
+    first_scheduled_ns: int
+    first_token_ns: int
+
+    @property
+    def ttft_ms(self) -> float | None:
+        """Engine arrival to first token."""
+        if not (self.arrival_ns and self.first_token_ns):
+            return None
+        return (self.first_token_ns - self.arrival_ns) / 1e6
+
+
+@dataclass(frozen=True)
 class EngineOutput:
     token_ids: list[int]
     logprobs: list[float] | None = None
     final: bool = False
     reused_blocks: int | None = None  # prefix-cache blocks this request reused
-    engine_ttft_ms: float | None = None  # engine arrival to first token; on the first output with tokens
+    engine_times: EngineTimes | None = None  # on the first output with tokens, when the engine reports them
     # a prefill progress report (no tokens, not final): prompt tokens whose KV the engine has
     # for this request, reused or computed (``EngineInfo.reports_prefill``)
     prefilled_tokens: int | None = None

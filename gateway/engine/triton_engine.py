@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from engine_contract import (INPUTS, ContractRequest, decode_perf, decode_response, decode_tokens, encode_request,
                              is_overloaded)
 from gateway.engine.dead_model import PROBE, PROBE_REQUEST_ID, DeadModelGuard, is_dead_model_error
-from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
+from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest, EngineTimes
 from gateway.errors import (APIError, EngineError, EngineTimeoutError, EngineUnavailableError,
                                ServerOverloadedError)
 
@@ -83,19 +83,18 @@ def parse_output(result, first: bool = False) -> EngineOutput:
         perf = decode_perf(result.as_numpy)
         return EngineOutput(token_ids=[], reused_blocks=None if perf is None else perf.reused_blocks,
                             prefilled_tokens=decode_response(result.as_numpy).sequence_length)
-    reused_blocks = engine_ttft_ms = None
+    reused_blocks = engine_times = None
     if first:
         perf = decode_perf(result.as_numpy)
         if perf is not None:
             reused_blocks = perf.reused_blocks
-            if perf.arrival_ns and perf.first_token_ns:
-                engine_ttft_ms = (perf.first_token_ns - perf.arrival_ns) / 1e6
+            engine_times = EngineTimes(perf.arrival_ns, perf.first_scheduled_ns, perf.first_token_ns)
     return EngineOutput(
         token_ids=tokens,
         logprobs=None if logprobs is None else logprobs[:len(tokens)],
         final=final,
         reused_blocks=reused_blocks,
-        engine_ttft_ms=engine_ttft_ms,
+        engine_times=engine_times,
     )
 
 

@@ -10,9 +10,10 @@ request was abandoned before its final output.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
-from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest
+from gateway.engine.protocol import EngineInfo, EngineOutput, EngineRequest, EngineTimes
 from gateway.errors import APIError
 
 
@@ -79,7 +80,16 @@ class ScriptedEngine:
                 call.responses_sent += 1
                 yield EngineOutput(token_ids=piece, logprobs=[s.logprob] * len(piece) if request.logprobs else None,
                                    final=final, reused_blocks=s.reused_blocks,
-                                   engine_ttft_ms=s.engine_ttft_ms if n == 0 else None)
+                                   engine_times=_engine_times(s.engine_ttft_ms) if n == 0 else None)
             call.finished = True
         finally:
             call.abandoned = not call.finished
+
+
+def _engine_times(ttft_ms: float | None) -> EngineTimes | None:
+    """Timestamps as an engine reports them, its first token now and ``ttft_ms`` after arrival."""
+    if ttft_ms is None:
+        return None
+    now = time.time_ns()
+    arrival = now - round(ttft_ms * 1e6)
+    return EngineTimes(arrival_ns=arrival, first_scheduled_ns=arrival, first_token_ns=now)
