@@ -92,7 +92,7 @@ def turn_rows(results: list[TurnResult], lines: dict[str, dict]) -> list[dict]:
         client = None if result.first_text_s is None else result.first_text_s * 1e3
         engine = sum(stages.get(s, 0.0) for s in ("engine_queue", "prefill"))
         rows.append({"turn": number, "prompt_tokens": result.prompt_tokens, "cached_tokens": result.cached_tokens,
-                     "client_first_delta_ms": None if result.ttft_s is None else result.ttft_s * 1e3,
+                     "client_first_chunk_ms": None if result.first_chunk_s is None else result.first_chunk_s * 1e3,
                      "client_first_text_ms": client, "gateway_total_ms": gateway_total,
                      "client_minus_gateway_ms": None if client is None or gateway_total is None
                      else client - gateway_total,
@@ -116,6 +116,7 @@ def stage_rows(later: list[dict]) -> list[dict]:
     for name, key in (("gateway's own stages", "gateway_own_ms"), ("engine (queue + prefill)", "engine_ms"),
                       ("gateway timeline, total", "gateway_total_ms"),
                       ("client - gateway (socket, HTTP, client)", "client_minus_gateway_ms"),
+                      ("client, first chunk (the engine's first token)", "client_first_chunk_ms"),
                       ("**client, first text**", "client_first_text_ms")):
         values = [r[key] for r in later]
         rows.append({"stage": name, "median_ms": median(values), "max_ms": max((v for v in values if v is not None),
@@ -151,7 +152,8 @@ def run_llama_server(args, system: str, turns: list[str]) -> list[dict]:
 
 TURN_COLUMNS = [
     Column("turn", "turn"), Column("prompt / cached tokens", ("prompt_tokens", "cached_tokens"), "{} / {}"),
-    Column("client first text (ms)", "client_first_text_ms", "{:.1f}"),
+    Column("client first chunk / first text (ms)", ("client_first_chunk_ms", "client_first_text_ms"),
+           "{:.1f} / {:.1f}"),
     Column("gateway timeline (ms)", "gateway_total_ms", "{:.1f}"),
     Column("client - gateway (ms)", "client_minus_gateway_ms", "{:.1f}"),
     Column("engine queue + prefill (ms)", "engine_ms", "{:.1f}"),
@@ -161,15 +163,20 @@ TURN_COLUMNS = [
 STAGE_COLUMNS = [Column("stage", "stage"), Column("median (ms)", "median_ms", "{:.2f}"),
                  Column("max (ms)", "max_ms", "{:.2f}")]
 SIDE_COLUMNS = [Column("server", "server"), Column("later turns", "turns"),
-                Column("first text p50 (ms)", "p50_ms", "{:.1f}"), Column("min-max (ms)", ("min_ms", "max_ms"),
-                                                                           "{:.1f}-{:.1f}"),
+                Column("first text p50 (ms)", "p50_ms", "{:.1f}"),
+                Column("min-max (ms)", ("min_ms", "max_ms"), "{:.1f}-{:.1f}"),
+                Column("first chunk p50 (ms)", "chunk_p50_ms", "{:.1f}"),
+                Column("later turns whose first token had no text", "held_back", missing="n/a"),
                 Column("first turn (ms)", "first_turn_ms", "{:.0f}")]
 
 
 def side_row(server: str, rows: list[dict]) -> dict:
     later = [r["client_first_text_ms"] for r in rows[1:] if r["client_first_text_ms"] is not None]
+    held = [r["first_token_visible"] is False for r in rows[1:] if r["first_token_visible"] is not None]
     return {"server": server, "turns": len(later), "p50_ms": median(later), "min_ms": min(later, default=None),
-            "max_ms": max(later, default=None), "first_turn_ms": rows[0]["client_first_text_ms"] if rows else None}
+            "max_ms": max(later, default=None), "chunk_p50_ms": median(r["client_first_chunk_ms"] for r in rows[1:]),
+            "held_back": sum(held) if held else None,
+            "first_turn_ms": rows[0]["client_first_text_ms"] if rows else None}
 
 
 def report(electron: list[dict], llama: list[dict] | None, meta: dict) -> Report:

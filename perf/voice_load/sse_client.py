@@ -22,6 +22,7 @@ class TurnResult:
     error: str | None = None
     cancelled: bool = False
     started: float = 0.0  # perf_counter at send
+    first_chunk_s: float | None = None  # the first chunk (the role's, sent with the engine's first token)
     ttft_s: float | None = None
     first_text_s: float | None = None
     end_s: float | None = None
@@ -103,7 +104,10 @@ async def stream_chat(http: httpx2.AsyncClient, body: dict, cancel_after_deltas:
                     continue
                 if event == "[DONE]":
                     break
-                last = apply_event(result, event, time.perf_counter() - result.started, last)
+                now_s = time.perf_counter() - result.started
+                if result.first_chunk_s is None:
+                    result.first_chunk_s = now_s
+                last = apply_event(result, event, now_s, last)
                 deltas = 0 if result.ttft_s is None else len(result.itl_s) + 1
                 if cancel_after_deltas is not None and deltas >= cancel_after_deltas:
                     result.cancelled = True
