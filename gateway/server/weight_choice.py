@@ -12,10 +12,13 @@ the gate). For ``auto``:
 2. check that each copy's vocabulary and chat template are the shipped file's (the
    gateway's tokenizer and template stay the shipped file's);
 3. greedy continuations of the fixed prompts (``data/weight_gate_prompts.json``,
-   rendered with the chat template) from the shipped file (twice, in two batch
-   orders: which prompts its own output is stable on) and each copy: the gate;
-4. time a voice turn's steps for the shipped file and each passing copy, with the
-   engine's context parameters and the CPU paths it would take for that file;
+   rendered with the chat template), all prompts decoded together as the sequences of
+   one batch: the shipped file's, then each copy's, which stops a prompt at its first
+   divergence from the shipped output and stops altogether at its first far one: the
+   gate (``weight_gate``: no far divergence);
+4. if a copy passed, time a voice turn's steps for the shipped file and each passing
+   copy, with the engine's context parameters and the CPU paths it would take for that
+   file (nothing is timed when none passed: the shipped file stays);
 5. keep the fastest passing copy if it beats the shipped file (``weight_gate.choose``).
 
 Everything llama.cpp does runs in child processes (``llama_engine.weight_formats``): a
@@ -23,6 +26,9 @@ candidate that crashes on this CPU is rejected, the shipped file stays. The deci
 (format, gate results, timings) is written to ``weights/decision-<key>.json``, the key
 covering the shipped file, the llama.cpp build, the CPU, the prompts and the engine
 settings that change the timings; a later start with the same key reads it (fast).
+It is made where the engine runs, never in an image build (``build/Dockerfile`` prepares
+the shipped file only): the first start of a container makes it, in the artifacts
+folder of its data volume.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from gateway.settings import WEIGHT_FORMAT_CHOICES, WEIGHT_FORMATS, Settings
 log = logging.getLogger(__name__)
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "weight_gate_prompts.json"
-DECISION_VERSION = 2  # 2: agreement counted on the stable prompts
+DECISION_VERSION = 3  # 3: no far divergence is the whole gate (2: agreement counted on the stable prompts)
 ENGINE_MODEL = "electron_cpu"  # the model folder whose llama_engine package does the llama.cpp work
 TIMING_ROUNDS = 3
 
@@ -130,50 +136,47 @@ def measure(settings: Settings, artifacts: ModelArtifacts, formats: tuple[str, .
     decision = {"version": DECISION_VERSION, "setting": "auto", "shipped_path": str(artifacts.gguf_path),
                 "cpu": _cpu_model(), "llama_cpp": _llama_cpp_version(),
                 "gate": {"prompts": len(prompts), "prefix_tokens": weight_gate.PREFIX_TOKENS,
-                         "min_agreement": weight_gate.MIN_AGREEMENT, "min_stable": weight_gate.MIN_STABLE,
                          "max_tie_gap": weight_gate.MAX_TIE_GAP,
                          "min_speedup": weight_gate.MIN_SPEEDUP, "turn_decodes": weight_gate.TURN_DECODES},
                 "candidates": {}}
     spec = _engine_spec(settings)
+    gate_spec = {**spec, "prompts": prompts, "new_tokens": weight_gate.PREFIX_TOKENS}
     try:
-        shipped = _child(settings, "greedy", {**spec, "gguf": str(artifacts.gguf_path), "prompts": prompts,
-                                              "new_tokens": weight_gate.PREFIX_TOKENS, "reversed_too": True})
+        shipped = _child(settings, "greedy", {**gate_spec, "gguf": str(artifacts.gguf_path)})
     except RuntimeError as exc:
         reason = f"the shipped file could not be run for the gate ({exc})"
         return {**decision, "chosen": "shipped", "reason": reason, "keep": False}
     reference = [weight_gate.Continuation(**o) for o in shipped["outputs"]]
-    again = [weight_gate.Continuation(**o) for o in shipped["outputs_reversed"]]
-    stable = weight_gate.stable_prompts(reference, again)
-    itself = weight_gate.judge(reference, [c.tokens for c in again])  # the noise floor: same file, other order
     decision["threads"] = shipped["threads"]
-    entries = {"shipped": {"path": str(artifacts.gguf_path), "cpu_paths": shipped["cpu_paths"],
-                           "weights": shipped["weights"], "flash_attn": shipped["flash_attn"],
-                           "stable": sum(stable), "itself": _gate_entry(itself)}}
-    log.info("weight gate: the shipped file against itself in another batch order: %s", itself.summary())
+    paths = {"weights": shipped["weights"], "flash_attn": shipped["flash_attn"]}
+    entries = {"shipped": {"path": str(artifacts.gguf_path), **paths, "cpu_paths": shipped["cpu_paths"],
+                           "greedy_s": shipped["seconds"]}}
     gates: dict[str, weight_gate.GateResult | None] = {}
     for fmt in formats:
-        entries[fmt], gates[fmt] = _gate_candidate(settings, artifacts, spec, fmt, prompts, reference, stable)
-    timed = {name: e for name, e in entries.items() if name == "shipped" or (gates[name] and gates[name].passed)}
+        entries[fmt], gates[fmt] = _gate_candidate(settings, artifacts, {**gate_spec, "paths": paths}, fmt, reference)
+    decision["candidates"] = entries
+    passed = [fmt for fmt in formats if gates[fmt] is not None and gates[fmt].passed]
+    if not passed:  # the shipped file stays, whatever the timings: nothing to time
+        return {**decision, "chosen": "shipped", "reason": "auto: no requantized copy passed the quality gate"}
     try:
-        times = _child(settings, "time", {**spec, "rounds": TIMING_ROUNDS, "models": {
-            name: {"gguf": e["path"], "weights": e["weights"], "flash_attn": e["flash_attn"]}
-            for name, e in timed.items()}})["times_ms"]
+        timed = _child(settings, "time", {**spec, "rounds": TIMING_ROUNDS, "models": {
+            name: entries[name]["path"] for name in ("shipped", *passed)}})
     except RuntimeError as exc:
-        decision["candidates"] = entries
         return {**decision, "chosen": "shipped", "reason": f"timing failed ({exc})"}
-    for name, t in times.items():
-        entries[name]["timings"] = _timing_summary(t)
-        entries[name]["times_ms"] = t
+    for name, t in timed["times_ms"].items():
+        entries[name].update(timed["paths"][name], timings=_timing_summary(t), times_ms=t)
     shipped_turn = entries["shipped"]["timings"]["voice_turn_ms"]
     chosen, reason = weight_gate.choose(shipped_turn, {
         fmt: (gates[fmt], entries[fmt].get("timings", {}).get("voice_turn_ms")) for fmt in formats})
-    decision["candidates"] = entries
     return {**decision, "chosen": chosen, "reason": f"auto: {reason}"}
 
 
-def _gate_candidate(settings, artifacts, spec, fmt, prompts, reference,
-                    stable) -> tuple[dict, weight_gate.GateResult | None]:
-    """One requantized copy through the gate: its entry for the decision and its gate result."""
+def _gate_candidate(settings: Settings, artifacts: ModelArtifacts, spec: dict, fmt: str,
+                    reference: list[weight_gate.Continuation]) -> tuple[dict, weight_gate.GateResult | None]:
+    """One requantized copy through the gate: ``spec`` has the prompts and the shipped
+    file's CPU paths to run it on (the paths the engine would take for the copy are probed
+    only if it passes, before it is timed). Its entry for the decision and its gate result
+    (None: it could not be made or run)."""
     entry: dict = {}
     try:
         path = requantized(settings, artifacts, fmt)
@@ -181,22 +184,24 @@ def _gate_candidate(settings, artifacts, spec, fmt, prompts, reference,
         same = same_vocabulary(artifacts.gguf_path, path)
         entry["vocabulary_same"] = same
         if not same:
-            gate = weight_gate.GateResult(len(prompts), 0, [], vocabulary_same=False)
+            gate = weight_gate.GateResult(len(reference), 0, [], vocabulary_same=False)
             return {**entry, **_gate_entry(gate)}, gate
-        answer = _child(settings, "greedy", {**spec, "gguf": str(path), "prompts": prompts,
-                                             "new_tokens": weight_gate.PREFIX_TOKENS})
+        answer = _child(settings, "greedy", {
+            **spec, "gguf": str(path),
+            "reference": [{"tokens": c.tokens, "ties": weight_gate.near_tie_tokens(c)} for c in reference]})
     except RuntimeError as exc:
         log.warning("weight format %s rejected: %s", fmt, exc)
         return {**entry, "error": str(exc), "passed": False}, None
-    gate = weight_gate.judge(reference, [o["tokens"] for o in answer["outputs"]], stable=stable)
-    entry.update(cpu_paths=answer["cpu_paths"], weights=answer["weights"], flash_attn=answer["flash_attn"])
+    gate = weight_gate.judge(reference, [o and o["tokens"] for o in answer["outputs"]])
+    entry.update(gated_on={"weights": answer["weights"], "flash_attn": answer["flash_attn"]},
+                 greedy_s=answer["seconds"])
     log.info("weight format %s: %s (%s)", fmt, gate.summary(), "passed" if gate.passed else "failed")
     return {**entry, **_gate_entry(gate)}, gate
 
 
 def _gate_entry(gate: weight_gate.GateResult) -> dict:
-    return {"passed": gate.passed, "agree": gate.agree, "prompts": gate.prompts, "stable": gate.stable,
-            "stable_agree": gate.stable_agree, "near_ties": gate.near_ties, "far": gate.far,
+    return {"passed": gate.passed, "agree": gate.agree, "prompts": gate.prompts, "not_run": gate.not_run,
+            "near_ties": gate.near_ties, "far": gate.far,
             "max_gap": max((d.gap for d in gate.divergences), default=0.0), "summary": gate.summary(),
             "divergences": [{**dataclasses.asdict(d), "near_tie": d.near_tie} for d in gate.divergences]}
 

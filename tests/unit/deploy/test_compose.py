@@ -86,7 +86,8 @@ def test_images_come_from_the_repository_recipe_and_the_pins():
         build = SERVICES[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
     dockerfile = (ROOT / "build" / "Dockerfile").read_text()
-    assert "RUN bash build/install.sh" in dockerfile and "ELECTRON_PORTABLE_CPU=1" in dockerfile
+    assert "RUN ELECTRON_WEIGHT_FORMAT=shipped bash build/install.sh" in dockerfile
+    assert "ELECTRON_PORTABLE_CPU=1" in dockerfile
     install = (ROOT / "build" / "install.sh").read_text()
     assert "ELECTRON_PORTABLE_CPU" in install and '-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"' in install
     assert interpolate(SERVICES["triton-gpu"]["image"]) == PINS["TRITON_TRTLLM_IMAGE"]
@@ -98,6 +99,29 @@ def test_images_come_from_the_repository_recipe_and_the_pins():
     assert f"XGRAMMAR=xgrammar=={PINS['XGRAMMAR_VERSION']}" in installer
     readme = (ROOT / "docs" / "gpu.md").read_text()
     assert "26.07-trtllm-python-py3" in readme and "1.2.1" in readme
+
+
+def instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(instruction, arguments) of each Dockerfile instruction, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.splitlines() if not line.startswith("#")))
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in joined.splitlines() if line.strip()]
+
+
+def test_the_image_build_runs_no_weight_gate_and_no_cpu_probe_and_the_first_start_keeps_them_on_the_volume():
+    steps = instructions((ROOT / "build" / "Dockerfile").read_text())
+    runs = [args for op, args in steps if op == "RUN"]
+    installs = [args for args in runs if "build/install.sh" in args]
+    assert len(installs) == 1 and installs[0].startswith("ELECTRON_WEIGHT_FORMAT=shipped ")
+    # install.sh prepares the model with the settings of its environment: shipped makes no gate, no probe
+    install = (ROOT / "build" / "install.sh").read_text()
+    assert re.search(r"^\.venv/bin/python build/prepare_model\.py >/dev/null$", install, re.M)
+    assert not any(re.search(r"prepare_model|weight_choice|weight_formats|cpu_paths|--weight-format", args)
+                   for args in runs if args not in installs)
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in steps if op == "ENV")))
+    assert "ELECTRON_WEIGHT_FORMAT" not in env  # the running container's default: auto, decided there
+    assert Settings.from_env(env).weight_format == "auto"
+    volumes = [args.strip() for op, args in steps if op == "VOLUME"]
+    assert volumes == [env["ELECTRON_DATA_DIR"]] and env["ELECTRON_ARTIFACTS_DIR"].startswith(volumes[0] + "/")
 
 
 def test_the_gpu_triton_serves_a_model_of_the_repository_filled_by_the_build_step(tmp_path):

@@ -11,15 +11,18 @@ candidate, not the caller:
   whole or not at all;
 - ``greedy SPEC.json``: the CPU paths the engine would take for this GGUF
   (``cpu_paths``), then greedy continuations of the given prompts (token ids), all
-  prompts as sequences of one batch, with each step's top candidates and logits
-  (with ``reversed_too``, once more in the reverse order: the same file's own
-  spread across batch shapes);
-- ``time SPEC.json``: the step costs of a voice turn for each GGUF, in rounds that
-  interleave the files (a noisy machine slows all of them alike).
+  prompts as sequences of one batch, with each step's top candidates and logits;
+  given the shipped file's run as a reference, a candidate's continuations instead,
+  each stopped at its first divergence from the reference, the whole run at the
+  first far one (``greedy``), on the CPU paths given (the shipped file's: a candidate
+  is probed only once it passed, in ``time``);
+- ``time SPEC.json``: the CPU paths the engine would take for each GGUF, then the
+  step costs of a voice turn on them, in rounds that interleave the files (a noisy
+  machine slows all of them alike).
 
 Both run on the engine's own ``LlamaRunner`` with the engine's context parameters
-(KV cells, sequences, batch size, threads, flash attention and buffer types as
-``cpu_paths`` chose for that file). Each prints one JSON line on stdout.
+(KV cells, sequences, batch size, threads, flash attention and buffer types). Each
+prints one JSON line on stdout.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ LONG_PREFILL = 512
 HISTORY = 1024  # a later turn of a call: the history before its new tokens
 TURN_PREFILL = 24  # the new tokens of a later turn (a user's 10-30 words)
 TURN_DECODES = 8  # decode steps timed after it
+TURNS_PER_ROUND = 3
 
 
 def _quiet_llama_logs(llama_cpp) -> None:
@@ -94,84 +98,172 @@ def _top(llama_cpp, runner, row: int, np) -> tuple[list[int], list[float]]:
     return ids.tolist(), [float(logits[i]) for i in ids]
 
 
-def greedy(runner, prompts: list[list[int]], new_tokens: int) -> list[dict]:
-    """Greedy continuations of every prompt (one sequence each, decoded together in groups
-    of at most the runner's sequences), up to ``new_tokens`` or an end-of-generation token
-    (kept): per prompt its tokens and, per step, the top candidates (chosen first) and
-    their logits."""
-    group = runner.config.max_sequences
-    outputs = []
-    for start in range(0, len(prompts), group):
-        outputs += _greedy_group(runner, prompts[start:start + group], new_tokens)
-        for seq in range(min(group, len(prompts) - start)):
+def greedy(runner, prompts: list[list[int]], new_tokens: int,
+           reference: list[dict] | None = None) -> list[dict | None]:
+    """Greedy continuations of every prompt, up to ``new_tokens`` or an end-of-generation
+    token (kept). All prompts are decoded together, one sequence id each and one
+    ``llama_decode`` per step for all of them (more prompts than the runner's sequences:
+    in groups, each on clean sequences); a prompt's leading tokens that an earlier prompt
+    of its group has (the system prompt) are copied from that sequence, not prefilled.
+
+    Without ``reference``: per prompt its tokens and, per step, the top candidates (chosen
+    first) and their logits. With ``reference`` (per prompt the shipped run's ``tokens``
+    and, per step, the ``ties``: the tokens that would be a near-tie there): per prompt its
+    tokens only, ending at the first one that differs from the reference's; the run stops
+    altogether at the first such token not among that step's ties (a far divergence),
+    and the prompts it had not finished then are None."""
+    size = runner.config.max_sequences
+    outputs: list[dict | None] = []
+    far = False
+    for start in range(0, len(prompts), size):
+        if far:  # the verdict is known
+            outputs += [None] * len(prompts[start:start + size])
+            continue
+        group = _GreedyGroup(runner, prompts[start:start + size], new_tokens,
+                             reference[start:start + size] if reference is not None else None)
+        outputs += group.run()
+        far = group.far
+        for seq in range(min(size, len(prompts) - start)):
             runner.seq_rm(seq, 0, -1)
     return outputs
 
 
-def _greedy_group(runner, prompts: list[list[int]], new_tokens: int) -> list[dict]:
-    import llama_cpp
-    import numpy as np
+def shared_prefixes(prompts: list[list[int]]) -> list[tuple[int, int]]:
+    """Per prompt: the earlier prompt it shares the most leading tokens with and how many
+    (short of its last token, whose logits its own decode must give); (-1, 0): none."""
+    found = []
+    for i, prompt in enumerate(prompts):
+        best = (-1, 0)
+        for j in range(i):
+            common = next((k for k, (x, y) in enumerate(zip(prompt, prompts[j])) if x != y),
+                          min(len(prompt), len(prompts[j])))
+            if min(common, len(prompt) - 1) > best[1]:
+                best = (j, min(common, len(prompt) - 1))
+        found.append(best)
+    return found
 
-    def tops_after(entries) -> dict[int, tuple[list[int], list[float]]]:
-        # read at once: the next llama_decode overwrites the logits
-        return {seq: _top(llama_cpp, runner, i, np) for i, (_, _, seq, logits) in enumerate(entries) if logits}
 
-    pending = [(token, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, token in enumerate(p)]
-    tops: dict[int, tuple[list[int], list[float]]] = {}
-    size = runner.config.max_batch_tokens
-    for start in range(0, len(pending), size):
-        chunk = pending[start:start + size]
-        _decode(runner, chunk)
-        tops.update(tops_after(chunk))
-    outputs = [{"tokens": [], "top_ids": [], "top_logits": []} for _ in prompts]
-    live = set(range(len(prompts)))
-    for _ in range(new_tokens):
+class _GreedyGroup:
+    """Prompts decoded together on sequences 0..n-1 of ``runner`` (``greedy``)."""
+
+    def __init__(self, runner, prompts: list[list[int]], new_tokens: int, reference: list[dict] | None):
+        import llama_cpp
+        import numpy as np
+
+        self.runner, self.prompts, self.new_tokens, self.reference = runner, prompts, new_tokens, reference
+        self._llama_cpp, self._np = llama_cpp, np
+        keys = ("tokens",) if reference is not None else ("tokens", "top_ids", "top_logits")
+        self.outputs = [{key: [] for key in keys} for _ in prompts]
+        self.done: set[int] = set()  # sequences that stopped
+        self.far = False  # a far divergence from the reference: stop them all
+
+    def run(self) -> list[dict | None]:
+        step = self._prefill()
+        while step and not self.far:
+            _decode(self.runner, step)
+            step = self._take(step)
+        return [out if seq in self.done else None for seq, out in enumerate(self.outputs)]
+
+    def _prefill(self) -> list[tuple[int, int, int, bool]]:
+        """Every prompt into its sequence, in waves (a prompt after the one it copies from),
+        each wave in chunks of the runner's batch; the first decode step's entries."""
+        sources = shared_prefixes(self.prompts)
+        wave = [0] * len(self.prompts)
+        for seq, (source, _) in enumerate(sources):
+            wave[seq] = wave[source] + 1 if source >= 0 else 0
+        step: list[tuple[int, int, int, bool]] = []
+        size = self.runner.config.max_batch_tokens
+        for current in range(max(wave, default=-1) + 1):
+            members = [seq for seq in range(len(self.prompts)) if wave[seq] == current]
+            for seq in members:
+                source, shared = sources[seq]
+                if source >= 0:
+                    self._copy(source, seq, shared)
+            pending = [(self.prompts[seq][pos], pos, seq, pos == len(self.prompts[seq]) - 1)
+                       for seq in members for pos in range(sources[seq][1], len(self.prompts[seq]))]
+            for start in range(0, len(pending), size):
+                chunk = pending[start:start + size]
+                _decode(self.runner, chunk)
+                step += self._take(chunk)
+                if self.far:
+                    return []
+        return step
+
+    def _copy(self, source: int, seq: int, shared: int) -> None:
+        """``seq`` gets ``source``'s first ``shared`` positions: the cells themselves in a
+        unified cache, a copy of its stream cut back otherwise (llama.cpp copies streams whole)."""
+        if self.runner.config.kv_unified:
+            self.runner.seq_cp(source, seq, 0, shared)
+        else:
+            self.runner.seq_cp(source, seq, -1, -1)
+            self.runner.seq_rm(seq, shared, -1)
+
+    def _take(self, entries) -> list[tuple[int, int, int, bool]]:
+        """Each entry's greedy token (read at once: the next decode overwrites the logits);
+        the next step's entries of the sequences that go on."""
         step = []
-        for seq in sorted(live):
-            ids, logits = tops[seq]
-            out = outputs[seq]
+        for row, (_, _, seq, logits) in enumerate(entries):
+            if not logits:
+                continue
+            ids, values = _top(self._llama_cpp, self.runner, row, self._np)
+            out = self.outputs[seq]
             out["tokens"].append(ids[0])
-            out["top_ids"].append(ids)
-            out["top_logits"].append(logits)
-            if llama_cpp.llama_vocab_is_eog(runner.vocab, ids[0]) or len(out["tokens"]) == new_tokens:
-                live.discard(seq)
-            else:
-                step.append((ids[0], len(prompts[seq]) + len(out["tokens"]) - 1, seq, True))
-        if not step:
-            break
-        _decode(runner, step)
-        tops = tops_after(step)
-    return outputs
+            if self.reference is None:
+                out["top_ids"].append(ids)
+                out["top_logits"].append(values)
+            if self._goes_on(seq, ids[0]):
+                step.append((ids[0], len(self.prompts[seq]) + len(out["tokens"]) - 1, seq, True))
+        return step
+
+    def _goes_on(self, seq: int, token: int) -> bool:
+        """Whether ``seq`` decodes another step after taking ``token``; sets ``far``."""
+        made = len(self.outputs[seq]["tokens"])
+        if self.reference is not None:
+            expected, ties = self.reference[seq]["tokens"], self.reference[seq]["ties"]
+            at = made - 1
+            if at >= len(expected) or token != expected[at]:
+                self.far = self.far or at >= len(ties) or token not in ties[at]
+                self.done.add(seq)
+                return False
+        if made < self.new_tokens and not self._llama_cpp.llama_vocab_is_eog(self.runner.vocab, token):
+            return True
+        self.done.add(seq)
+        return False
 
 
-def voice_turn_ms(runner, rng_seed: int = 0) -> dict[str, list[float]]:
-    """Step times (ms) of the timed workload: a 64-token prompt, a 512-token prompt and
-    the next 512 (the history), then a later turn: 24 new tokens at 1k history and the
-    decode steps after it."""
-    import numpy as np
+class VoiceTurnTimer:
+    """Step times (ms) of a voice call's workload on one runner (sequence 0): at creation a
+    64-token prompt, then the 1k-token history (its first 512 tokens timed as one
+    prefill); then each ``turns`` call times later turns on that history: 24 new tokens
+    and the decode steps after them, cut back to the history after each."""
 
-    tokens = [int(t) for t in np.random.default_rng(rng_seed).integers(100, runner.n_vocab, HISTORY + 64)]
-    times: dict[str, list[float]] = {"prefill_64": [], "prefill_512": [], "prefill_24_at_1k": [], "decode_at_1k": []}
+    KEYS = ("prefill_64", "prefill_512", "prefill_24_at_1k", "decode_at_1k")
 
-    def timed(key: str | None, start: int, count: int) -> None:
-        began = time.perf_counter()
-        _decode(runner, [(tokens[start + i], start + i, 0, i == count - 1) for i in range(count)])
-        if key:
-            times[key].append(1e3 * (time.perf_counter() - began))
+    def __init__(self, runner, rng_seed: int = 0):
+        import numpy as np
 
-    timed(None, 0, 16)  # warm-up: the first step pages the weights in
-    runner.seq_rm(0, 0, -1)
-    for _ in range(3):
-        timed("prefill_64", 0, SHORT_PREFILL)
+        self.runner = runner
+        self.tokens = [int(t) for t in np.random.default_rng(rng_seed).integers(100, runner.n_vocab, HISTORY + 64)]
+        self.times: dict[str, list[float]] = {key: [] for key in self.KEYS}
+        self._timed(None, 0, 16)  # warm-up: the first step pages the weights in
         runner.seq_rm(0, 0, -1)
-    timed("prefill_512", 0, LONG_PREFILL)
-    timed(None, LONG_PREFILL, HISTORY - LONG_PREFILL)
-    for _ in range(3):
-        timed("prefill_24_at_1k", HISTORY, TURN_PREFILL)
-        for i in range(TURN_DECODES):
-            timed("decode_at_1k", HISTORY + TURN_PREFILL + i, 1)
-        runner.seq_rm(0, HISTORY, -1)
-    return times
+        self._timed("prefill_64", 0, SHORT_PREFILL)
+        runner.seq_rm(0, 0, -1)
+        self._timed("prefill_512", 0, LONG_PREFILL)
+        self._timed(None, LONG_PREFILL, HISTORY - LONG_PREFILL)
+
+    def _timed(self, key: str | None, start: int, count: int) -> None:
+        began = time.perf_counter()
+        _decode(self.runner, [(self.tokens[start + i], start + i, 0, i == count - 1) for i in range(count)])
+        if key:
+            self.times[key].append(1e3 * (time.perf_counter() - began))
+
+    def turns(self, count: int) -> None:
+        for _ in range(count):
+            self._timed("prefill_24_at_1k", HISTORY, TURN_PREFILL)
+            for i in range(TURN_DECODES):
+                self._timed("decode_at_1k", HISTORY + TURN_PREFILL + i, 1)
+            self.runner.seq_rm(0, HISTORY, -1)
 
 
 def _engine_cpu_paths(spec: dict, gguf: str):
@@ -188,34 +280,47 @@ def _resolve_threads(spec: dict) -> dict:
 
 
 def _greedy_command(spec: dict) -> dict:
+    """``spec``: the engine's parameters, ``gguf``, ``prompts``, ``new_tokens``; for a
+    candidate, the shipped run's ``reference`` (``greedy``) and the ``paths`` (weights,
+    flash_attn) to run it with instead of the ones the engine would choose for it."""
     spec = _resolve_threads(spec)
-    paths = _engine_cpu_paths(spec, spec["gguf"])
-    runner = _runner(spec, spec["gguf"], paths.flash_attn, paths.weights == "extra")
-    answer = {"threads": spec["threads"], "weights": paths.weights, "flash_attn": paths.flash_attn,
-              "cpu_paths": paths.reason}
+    if spec.get("paths"):
+        weights, flash_attn, reason = spec["paths"]["weights"], spec["paths"]["flash_attn"], "given"
+    else:
+        paths = _engine_cpu_paths(spec, spec["gguf"])
+        weights, flash_attn, reason = paths.weights, paths.flash_attn, paths.reason
+    began = time.monotonic()
+    runner = _runner(spec, spec["gguf"], flash_attn, weights == "extra")
+    answer = {"threads": spec["threads"], "weights": weights, "flash_attn": flash_attn, "cpu_paths": reason}
     try:
-        answer["outputs"] = greedy(runner, spec["prompts"], spec["new_tokens"])
-        if spec.get("reversed_too"):  # the same prompts in the other order: other batch shapes, same file
-            runner.seq_rm(-1, 0, -1)
-            answer["outputs_reversed"] = greedy(runner, spec["prompts"][::-1], spec["new_tokens"])[::-1]
+        answer["outputs"] = greedy(runner, spec["prompts"], spec["new_tokens"], spec.get("reference"))
     finally:
         runner.close()
+    answer["seconds"] = round(time.monotonic() - began, 2)
     return answer
 
 
 def _time_command(spec: dict) -> dict:
-    """``spec["models"]``: {name: {gguf, flash_attn, weights}}; all timed in each round."""
+    """``spec["models"]``: {name: GGUF path}: each on the CPU paths the engine would take
+    for it (``cpu_paths``, probed here if not kept yet), loaded once with its history, then
+    timed in ``rounds`` that interleave them (a noisy machine slows all of them alike),
+    ``TURNS_PER_ROUND`` turns each."""
     spec = _resolve_threads(spec)
-    times: dict[str, dict[str, list[float]]] = {name: {} for name in spec["models"]}
-    for _ in range(spec.get("rounds", 3)):
-        for name, model in spec["models"].items():
-            runner = _runner(spec, model["gguf"], model["flash_attn"], model["weights"] == "extra")
-            try:
-                for key, values in voice_turn_ms(runner).items():
-                    times[name].setdefault(key, []).extend(values)
-            finally:
-                runner.close()
-    return {"threads": spec["threads"], "times_ms": times}
+    paths = {name: _engine_cpu_paths(spec, gguf) for name, gguf in spec["models"].items()}
+    timers: dict[str, VoiceTurnTimer] = {}
+    try:
+        for name, gguf in spec["models"].items():
+            runner = _runner(spec, gguf, paths[name].flash_attn, paths[name].weights == "extra")
+            timers[name] = VoiceTurnTimer(runner)
+        for _ in range(spec.get("rounds", 3)):
+            for timer in timers.values():
+                timer.turns(TURNS_PER_ROUND)
+    finally:
+        for timer in timers.values():
+            timer.runner.close()
+    return {"threads": spec["threads"], "times_ms": {name: timer.times for name, timer in timers.items()},
+            "paths": {name: {"weights": p.weights, "flash_attn": p.flash_attn, "cpu_paths": p.reason}
+                      for name, p in paths.items()}}
 
 
 def main(argv: list[str]) -> int:
