@@ -4,8 +4,11 @@
 #   build/install.sh --test   the server plus the tests' and benchmarks' packages (make test)
 #   - a virtual environment with the pinned packages of build/requirements.txt (the server's
 #     lock), with --test also build/requirements-test.txt (pytest, openai, matplotlib, ...)
-#   - llama-cpp-python built from source with native CPU flags (GGML_NATIVE); the
-#     wheel is cached per CPU feature set in ~/.cache/electron/wheels. With
+#   - llama-cpp-python built from source with native CPU flags (GGML_NATIVE), by the
+#     compiler build/llama_compiler.sh chooses for this CPU: Debian's clang-19 where it has
+#     AMX (installed with apt-get when missing; GCC 12 miscompiles ggml's AMX kernel), GCC
+#     elsewhere; ELECTRON_LLAMA_CC=clang-19|gcc overrides the choice. The wheel is cached per
+#     CPU feature set and compiler in ~/.cache/electron/wheels. With
 #     ELECTRON_PORTABLE_CPU=1 (the container image, built on one machine and run on
 #     others) it is built without native flags instead: ggml's x86-64-v3 baseline
 #     (AVX2, FMA, F16C; no AVX-512), which any x86 server CPU since 2013 runs.
@@ -41,18 +44,25 @@ log "pinned packages (${LOCKS[*]})"
 
 if ! .venv/bin/python -c "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$LLAMA_CPP_PYTHON_VERSION')" 2>/dev/null; then
   if [ "${ELECTRON_PORTABLE_CPU:-0}" = 1 ]; then
-    cpu_key=portable
+    cpu_key=portable compiler=""  # the default compiler (the image's CPU variants: issue 35)
     cmake_args="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
   else
-    cpu_key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
-    cmake_args="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF"
+    source build/llama_compiler.sh
+    compiler=$(llama_compiler)
+    cpu_key=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)-$compiler  # never a GCC wheel for clang
+    cmake_args="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF $(llama_cmake_args "$compiler")"
+    cmake_args=${cmake_args% }
   fi
   wheels="${XDG_CACHE_HOME:-$HOME/.cache}/electron/wheels/$cpu_key"
   if ! ls "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl >/dev/null 2>&1; then
-    log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION ($cmake_args; about 5-10 minutes)"
+    [ -z "$compiler" ] || use_llama_compiler "$compiler"
+    log "building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION ($cmake_args, ${compiler:-the default compiler}; about 5-10 minutes)"
     mkdir -p "$wheels"
+    # --no-cache-dir: pip's own wheel cache is keyed by the source archive alone, so it would
+    # hand back a wheel built with other flags or another compiler; $wheels is the cache
     CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      "${PIP[@]}" wheel --no-deps --no-binary llama-cpp-python -w "$wheels" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+      "${PIP[@]}" wheel --no-cache-dir --no-deps --no-binary llama-cpp-python -w "$wheels" \
+      "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
   fi
   "${PIP[@]}" install --no-deps "$wheels"/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION-*.whl
 fi

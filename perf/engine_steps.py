@@ -72,7 +72,7 @@ class _Steps:
 def _config(gguf: str, threads: int, cfg: dict, cells: int, sequences: int) -> RunnerConfig:
     return RunnerConfig(gguf_path=gguf, kv_cells=cells, max_sequences=sequences,
                         max_batch_tokens=cfg["ubatch"], threads=threads, flash_attn=cfg["flash_attn"],
-                        kv_unified=cfg["kv_unified"], extra_buffer_types=False)
+                        kv_unified=cfg["kv_unified"], extra_buffer_types=cfg["extra_buffer_types"])
 
 
 def prefill_rows(gguf: str, threads: int, cfg: dict, plan: StepPlan) -> list[dict]:
@@ -123,5 +123,6 @@ def decode_rows(gguf: str, threads: int, cfg: dict, plan: StepPlan) -> list[dict
 
 
 def measure(gguf: str, threads: int, cfg: dict, plan: StepPlan) -> list[dict]:
-    """Every row of ``plan`` for one engine configuration (keys flash_attn, kv_unified, ubatch)."""
+    """Every row of ``plan`` for one engine configuration (keys flash_attn, kv_unified, ubatch,
+    extra_buffer_types)."""
     return prefill_rows(gguf, threads, cfg, plan) + decode_rows(gguf, threads, cfg, plan)

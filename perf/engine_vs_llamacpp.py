@@ -10,13 +10,18 @@ Rows (the voice load's shapes): prefill of 16, 64 and 512 tokens on one sequence
 - ``llama-bench`` (prefill rows with ``-p``/``-d``, the 1-sequence decode with ``-n``/``-d``)
   and ``llama-batched-bench`` (decode rows: ``-pps -npp 1024 -npl 1,8,16,32``, unified and
   per-sequence streams), flash attention off and on, built by ``perf/build_llama_tools.sh``
-  from the same vendored llama.cpp (``llamacpp_tools.py``).
+  from the same vendored llama.cpp with the same compiler (``llamacpp_tools.py``).
+
+Both sides take llama.cpp's extra buffer types (AMX tiles, repacked weights) or plain
+buffers alike: by default as the engine's start-up probe chooses on this machine
+(``llama_engine.cpu_paths``), so where a clang-19 build runs the AMX path the rows are AMX
+rows on both sides; ``--weights extra|plain`` forces one.
 
 Ratios: engine ms / llama.cpp's best ms for the row (any tool, any of its configurations),
 and engine ms / the tool with the engine configuration's own settings. Output:
 ``perf/results/<date>-engine-vs-llamacpp-<host>/engine-vs-llamacpp.{md,json}``.
 
-    .venv/bin/python -m perf engine-vs-llamacpp [--threads 2] [--quick]
+    .venv/bin/python -m perf engine-vs-llamacpp [--threads 2] [--quick] [--weights auto|extra|plain]
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from engine_contract.cpu_parameters import WEIGHT_BUFFERS
 from gateway.settings import Settings
-from perf import RESULTS, ROOT, quiet
+from perf import RESULTS, ROOT, engine_path, quiet
 from perf import llamacpp_tools as tools
 from perf.report import Column, Report, Section, Table
 from perf.results_dir import run_meta, write_results
@@ -82,9 +88,20 @@ def step_plan(quick: bool) -> dict:
             "history": 1024, "prefill_reps": 5, "long_prefill_reps": 3, "decode_steps": 8}
 
 
-def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict) -> dict[str, dict]:
+def weight_buffers(setting: str, gguf: str, threads: int) -> tuple[bool, str]:
+    """Whether the engine and the tools take llama.cpp's extra buffer types, and why: the
+    engine's own start-up choice for ``setting`` (``auto``: the probe's; ``extra``/``plain``:
+    forced, and probed only to fail loudly if it cannot decode)."""
+    engine_path.add()
+    from llama_engine.cpu_paths import choose_cpu_paths
+
+    paths = choose_cpu_paths(gguf, threads, weights=setting, flash_attn="off")
+    return paths.weights == "extra", paths.reason.removesuffix("; flash attention off (set)")
+
+
+def run_child(config: EngineConfig, gguf: str, threads: int, plan: dict, extra: bool) -> dict[str, dict]:
     """One engine configuration in a fresh process (GOMP_SPINCOUNT is read when libgomp loads)."""
-    job = {"config": asdict(config), "gguf": gguf, "threads": threads, "plan": plan}
+    job = {"config": {**asdict(config), "extra_buffer_types": extra}, "gguf": gguf, "threads": threads, "plan": plan}
     done = subprocess.run([sys.executable, "-m", "perf.engine_vs_llamacpp", "--child", json.dumps(job)],
                           env=tools.tool_env(config.spin_count), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, cwd=ROOT)
@@ -107,23 +124,26 @@ def child_main(job: dict) -> int:
     return 0
 
 
-def tool_units(tool_dir: Path, gguf: str, threads: int, plan: dict, quick: bool) -> list[tuple[str, Callable]]:
-    """llama.cpp's tool runs, each a unit of its own (measured again if disturbed)."""
+def tool_units(tool_dir: Path, gguf: str, threads: int, plan: dict, quick: bool,
+               repack: bool) -> list[tuple[str, Callable]]:
+    """llama.cpp's tool runs, each a unit of its own (measured again if disturbed); ``repack``:
+    with llama.cpp's extra buffer types."""
     reps, rounds = (1, 1) if quick else (3, 2)
     sizes, depths, history = list(plan["prefill_sizes"]), list(plan["depths"]), plan["history"]
     long = [n for n in sizes if n > 256]  # n_ubatch only splits prompts longer than 256
     units = []
     for fa in (False, True):
         units.append((f"llama-bench fa={fa} ub=512", partial(tools.llama_bench, tool_dir, gguf, threads, reps, fa,
-                                                             sizes, depths, 512, gen=32, gen_depth=history)))
+                                                             sizes, depths, 512, gen=32, gen_depth=history,
+                                                             repack=repack)))
         if long:
             units.append((f"llama-bench fa={fa} ub=256", partial(tools.llama_bench, tool_dir, gguf, threads, reps,
-                                                                 fa, long, depths, 256)))
+                                                                 fa, long, depths, 256, repack=repack)))
     for unified in (False, True):
         for fa in (False, True):
             units.append((f"batched-bench fa={fa} unified={unified}",
                           partial(tools.batched_bench, tool_dir, gguf, threads, fa, unified, history, 16,
-                                  list(plan["batch_sizes"]), rounds)))
+                                  list(plan["batch_sizes"]), rounds, repack=repack)))
     return units
 
 
@@ -193,13 +213,18 @@ def sections(meta: dict, keys: list[str], configs: list[EngineConfig], engine: d
                f"- flags: {meta['cpu']['flags']}",
                f"- load average (1/5/15 min) before: {meta['load_before']}, after: {meta['load_after']}",
                f"- GGUF: {meta['gguf']}; llama-cpp-python {meta['llama_cpp_python']}; wall time {meta['wall_s']:.0f} s",
+               f"- compiler: the engine's llama.cpp {meta.get('llama_cpp_compiler', 'not recorded')}; the tools'"
+               f" {meta.get('tools_compiler', 'not recorded')}",
                "- engine: median ms of each step through the runner (prefill: one warm-up, then the repetitions;"
                " decode: one warm-up step, then the steps); decode histories are one 1k-token prompt copied to"
                " every sequence with seq_cp (shared cells in a unified pool, a buffer copy per stream), as"
                " batched-bench's -pps does; prefill rows run one sequence in a context of its own (n_seq_max 1:"
                " unified and streams are the same layout there); ub=256 is the runner's n_batch = n_ubatch = 256"
-               " (a 512-token prefill takes two decode calls); llama.cpp's tools run with GOMP_SPINCOUNT unset"
-               " and weight repacking off"]),
+               " (a 512-token prefill takes two decode calls); llama.cpp's tools run with GOMP_SPINCOUNT unset",
+               f"- weights: llama.cpp's extra buffer types (AMX tiles, repacked weights)"
+               f" {'on' if meta['extra_buffer_types'] else 'off'} for the engine and the tools"
+               f" ({'--repack 1 / --repack' if meta['extra_buffer_types'] else '--repack 0 / --no-repack'});"
+               f" {meta['weights']}"]),
            "## Ratio engine / llama.cpp's best, per engine configuration", Table(summary, keys),
            "## llama.cpp's tools, ms per row (spin count unset)", Table(tool_table, keys)]
     for config in configs:
@@ -222,11 +247,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--max-noise", type=float, default=0.2,
                         help="cores other processes may use during a unit before it is measured again (once)")
+    parser.add_argument("--weights", choices=WEIGHT_BUFFERS, default="auto",
+                        help="extra buffer types (AMX, repacked) or plain buffers for the engine and the tools:"
+                             " as the engine's start-up probe chooses here (auto), or forced")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return child_main(json.loads(args.child))
     import llama_cpp
+
+    engine_path.add()
+    from llama_engine.build_compiler import compiler_of
 
     logging.basicConfig(level=logging.INFO, format="[engine-vs-llamacpp] %(message)s")
     from gateway.model_artifacts import embedded_gguf_path
@@ -234,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     began, load_before = time.monotonic(), load_average()
     gguf, plan, configs = str(embedded_gguf_path()), step_plan(args.quick), engine_configs(args.quick)
     tool_dir = tools.build_tools()
+    extra, weights = weight_buffers(args.weights, gguf, args.threads)
+    sys.stderr.write(f"[engine-vs-llamacpp] extra buffer types {'on' if extra else 'off'}: {weights}\n")
     keys = ([tools.prefill_key(n, d) for d in plan["depths"] for n in plan["prefill_sizes"]]
             + [tools.decode_key(n, plan["history"]) for n in plan["batch_sizes"]])
     measure = partial(quiet.measured, max_cores=args.max_noise, tries=1 if args.quick else 2,
@@ -242,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         sys.stderr.write(f"[engine-vs-llamacpp] engine {config.name}\n")
         engine[config.name], noise[f"engine {config.name}"] = measure(
-            config.name, partial(run_child, config, gguf, args.threads, plan))
+            config.name, partial(run_child, config, gguf, args.threads, plan, extra))
     runs = []
-    for name, unit in tool_units(tool_dir, gguf, args.threads, plan, args.quick):
+    for name, unit in tool_units(tool_dir, gguf, args.threads, plan, args.quick, extra):
         sys.stderr.write(f"[engine-vs-llamacpp] {name}\n")
         run, cores = measure(name, unit)
         runs.append(run)
@@ -252,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_meta(command=" ".join([".venv/bin/python", "-m", "perf", "engine-vs-llamacpp"]
                                      + (sys.argv[1:] if argv is None else argv)),
                     threads=args.threads, gguf=gguf, llama_cpp_python=llama_cpp.__version__,
+                    tools_compiler=compiler_of(tool_dir / "llama-bench"), extra_buffer_types=extra, weights=weights,
                     load_before=load_before, load_after=load_average(), wall_s=time.monotonic() - began,
                     others_cores=noise, max_noise=args.max_noise,
                     quick=args.quick)

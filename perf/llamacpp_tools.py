@@ -2,8 +2,10 @@
 ``perf/build_llama_tools.sh`` from the llama.cpp vendored in the llama-cpp-python the engine
 runs: run, parsed into the rows of ``engine_vs_llamacpp.py`` (milliseconds per step).
 
-Weight repacking / extra buffer types stay off (``--repack 0`` / ``--no-repack``), as in
-the engine: the AMX path of the native build crashes on some Intel Xeon VMs.
+Weight repacking / extra buffer types (AMX tiles, repacked weights) on or off as the caller
+says (``--repack 1|0`` / ``--repack`` or ``--no-repack``): ``engine_vs_llamacpp.py`` runs them
+as the engine does on this machine (its start-up probe's choice), since a build whose AMX path
+faults (GCC 12's on an Intel Xeon with AMX) crashes the tools too.
 """
 
 from __future__ import annotations
@@ -62,12 +64,12 @@ def decode_key(sequences: int, depth: int) -> str:
 
 
 def llama_bench(tools: Path, gguf: str, threads: int, reps: int, fa: bool, prompts: list[int], depths: list[int],
-                ubatch: int, gen: int = 0, gen_depth: int = 0) -> ToolRun:
+                ubatch: int, gen: int = 0, gen_depth: int = 0, repack: bool = False) -> ToolRun:
     """``llama-bench`` prefill tests (``-p`` at each ``-d``), and with ``gen`` a decode test
     of ``gen`` tokens at ``gen_depth`` (ms per token)."""
     run = ToolRun(f"llama-bench fa={'on' if fa else 'off'} ub={ubatch}", [])
     base = [str(tools / "llama-bench"), "-m", gguf, "-t", str(threads), "-r", str(reps), "-o", "json",
-            "--repack", "0", "-fa", str(int(fa)), "-b", "512", "-ub", str(ubatch)]
+            "--repack", str(int(repack)), "-fa", str(int(fa)), "-b", "512", "-ub", str(ubatch)]
     commands = [base + ["-p", ",".join(map(str, prompts)), "-n", "0", "-d", ",".join(map(str, depths))]]
     if gen:
         commands.append(base + ["-p", "0", "-n", str(gen), "-d", str(gen_depth)])
@@ -85,7 +87,7 @@ def llama_bench(tools: Path, gguf: str, threads: int, reps: int, fa: bool, promp
 
 
 def batched_bench(tools: Path, gguf: str, threads: int, fa: bool, unified: bool, history: int, steps: int,
-                  batches: list[int], rounds: int) -> ToolRun:
+                  batches: list[int], rounds: int, repack: bool = False) -> ToolRun:
     """``llama-batched-bench`` with one shared ``history``-token prompt copied to every
     sequence (``-pps``), then ``steps`` decode steps of one token for each of N sequences:
     ms per step, median over ``rounds`` runs. The context holds ``history + steps`` cells
@@ -94,7 +96,7 @@ def batched_bench(tools: Path, gguf: str, threads: int, fa: bool, unified: bool,
     run = ToolRun(f"batched-bench fa={'on' if fa else 'off'} {'unified' if unified else 'streams'}", [])
     command = [str(tools / "llama-batched-bench"), "-m", gguf, "-t", str(threads), "-tb", str(threads),
                "-c", str(per_stream * max(batches)), "-b", "512", "-ub", "512", "-fa", "on" if fa else "off",
-               "--kv-unified" if unified else "--no-kv-unified", "--no-repack", "-pps",
+               "--kv-unified" if unified else "--no-kv-unified", "--repack" if repack else "--no-repack", "-pps",
                "-npp", str(history), "-ntg", str(steps), "-npl", ",".join(map(str, batches)),
                "--output-format", "jsonl"]
     run.command.append(" ".join(command))

@@ -8,15 +8,20 @@ import sys
 import time
 from pathlib import Path
 
+from perf import engine_path
 from perf.procfs import cpu_info
 from perf.report import Report
 
 
 def run_meta(**extra) -> dict:
     """Date, machine and CPU (model and flags from ``/proc/cpuinfo``: the figures depend on
-    it) of this run, plus ``extra``."""
+    it) of this run, the compiler of this machine's llama-cpp-python (the embedded engine's
+    llama.cpp; on CPUs with AMX it decides whether the AMX path runs), plus ``extra``."""
+    engine_path.add()
+    from llama_engine.build_compiler import llama_cpp_compiler  # the engine's package (engine_path)
+
     return {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} {platform.machine()}",
-            "cpu": cpu_info(), **extra}
+            "cpu": cpu_info(), "llama_cpp_compiler": llama_cpp_compiler(), **extra}
 
 
 def result_dir(out_root: Path, kind: str, meta: dict) -> Path:

@@ -34,6 +34,11 @@ def test_quick_run_writes_a_ratio_table_with_real_figures(tmp_path):
         assert any(real(ms.get(row)) for ms in tools.values())
     assert all(map(real, [ms for run in tools.values() for ms in run.values()]))
     assert data["meta"]["cpu"]["model"] and "flags" in data["meta"]["cpu"] and data["meta"]["threads"] == 2
+    # the engine's probe chose the weight buffers here; the tools take the same
+    repack = "--repack 1" if data["meta"]["extra_buffer_types"] else "--repack 0"
+    assert all(repack in c for run in data["llama_cpp"] for c in run["commands"] if "/llama-bench " in c)
+    assert data["meta"]["weights"].startswith("probed: ")
+    assert data["meta"]["llama_cpp_compiler"] == data["meta"]["tools_compiler"] != "unknown"
 
     table = (result.parent / "engine-vs-llamacpp.md").read_text()
     assert "- CPU: " in table and "- flags: " in table and "load average" in table

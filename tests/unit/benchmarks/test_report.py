@@ -133,8 +133,14 @@ def test_the_engine_tables_compare_each_configuration_with_llama_cpp():
             ToolRun("batched-bench fa=off streams", ["batched b"], {keys[1]: 5.0})]
     meta = {**META, "command": "c", "cpu": {"model": "m", "cpus": 2, "flags": "f"}, "threads": 2, "load_before": "0",
             "load_after": "1", "gguf": "g", "llama_cpp_python": "v", "wall_s": 9.0, "max_noise": 0.2,
-            "others_cores": {"engine x": 0.05}}
+            "others_cores": {"engine x": 0.05}, "llama_cpp_compiler": "Debian clang version 19.1.7",
+            "tools_compiler": "Debian clang version 19.1.7", "extra_buffer_types": True,
+            "weights": "probed: extra buffer types passed"}
     lines = markdown(engine_vs_llamacpp.sections(meta, keys, configs, engine, runs)).splitlines()
+    assert ("- weights: llama.cpp's extra buffer types (AMX tiles, repacked weights) on for the engine and the tools"
+            " (--repack 1 / --repack); probed: extra buffer types passed") in lines
+    assert ("- compiler: the engine's llama.cpp Debian clang version 19.1.7; the tools' Debian clang version 19.1.7"
+            in lines)
     assert f"| row | llama.cpp best ms (tool) | {configs[0].name} | {configs[1].name} | fastest engine config |" in lines
     assert (f"| prefill 16 @ 0 | 10.0 (llama-bench fa=off ub=512) | 20.0 ms (2.00x) | 30.0 ms (3.00x) "
             f"| {configs[0].name} |") in lines

@@ -185,8 +185,8 @@ def test_the_scripts_of_the_server_environment_read_the_engine_pins_and_write_no
         text = path.read_text()
         assert not re.search(r"==\s*[0-9]|_VERSION=[0-9]", text), path
         assert "build/requirements-engine.txt" in text, path
-    tools = subprocess.run(["bash", "-c", "sed -n 11,12p perf/build_llama_tools.sh > /tmp/_v.sh; "
-                            "source /tmp/_v.sh; echo $VERSION"], cwd=ROOT, capture_output=True, text=True)
+    tools = subprocess.run(["bash", "-c", "eval \"$(grep '^VERSION=' perf/build_llama_tools.sh)\"; echo $VERSION"],
+                           cwd=ROOT, capture_output=True, text=True)
     assert tools.stdout.strip() == next(line.split("==")[1] for line in ENGINE_LOCK.read_text().splitlines()
                                         if line.startswith("llama-cpp-python=="))
 

@@ -6,7 +6,9 @@ import logging
 import pytest
 
 from gateway.model_artifacts import embedded_gguf_path
+from llama_engine.build_compiler import llama_cpp_compiler
 from llama_engine.cpu_paths import ProbeResult, agrees, choose_cpu_paths
+from llama_engine.llama_runner import LlamaRunner, RunnerConfig
 
 pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
 
@@ -31,13 +33,25 @@ def test_a_probe_agrees_when_each_greedy_token_is_among_the_references_candidate
     assert not agrees(ProbeResult("extra", True, "", [], {}), ProbeResult("plain", True, "", [], {}))
 
 
-def test_a_crashing_extra_path_falls_back_to_plain_buffers(caplog):
+def test_a_crashing_extra_path_falls_back_to_plain_buffers_and_the_engine_starts(caplog):
+    """The AMX guard: the extra path's probe child dies of SIGSEGV (as GCC 12's build of ggml's
+    AMX kernel does on an Intel Xeon with AMX); the start goes on with plain buffers, the
+    way model.py then loads the engine, and the log names the compiler of the library."""
     caplog.set_level(logging.INFO, logger="llama_engine.cpu_paths")
     paths = choose_cpu_paths(GGUF, 2, flash_attn="off", crash=frozenset({"extra"}))
     assert paths.weights == "plain"
     assert "SIGSEGV" in paths.reason and paths.flash_attn is False
     assert paths.labels() == {"weights": "plain", "flash_attn": "off", "probe": paths.reason}
     assert any("killed by SIGSEGV" in r.getMessage() for r in caplog.records)
+    chosen = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("CPU paths: "))
+    assert f"; llama.cpp built by {llama_cpp_compiler()}" in chosen and llama_cpp_compiler() != "unknown"
+    runner = LlamaRunner(RunnerConfig(gguf_path=GGUF, kv_cells=256, max_sequences=1, flash_attn=paths.flash_attn,
+                                      extra_buffer_types=paths.weights == "extra"))
+    try:
+        runner.tokens[:2], runner.positions[:2], runner.seq_ids[:2], runner.want_logits[:2] = [1, 504], [0, 1], 0, 1
+        assert runner.decode(2) == 0
+    finally:
+        runner.close()
 
 
 def test_the_engine_refuses_to_start_when_even_plain_buffers_crash():

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine_contract.cpu_parameters import FLASH_ATTENTION, WEIGHT_BUFFERS
+from .build_compiler import llama_cpp_compiler
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
     if cache is not None and cache.is_file():
         paths = CpuPaths(**json.loads(cache.read_text()))
         if not (engine_crash and weights == "auto" and paths.weights == "extra"):
-            log.info("CPU paths (chosen before on this machine, %s): %s", cache, paths.reason)
+            log.info("CPU paths (chosen before on this machine, %s): %s; llama.cpp built by %s",
+                     cache, paths.reason, llama_cpp_compiler())
             return paths
     if engine_crash and weights == "auto":
         # the crash is this run directory's record, not a fact of the machine: the choice
@@ -150,7 +152,8 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
         use_flash = flash_attn == "on"
         reason += f"; flash attention {flash_attn} (set)"
     paths = CpuPaths(weights=mode, flash_attn=use_flash, reason=reason)
-    log.info("CPU paths: weights %s, flash attention %s (%s)", mode, "on" if use_flash else "off", reason)
+    log.info("CPU paths: weights %s, flash attention %s (%s); llama.cpp built by %s",
+             mode, "on" if use_flash else "off", reason, llama_cpp_compiler())
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
