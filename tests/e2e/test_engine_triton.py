@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import random
 import re
 import statistics
 import time
@@ -15,7 +14,8 @@ import pytest
 
 from tests.e2e.near_ties import NearTieJudge
 from tests.e2e.reference_model import reference_llama
-from tests.e2e.triton_client import Result, generate, read_metrics, request_inputs, run, tensor, wait_until_engine_idle
+from tests.e2e.triton_client import (Result, generate, generate_in_order, never_seen_prompt, prefill_seconds_per_token,
+                                     read_metrics, request_inputs, run, tensor, wait_until_engine_idle)
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.e2e
@@ -112,19 +112,33 @@ def test_shared_400_token_prefix_is_reused(triton, tokenizer, settings):
 
 
 def test_burst_sharing_a_new_system_prompt_prefills_it_once(triton, tokenizer, settings, chat):
-    """Four calls with a new 1,024-token system prompt arrive together while another stream
-    decodes (so the engine takes them in one batch): the prompt is prefilled once and
-    none is refused for overload - the shared prompt is each call's own work, not a wait
-    for the others (the estimate once counted it once per call ahead: ~1.6 s on a slow
-    machine, past the 1.5 s bound)."""
-    system = tokenizer.encode(unique_text(1300), add_special_tokens=False).ids[:1024]
-    assert len(system) == 1024
-    prompts = [system + tokenizer.encode(f" caller {i} asks about order {i * 7}").ids for i in range(4)]
+    """Four calls with a new system prompt arrive together while another stream decodes (so
+    the engine takes them in one batch): the prompt is prefilled once and none is refused for
+    overload - the shared prompt is each call's own work, not a wait for the others (the
+    estimate once counted it once per call ahead: ~1.6 s on a slow machine, past the 1.5 s
+    bound). Sized from this engine's measured prefill: the system prompt takes about twice
+    the bound alone (at most 1,024 tokens), so counted once per call ahead it would be past
+    the bound on any CPU, while a call's wait for the others' own turns (one token each: at
+    most one more prefill chunk, even where a slow CPU cuts chunks to 4 tokens) stays far under
+    it, and so does the drift of its estimate while the first call computes the shared prompt
+    for all (a wait of seconds, re-estimated every step)."""
+    block = settings.tokens_per_block
+    per_token = prefill_seconds_per_token(triton, tokenizer)
+    n_system = max(128, min(1024, round(2 * triton.overload_ttft_s / per_token))) // block * block
+    system = tokenizer.encode(unique_text(1300), add_special_tokens=False).ids[:n_system]
+    assert len(system) == n_system
+    prompts = [system + tokenizer.encode(f" {caller}", add_special_tokens=False).ids for caller in "ABCD"]
+    assert {len(p) for p in prompts} == {n_system + 1}
 
     async def burst():
+        decoding = Result()
         busy = asyncio.create_task(generate(url(triton), MODEL, request_inputs(
-            chat("Tell me a long story about a lighthouse."), 300, min_tokens=300, playback_chars_per_s=0.0)))
-        await asyncio.sleep(1.5)  # decoding by now
+            chat("Tell me a long story about a lighthouse."), 300, min_tokens=300, playback_chars_per_s=0.0),
+            result=decoding))
+        while not decoding.tokens:  # decoding from its first token on, 299 more to come
+            assert not busy.done(), decoding.error
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the metrics are exported every 0.25 s: its own prefill is in them
         before = read_metrics(triton.triton_metrics_port)
         sent = time.perf_counter()
         results = await asyncio.gather(*(generate(url(triton), MODEL, request_inputs(p, 4)) for p in prompts))
@@ -138,8 +152,8 @@ def test_burst_sharing_a_new_system_prompt_prefills_it_once(triton, tokenizer, s
     assert busy.arrivals[0][0] < sent < busy.arrivals[-1][0], "the burst did not arrive beside a decoding stream"
     assert [r.error for r in results] == [None] * 4
     assert after["electron_engine_overload_refusals_total"] == before["electron_engine_overload_refusals_total"]
-    assert sorted(r.reused_blocks for r in results)[1:] == [1024 // settings.tokens_per_block] * 3
-    assert prefilled < len(system) + sum(len(p) - len(system) for p in prompts) + 4 * settings.tokens_per_block
+    assert sorted(r.reused_blocks for r in results)[1:] == [n_system // block] * 3
+    assert prefilled < len(system) + sum(len(p) - len(system) for p in prompts) + 4 * block
 
 
 def test_cancel_mid_stream_frees_the_sequence(triton, chat):
@@ -325,18 +339,33 @@ def test_malformed_tensors_never_take_the_model_down(triton, chat, case):
 
 def test_paced_streams_rest_while_a_prompt_waits_coalesce_and_stay_ahead_of_their_playhead(triton, chat, tokenizer):
     wait_until_engine_idle(triton.triton_metrics_port)
-    before = read_metrics(triton.triton_metrics_port)
     pace = 15.0
 
-    async def scenario():
-        paced = [asyncio.create_task(generate(url(triton), MODEL, request_inputs(
-            chat(f"Tell me a long story about a {animal}."), 200, min_tokens=200, playback_chars_per_s=pace)))
-            for animal in ("dragon", "whale", "fox")]
-        await asyncio.sleep(1.0)  # the streams run far ahead of speech
-        waiting = await generate(url(triton), MODEL, request_inputs(chat(unique_text(300)), 4))
-        return await asyncio.gather(*paced), waiting
+    async def until(condition, streams, tasks):
+        while not condition():
+            assert not any(task.done() for task in tasks), [stream.error for stream in streams]
+            await asyncio.sleep(0.01)
 
-    paced, waiting = run(scenario())
+    async def scenario():
+        streams, paced = [], []
+        # one after another, each once the one before it talks ahead of its playhead (past the 1 s
+        # buffer: resting while a prompt waits): none waits for another's prompt nor for a stream
+        # that must decode beside it
+        for animal in ("dragon", "whale", "fox"):
+            streams.append(Result())
+            paced.append(asyncio.create_task(generate(url(triton), MODEL, request_inputs(
+                chat(f"Tell me a long story about a {animal}."), 200, min_tokens=200, playback_chars_per_s=pace),
+                result=streams[-1])))
+            await until(lambda: lead_s(streams[-1], pace, tokenizer) > triton.playback_buffer_s, streams, paced)
+        # the prompt comes once every stream runs far ahead of speech (more than twice the 1 s
+        # playback buffer), however fast or slow this engine decodes, and has most of its reply to go
+        await until(lambda: all(lead_s(stream, pace, tokenizer) > 2.0 for stream in streams), streams, paced)
+        await asyncio.sleep(0.3)  # the metrics are exported every 0.25 s: the skips so far are in them
+        before = read_metrics(triton.triton_metrics_port)
+        waiting = await generate(url(triton), MODEL, request_inputs(chat(unique_text(300)), 4))
+        return before, await asyncio.gather(*paced), waiting
+
+    before, paced, waiting = run(scenario())
     after = read_metrics(triton.triton_metrics_port)
     assert waiting.error is None and len(waiting.tokens) == 4
     assert after["electron_engine_paced_skips_total"] > before["electron_engine_paced_skips_total"]
@@ -354,6 +383,14 @@ def test_paced_streams_rest_while_a_prompt_waits_coalesce_and_stay_ahead_of_thei
             previous = at
         assert len(ahead_gaps) >= 10
         assert_coalesced_when_steps_are_fast(result, ahead_gaps)
+
+
+def lead_s(stream: Result, pace: float, tokenizer) -> float:
+    """Seconds of speech a stream the client has received so far is ahead of a player that
+    started at its first token (minus infinity before it)."""
+    if not stream.arrivals:
+        return float("-inf")
+    return len(tokenizer.decode(stream.tokens)) / pace - (time.perf_counter() - stream.arrivals[0][0])
 
 
 def assert_coalesced_when_steps_are_fast(result, ahead_gaps):
@@ -384,23 +421,30 @@ def test_a_paced_stream_far_ahead_sends_its_tokens_in_groups(triton, chat, token
     assert statistics.median(ahead_gaps) >= 0.035  # one response per 40 ms window (less the client's jitter)
 
 
-def shuffled_words(seed: int, n: int = 250) -> str:
-    """Never-seen text of the same token count for every seed: the words are
-    tokenized one by one, so their order changes the text but not its length."""
-    words = [f"word{j}" for j in range(n)]
-    random.Random(seed).shuffle(words)
-    return "Words: " + " ".join(words)
+def bound_sized(settings, tokenizer, *fractions: float) -> list[int]:
+    """Token counts of never-seen prompts whose prefill alone takes each of ``fractions`` of
+    the overload bound on this engine, as measured now. The overload tests hold so on a CPU of
+    any speed: a fixed size that takes 2 s here takes 1 s where the engine is twice as fast,
+    under a 1.5 s bound."""
+    bound = settings.overload_ttft_s
+    assert bound > 0, "the overload tests need the engine's overload bound on"
+    per_token = prefill_seconds_per_token(settings, tokenizer)
+    sizes = [round(f * bound / per_token) for f in fractions]
+    print(f"a prompt token costs {per_token * 1e3:.2f} ms here: prompts of {sizes} tokens for "
+          f"{list(fractions)} of the {bound:g} s bound")
+    assert max(sizes) < 8000, "faster than these prompts can measure: raise the bound (ELECTRON_OVERLOAD_TTFT_S)"
+    return sizes
 
 
-def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
-    """Four never-seen prompts of the same ~1,000 tokens at once: the first is taken
-    (nothing is ahead of it), the others would wait seconds for it and are refused
-    before any prefill, with the error the gateway turns into 503 server_overloaded."""
+def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, tokenizer):
+    """Four never-seen prompts of the same length at once, each taking 2.5 times the overload
+    bound to prefill on this engine: the first is taken (nothing is ahead of it), the others
+    would wait that long for it and are refused before any prefill, with the error the
+    gateway turns into 503 server_overloaded."""
+    [size] = bound_sized(triton, tokenizer, 2.5)
+    prompts = [never_seen_prompt(tokenizer, size) for _ in range(4)]
     wait_until_engine_idle(triton.triton_metrics_port)
     before = read_metrics(triton.triton_metrics_port)
-    salt = random.randrange(10**9)
-    prompts = [chat(shuffled_words(salt + i)) for i in range(4)]
-    assert len({len(p) for p in prompts}) == 1
 
     async def burst():
         return await asyncio.gather(*(generate(url(triton), MODEL, request_inputs(p, 2)) for p in prompts))
@@ -415,33 +459,27 @@ def test_a_request_that_cannot_start_in_time_is_refused_at_once(triton, chat):
         == len(refused)
 
 
-def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_prefill(triton, chat):
-    """While a small prompt's prefill runs (~0.7 s, in 0.1 s chunks), a medium prompt arrives, then a
-    shorter one. Judged on arrival both could start in time (nothing shorter is ahead of either);
-    but the shorter one goes first (shortest remaining first) and would make the medium one wait
-    seconds: the medium one is refused then, before any of its prefill. The others are served."""
+def test_a_queued_request_whose_wait_grows_past_the_bound_is_refused_before_its_prefill(triton, tokenizer):
+    """A small prompt, a long one and a shorter one reach the engine in that order (one gRPC
+    stream). Judged on arrival the long and the shorter one could both start in time: only
+    the small one is ahead of either, and its prefill takes 0.4 of the overload bound. But the
+    shorter one goes first (shortest remaining first), and its own prefill takes 1.5 times the
+    bound: the long one would wait past it, and is refused then, before any of its prefill.
+    The others are served. Sizes in prefill time measured on this engine, so the order of
+    events and the estimates hold on any CPU, nothing raced against a sleep."""
+    small, long, short = (never_seen_prompt(tokenizer, n) for n in bound_sized(triton, tokenizer, 0.4, 1.95, 1.5))
     wait_until_engine_idle(triton.triton_metrics_port)
     before = read_metrics(triton.triton_metrics_port)
-    salt = random.randrange(10**9)
-    small, medium, short = (chat(shuffled_words(salt + i, n)) for i, n in enumerate((40, 230, 130)))
-    # the short one alone takes well over the 1.5 s bound to prefill here (~5 ms a token)
-    assert len(medium) > len(short) > 400 > 200 > len(small)
 
-    async def scenario():
-        first = asyncio.create_task(generate(url(triton), MODEL, request_inputs(small, 2)))
-        await asyncio.sleep(0.1)  # the small prompt's prefill is running
-        second = asyncio.create_task(generate(url(triton), MODEL, request_inputs(medium, 2)))
-        await asyncio.sleep(0.1)
-        third = asyncio.create_task(generate(url(triton), MODEL, request_inputs(short, 2)))
-        return await asyncio.gather(first, second, third)
-
-    served_small, refused, served_short = run(scenario())
+    results, errors = run(generate_in_order(url(triton), MODEL, [request_inputs(p, 2) for p in (small, long, short)]))
     after = read_metrics(triton.triton_metrics_port)
-    assert served_small.error is None and len(served_small.tokens) == 2
-    assert served_short.error is None and len(served_short.tokens) == 2
-    assert refused.error is not None and "server_overloaded" in refused.error and not refused.tokens
+    served_small, refused, served_short = results
+    assert served_small.error is None and len(served_small.tokens) == 2 and served_small.finals == 1
+    assert served_short.error is None and len(served_short.tokens) == 2 and served_short.finals == 1
+    # Triton's client does not say whose the error is: the long one's, the one request without an answer
+    assert len(errors) == 1 and "server_overloaded" in errors[0], errors
+    assert refused.responses == 0 and not refused.tokens
     assert after["electron_engine_overload_refusals_total"] - before["electron_engine_overload_refusals_total"] == 1
-
 
 
 def test_the_cpu_paths_the_probe_chose_are_exposed_as_an_info_metric(triton, engine_gguf):

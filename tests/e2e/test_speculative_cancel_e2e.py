@@ -1,7 +1,8 @@
 """What LiveKit sends by default: a speculative ("preemptive") request as soon as a transcript
 looks final, cancelled when the caller goes on speaking, often before its first token and in
-the middle of its prefill. Real tritonserver, real gateway process, raw HTTP for the hang-up
-and the official ``openai`` SDK for the call's next request. No mocks.
+the middle of its prefill (here: as soon as the engine's metrics show its prefill under way).
+Real tritonserver, real gateway process, raw HTTP for the hang-up and the official ``openai``
+SDK for the call's next request. No mocks.
 
 The cancel must take effect in the engine at once (its prefill runs in short steps, and the
 engine checks for cancellation before every step), the prompt blocks it computed stay in the
@@ -17,7 +18,7 @@ import openai
 import pytest
 
 from tests.support.stack import Stack
-from tests.e2e.triton_client import read_metrics, wait_until_engine_idle
+from tests.e2e.triton_client import measure_prefill_seconds_per_token, read_metrics, wait_until_engine_idle
 
 pytestmark = pytest.mark.e2e
 MODEL = "electron"
@@ -59,10 +60,24 @@ def _when_cancelled(port: int, before: dict[str, float], limit_s: float = 10.0) 
     raise AssertionError(f"the engine still runs the cancelled request {limit_s:.0f} s after the hang-up: {now}")
 
 
+def _prefill_started(port: int, before: dict[str, float], limit_s: float = 30.0) -> dict[str, float]:
+    """The engine's metrics once they show prompt tokens prefilled since ``before``."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit_s:
+        now = read_metrics(port)
+        if now["electron_engine_prefill_tokens_total"] > before["electron_engine_prefill_tokens_total"]:
+            return now
+        time.sleep(0.01)
+    raise AssertionError(f"the engine prefilled nothing {limit_s:.0f} s after the request: {now}")
+
+
 async def test_a_speculative_request_cancelled_during_its_prefill_stops_at_once_and_its_work_is_reused_and_billed(
         triton, tmp_path, tokenizer):
     port = triton.triton_metrics_port
-    system = _system_prompt(tokenizer, 780)
+    # ~800 tokens, or more where the engine prefills them in under 1.5 s: the caller hangs up
+    # once the engine's metrics show the prefill under way (exported every 0.25 s), still mid-prefill
+    system_tokens = max(780, round(1.5 / await measure_prefill_seconds_per_token(triton, tokenizer)))
+    system = _system_prompt(tokenizer, system_tokens)
     user = "I would like to check my account balance and then move some money to savings, please."
     speculative = {"model": MODEL, "messages": [{"role": "system", "content": system},
                                                 {"role": "user", "content": user}],
@@ -74,15 +89,14 @@ async def test_a_speculative_request_cancelled_during_its_prefill_stops_at_once_
         wait_until_engine_idle(port)
         before = read_metrics(port)
         connection = _post(root, speculative)
-        time.sleep(0.8)  # the caller goes on speaking: LiveKit cancels the request
-        during = read_metrics(port)
+        during = _prefill_started(port, before)  # the caller goes on speaking: LiveKit cancels the request
         connection.setblocking(False)
         with pytest.raises(BlockingIOError):  # nothing came back: no header, no first token
             connection.recv(1)
         connection.close()
         latency = _when_cancelled(port, before)
         prefilled = during["electron_engine_prefill_tokens_total"] - before["electron_engine_prefill_tokens_total"]
-        assert during["electron_engine_running"] == 1 and prefilled < 700, during  # cancelled mid-prefill
+        assert during["electron_engine_running"] == 1 and prefilled < system_tokens, during  # cancelled mid-prefill
         assert latency < CANCEL_BOUND_S, f"the engine went on {latency:.2f} s after the hang-up"
 
         # the call's next request: the same system prompt, the caller's longer turn

@@ -6,6 +6,7 @@ import asyncio
 import re
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,6 +57,30 @@ class Result:
     log_probs: list[float] = field(default_factory=list)
     ttft_engine_ms: float = -1.0
     arrivals: list[tuple[float, list[int]]] = field(default_factory=list)  # (perf_counter, tokens) per response
+    # (perf_counter, prompt tokens taken in) per prefill progress report (``return_prefill_progress``)
+    progress: list[tuple[float, int]] = field(default_factory=list)
+
+    def take(self, response) -> bool:
+        """Record one response of this request; True if it is the request's final one."""
+        self.responses += 1
+        new = response.as_numpy("output_ids").reshape(-1).tolist()
+        self.tokens.extend(new)
+        if new:
+            self.arrivals.append((time.perf_counter(), new))
+        if response.as_numpy("num_output_tokens") is not None:
+            self.output_counts.append(int(response.as_numpy("num_output_tokens").reshape(-1)[0]))
+        if response.as_numpy("output_log_probs") is not None:
+            self.log_probs.extend(response.as_numpy("output_log_probs").reshape(-1).tolist())
+        self.reused_blocks = int(response.as_numpy("kv_cache_reused_blocks").reshape(-1)[0])
+        self.num_input_tokens = int(response.as_numpy("num_input_tokens").reshape(-1)[0])
+        first = response.as_numpy("first_token_time_ns").reshape(-1)[0]
+        final = response.get_response().parameters.get("triton_final_response")
+        final = final is not None and final.bool_param
+        if not new and not final and first == 0:  # a prefill progress report: no token yet
+            self.progress.append((time.perf_counter(), int(response.as_numpy("sequence_length").reshape(-1)[0])))
+            return False
+        self.ttft_engine_ms = (first - response.as_numpy("arrival_time_ns").reshape(-1)[0]) / 1e6
+        return final
 
 
 async def generate(url: str, model: str, inputs: list[InferInput], stop_after: int | None = None,
@@ -79,22 +104,7 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
             if error is not None:
                 result.error = str(error)
                 continue
-            result.responses += 1
-            new = response.as_numpy("output_ids").reshape(-1).tolist()
-            result.tokens.extend(new)
-            if new:
-                result.arrivals.append((time.perf_counter(), new))
-            if response.as_numpy("num_output_tokens") is not None:
-                result.output_counts.append(int(response.as_numpy("num_output_tokens").reshape(-1)[0]))
-            if response.as_numpy("output_log_probs") is not None:
-                result.log_probs.extend(response.as_numpy("output_log_probs").reshape(-1).tolist())
-            result.reused_blocks = int(response.as_numpy("kv_cache_reused_blocks").reshape(-1)[0])
-            result.num_input_tokens = int(response.as_numpy("num_input_tokens").reshape(-1)[0])
-            first = response.as_numpy("first_token_time_ns").reshape(-1)[0]
-            sched = response.as_numpy("arrival_time_ns").reshape(-1)[0]
-            result.ttft_engine_ms = (first - sched) / 1e6
-            final = response.get_response().parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
+            if result.take(response):
                 result.finals += 1
                 continue
             if stop_after is not None and result.responses >= stop_after:
@@ -103,6 +113,66 @@ async def generate(url: str, model: str, inputs: list[InferInput], stop_after: i
     finally:
         await client.close()
     return result
+
+
+async def generate_in_order(url: str, model: str, requests: list[list[InferInput]]) -> tuple[list[Result], list[str]]:
+    """Run several requests on one gRPC stream, sent in this order: Triton hands a stream's
+    requests to the model in the order they came, so they reach the engine in that order
+    (requests on streams of their own may overtake one another). Returns each request's
+    result and the error messages: Triton's client drops the request id of an error
+    response, so errors are not attributed (a request with no final response had one). The
+    stream is read to its end, as ``generate`` reads it."""
+    client = grpcaio.InferenceServerClient(url)
+    ids = [f"in-order-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(requests))]
+    results = {request_id: Result() for request_id in ids}
+    errors: list[str] = []
+
+    async def send():
+        for request_id, inputs in zip(ids, requests):
+            yield {"model_name": model, "inputs": inputs, "request_id": request_id}
+
+    try:
+        async for response, error in client.stream_infer(send()):
+            if error is not None:
+                errors.append(str(error))
+            else:
+                result = results[response.get_response().id]
+                result.finals += result.take(response)
+    finally:
+        await client.close()
+    return [results[request_id] for request_id in ids], errors
+
+
+def never_seen_prompt(tokenizer, n_tokens: int, system: str = "You are a helpful assistant.") -> list[int]:
+    """A one-turn ChatML prompt whose user turn is exactly ``n_tokens`` tokens of never-seen
+    text: nothing of it past the system prompt is in the prefix cache."""
+    head = tokenizer.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
+                            add_special_tokens=False).ids
+    tail = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).ids
+    salt = uuid.uuid4().hex
+    words = " ".join(f"{salt[i % 32]}{w}" for i, w in enumerate(("alpha bravo charlie delta echo " * 4000).split()))
+    user = tokenizer.encode(words, add_special_tokens=False).ids[:n_tokens]
+    assert len(user) == n_tokens, f"never_seen_prompt makes at most {len(user)} tokens"
+    return head + user + tail
+
+
+async def measure_prefill_seconds_per_token(settings, tokenizer, model: str = "electron_cpu",
+                                           n_tokens: int = 256) -> float:
+    """What a prompt token costs this engine now: a never-seen prompt of about ``n_tokens``
+    tokens prefilled alone on the idle engine (in its own short steps, as a prompt with
+    nothing beside it goes), its engine time to first token over its length. Scenarios whose
+    outcome turns on a bound in seconds (the overload bound) size their prompts from it, so
+    that they hold on a CPU twice as fast or twice as slow as this one, and under load."""
+    wait_until_engine_idle(settings.triton_metrics_port)
+    prompt = never_seen_prompt(tokenizer, n_tokens)
+    measured = await generate(settings.triton_grpc_url, model, request_inputs(prompt, 1))
+    assert measured.error is None and measured.ttft_engine_ms > 0, measured.error
+    return measured.ttft_engine_ms / 1e3 / len(prompt)
+
+
+def prefill_seconds_per_token(settings, tokenizer, **options) -> float:
+    """``measure_prefill_seconds_per_token`` from a test that runs no event loop."""
+    return asyncio.run(measure_prefill_seconds_per_token(settings, tokenizer, **options))
 
 
 def wait_until_engine_idle(metrics_port: int, timeout_s: float = 120.0) -> None:

@@ -61,9 +61,22 @@ def test_long_pieces_encode_exactly_and_huge_ones_stay_out_of_the_cache(tokenize
 
 
 def test_a_long_piece_is_tokenized_without_holding_the_gil(tokenizer):
-    # the gateway prepares large requests on a worker thread: its event loop must keep running meanwhile
-    codec = TokenCodec(tokenizer)
-    text = " ".join(f"item{i % 89}" for i in range(60000))
+    # the gateway prepares large requests on a worker thread: its event loop must keep running meanwhile.
+    # The text doubles until its encoding takes a tenth of a second on this CPU (60,000 items took ~0.2 s
+    # on the project's VMs), so that the other thread's 1 ms naps could be held up on a faster CPU too
+    items = 30000
+    while True:
+        took, worst = _encode_beside_a_ticker(TokenCodec(tokenizer), " ".join(f"item{i % 89}" for i in range(items)))
+        if took >= 0.1 or items >= 2_000_000:
+            break
+        items *= 2
+    # holding the GIL the other thread would wait the whole encode
+    assert took > 0.05 and worst < took / 2, (items, took, worst)
+
+
+def _encode_beside_a_ticker(codec: TokenCodec, text: str) -> tuple[float, float]:
+    """How long ``codec`` took to encode ``text``, and the longest a thread napping 1 ms at a
+    time meanwhile took for one nap."""
     worst, done = [0.0], threading.Event()
 
     def tick():
@@ -83,5 +96,4 @@ def test_a_long_piece_is_tokenized_without_holding_the_gil(tokenizer):
     finally:
         done.set()
         ticker.join()
-    # holding the GIL the other thread would wait the whole encode (~0.2 s here)
-    assert took > 0.05 and worst[0] < took / 2, (took, worst[0])
+    return took, worst[0]
