@@ -13,12 +13,14 @@ the gate). For ``auto``:
    gateway's tokenizer and template stay the shipped file's);
 3. greedy continuations of the fixed prompts (``data/weight_gate_prompts.json``,
    rendered with the chat template), all prompts decoded together as the sequences of
-   one batch: the shipped file's, then each copy's, which stops a prompt at its first
-   divergence from the shipped output and stops altogether at its first far one: the
-   gate (``weight_gate``: no far divergence);
+   one batch: the shipped file's on the CPU paths the engine takes for it, then each
+   copy's on the same paths, which stops a prompt at its first divergence from the
+   shipped output and stops altogether at its first far one: the gate (``weight_gate``:
+   no far divergence);
 4. if a copy passed, time a voice turn's steps for the shipped file and each passing
    copy, with the engine's context parameters and the CPU paths it would take for that
-   file (nothing is timed when none passed: the shipped file stays);
+   file (probed then; nothing is probed or timed when no copy passed: the shipped file
+   stays);
 5. keep the fastest passing copy if it beats the shipped file (``weight_gate.choose``).
 
 Everything llama.cpp does runs in child processes (``llama_engine.weight_formats``): a
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -237,7 +240,13 @@ def requantized(settings: Settings, artifacts: ModelArtifacts, fmt: str) -> Path
 
 def same_vocabulary(shipped: Path, candidate: Path) -> bool:
     """The tokenizer and chat metadata the gateway reads are identical in both files."""
-    return read_gguf_metadata(shipped) == read_gguf_metadata(candidate)
+    return _metadata(shipped, _stamp(shipped)["mtime_ns"]) == read_gguf_metadata(candidate)
+
+
+@functools.lru_cache(maxsize=2)
+def _metadata(path: Path, mtime_ns: int) -> dict:
+    """The shipped file's metadata, read once for all candidates (~2 s of CPU a read)."""
+    return read_gguf_metadata(path)
 
 
 def _engine_spec(settings: Settings) -> dict:

@@ -50,7 +50,7 @@ def triton(settings):
     assert stop_triton(process) == 0, "tritonserver did not shut down cleanly"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chat(tokenizer):
     """Token ids of a one-turn ChatML prompt."""
 

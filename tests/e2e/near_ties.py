@@ -25,14 +25,17 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 class NearTieJudge:
     """Holds one llama.cpp model (created at first need) to read the logits at a divergence."""
 
-    def __init__(self, settings, gguf_path) -> None:
+    def __init__(self, settings, gguf_path, paths=None) -> None:
+        """``paths``: the CPU paths whose logits judge (default: the engine's for ``gguf_path``)."""
         self._settings = settings
         self._path = str(gguf_path)
+        self._paths = paths
         self._model: Llama | None = None
 
     def _llama(self) -> Llama:
         if self._model is None:
-            self._model = reference_llama(self._settings, self._path, n_ctx=2048, n_threads=2, logits_all=True)
+            self._model = reference_llama(self._settings, self._path, self._paths, n_ctx=2048, n_threads=2,
+                                          logits_all=True)
         return self._model
 
     def gap(self, context: list[int], a: int, b: int) -> float:

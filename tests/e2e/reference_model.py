@@ -43,7 +43,12 @@ def _weights_buffers(extra: bool):
         llama_cpp_lib.llama_model_default_params = default
 
 
-def reference_llama(settings, gguf_path, **kwargs) -> Llama:
-    paths = engine_cpu_paths(settings, gguf_path)
+# the path every x86-64 CPU runs: ordinary buffers, no flash attention
+PLAIN_PATHS = CpuPaths(weights="plain", flash_attn=False, reason="the reference path")
+
+
+def reference_llama(settings, gguf_path, paths: CpuPaths | None = None, **kwargs) -> Llama:
+    """llama.cpp on ``gguf_path`` with the engine's CPU paths for it, or ``paths``."""
+    paths = paths or engine_cpu_paths(settings, gguf_path)
     with _weights_buffers(paths.weights == "extra"):
         return Llama(model_path=str(gguf_path), flash_attn=paths.flash_attn, verbose=False, **kwargs)

@@ -11,7 +11,7 @@ import pytest
 from gateway.model_artifacts import embedded_gguf_path
 from gateway.server.weight_gate import Continuation, judge, near_tie_tokens
 from llama_engine.llama_runner import LlamaRunner, RunnerConfig
-from llama_engine.weight_formats import greedy
+from llama_engine.weight_formats import _greedy_command, greedy
 
 pytestmark = pytest.mark.heavy  # runs llama.cpp or a guide compiler: left out of make test-fast
 
@@ -96,3 +96,13 @@ def test_a_candidate_stops_a_prompt_at_its_first_divergence_and_everything_at_a_
     assert any(o is None for o in far)  # stopped there: the prompts still running then are not finished
     for mine, theirs in zip(far, shipped):
         assert mine is None or mine["tokens"] == theirs["tokens"][:len(mine["tokens"])]
+
+
+def test_the_greedy_command_gives_each_prompt_a_kv_stream_of_its_own(alone):
+    spec = {"gguf": str(embedded_gguf_path()), "prompts": PROMPTS, "new_tokens": NEW_TOKENS, "threads": 2,
+            "max_batch_tokens": 512, "paths": {"weights": "plain", "flash_attn": False}}
+    answer = _greedy_command(spec)
+    assert (answer["weights"], answer["flash_attn"], answer["cpu_paths"]) == ("plain", False, "given")
+    assert judge(continuations(alone), [o["tokens"] for o in answer["outputs"]]).far == 0
+    candidate = _greedy_command({**spec, "reference": reference_of(answer["outputs"])})
+    assert [o["tokens"] for o in candidate["outputs"]] == [o["tokens"] for o in answer["outputs"]]
