@@ -41,12 +41,10 @@ def parse_bool(raw: str) -> bool:
 class CpuEngineParameters:
     gguf_path: str = ""  # the weights the engine loads
     tokens_per_block: int = 4  # small: a later turn re-prefills at most 3 tokens of its history
-    # per-sequence streams of the model's whole 8,192-token window, 32 of them (6 GB of KV for SmolLM2-135M):
-    # attention reads only a call's own history, not every cached call's (docs/engine.md, "KV layout")
-    kv_cells: int = 32 * 8192  # KV pool, tokens: all sequences' together (streams: split evenly)
-    kv_layout: str = "streams"  # one of KV_LAYOUTS
+    kv_cells: int = 16384  # KV pool, tokens: all sequences' together (streams: split evenly)
+    kv_layout: str = "unified"  # one of KV_LAYOUTS
     cache_idle_s: float = 60.0  # cached prefix blocks unused this long are evicted
-    max_sequences: int = 32  # llama.cpp sequence ids, running and cached (streams: one stream each)
+    max_sequences: int = 64
     max_running: int = 32
     max_batch_tokens: int = 512
     max_sequence_length: int = 0  # 0: the model's training context

@@ -16,12 +16,7 @@ def settings(tmp_path_factory):
         "ELECTRON_TRITON_GRPC_PORT": "18001",
         "ELECTRON_TRITON_HTTP_PORT": "18003",
         "ELECTRON_TRITON_METRICS_PORT": "18002",
-        # one unified 16k pool shared by 64 sequence ids (the tests of admission and eviction are
-        # written around it); the default per-sequence streams run in test_kv_streams_e2e and in the
-        # tests that start a whole stack of their own
-        "ELECTRON_KV_LAYOUT": "unified",
         "ELECTRON_KV_CELLS": "16384",
-        "ELECTRON_MAX_SEQUENCES": "64",
         "ELECTRON_ADAPTIVE_THREADS": "false",  # see tests/conftest.py
     })
 

@@ -46,12 +46,10 @@ def test_with_kv_streams_a_requests_room_is_its_sequences_share_of_the_pool():
     from gateway.server.triton_launcher import effective_max_sequence_length
 
     artifacts = SimpleNamespace(context_length=8192)
-    unified = Settings.from_env({"ELECTRON_KV_LAYOUT": "unified", "ELECTRON_KV_CELLS": "16384",
-                                 "ELECTRON_MAX_SEQUENCES": "64"})
+    unified = Settings.from_env({"ELECTRON_KV_CELLS": "16384", "ELECTRON_MAX_SEQUENCES": "64"})
     streams = Settings.from_env({"ELECTRON_KV_LAYOUT": "streams", "ELECTRON_KV_CELLS": "98304",
                                  "ELECTRON_MAX_SEQUENCES": "48"})
     assert effective_max_sequence_length(unified, artifacts) == 8192
     assert effective_max_sequence_length(streams, artifacts) == 2048
-    assert effective_max_sequence_length(Settings(), artifacts) == 8192  # the default: a whole window a stream
     with pytest.raises(ValueError, match="ELECTRON_KV_LAYOUT"):
         Settings.from_env({"ELECTRON_KV_LAYOUT": "paged"})
