@@ -143,23 +143,21 @@ async def generate_in_order(url: str, model: str, requests: list[list[InferInput
     return [results[request_id] for request_id in ids], errors
 
 
-def never_seen_prompt(tokenizer, n_tokens: int, system: str = "You are a helpful assistant.") -> list[int]:
-    """A one-turn ChatML prompt whose user turn is exactly ``n_tokens`` tokens of never-seen
-    text: nothing of it past the system prompt is in the prefix cache."""
-    head = tokenizer.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n",
-                            add_special_tokens=False).ids
-    tail = tokenizer.encode("<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).ids
+def never_seen_prompt(tokenizer, n_tokens: int) -> list[int]:
+    """``n_tokens`` token ids of never-seen text, from its first block on (it starts with a
+    random salt): the engine prefills every one of them. No chat template: the engine takes
+    any ids, and a prompt can be as short as a bound in seconds needs on a slow CPU."""
     salt = uuid.uuid4().hex
     words = " ".join(f"{salt[i % 32]}{w}" for i, w in enumerate(("alpha bravo charlie delta echo " * 4000).split()))
-    user = tokenizer.encode(words, add_special_tokens=False).ids[:n_tokens]
-    assert len(user) == n_tokens, f"never_seen_prompt makes at most {len(user)} tokens"
-    return head + user + tail
+    ids = tokenizer.encode(f"{salt} {words}", add_special_tokens=False).ids[:n_tokens]
+    assert len(ids) == n_tokens, f"never_seen_prompt makes at most {len(ids)} tokens"
+    return ids
 
 
 async def measure_prefill_seconds_per_token(settings, tokenizer, model: str = "electron_cpu",
                                            n_tokens: int = 256) -> float:
-    """What a prompt token costs this engine now: a never-seen prompt of about ``n_tokens``
-    tokens prefilled alone on the idle engine (in its own short steps, as a prompt with
+    """What a prompt token costs this engine now: a never-seen prompt of ``n_tokens`` tokens
+    prefilled alone on the idle engine (in its own short steps, as a prompt with
     nothing beside it goes), its engine time to first token over its length. Scenarios whose
     outcome turns on a bound in seconds (the overload bound) size their prompts from it, so
     that they hold on a CPU twice as fast or twice as slow as this one, and under load."""
@@ -167,6 +165,7 @@ async def measure_prefill_seconds_per_token(settings, tokenizer, model: str = "e
     prompt = never_seen_prompt(tokenizer, n_tokens)
     measured = await generate(settings.triton_grpc_url, model, request_inputs(prompt, 1))
     assert measured.error is None and measured.ttft_engine_ms > 0, measured.error
+    assert measured.reused_blocks == 0, "the measured prompt was in the prefix cache"
     return measured.ttft_engine_ms / 1e3 / len(prompt)
 
 
