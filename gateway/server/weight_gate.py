@@ -15,12 +15,12 @@ shipped file's over their first ``PREFIX_TOKENS`` tokens. It passes when:
 There is no quota of identical outputs. The shipped file does not repeat itself: in
 another batch order (other batch shapes, last bits of the logits) it gave the same
 first 32 tokens on only 34-36 of the 50 prompts on a 2-core Intel Xeon, parting at
-gaps up to 0.37 (28 of 50 on a 2-core AMD EPYC). A count of identical outputs
+gaps up to 0.37 (28-36 of 50 on a 2-core AMD EPYC). A count of identical outputs
 measures that noise, not the weights. What the weights can change is a choice the
 model makes by a margin, and that is what a far divergence is. Q8_0 made from Q4_1
 represents every Q4_1 weight within a small fraction of its own quantization step,
 so its divergences are expected at near-ties only; Q4_0 drops Q4_1's per-block
-offset, and its divergences are far.
+offset, and it parted far on 33-39 of the 50 prompts (AMD EPYC, Intel Xeon).
 
 Only the first divergence of a prompt is judged: past it the two continuations have
 different contexts, and nothing later compares like with like. So a candidate's run
