@@ -41,7 +41,6 @@ class Timeline:
         self._stages: dict[str, float] = {}  # stage -> milliseconds
         self._engine_call: float | None = None
         self.visible: bool | None = None  # a delta with text to speak was made (None: no delta yet)
-        self._first_delta: float | None = None
 
     def mark(self, stage: str) -> None:
         """The stage that ended now (the time since the previous mark); a stage marked again
@@ -73,9 +72,8 @@ class Timeline:
         to speak (the stages end at the first one that does)."""
         if self.visible:
             return
-        if self._first_delta is None:
+        if "detokenize" not in self._stages:
             self.mark("detokenize")
-            self._first_delta = self._last
         elif visible:
             self.mark("held_back")
         self.visible = visible
