@@ -38,7 +38,7 @@ from perf import ROOT
 from perf.report import Column, Report, Table
 from perf.results_dir import run_meta, write_results
 from perf.voice_load.calls import TOPICS, system_prompt
-from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server
+from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server, served_gguf
 from perf.voice_load.sse_client import TurnResult, stream_chat
 
 RESULTS = ROOT / "perf" / "results"
@@ -136,12 +136,7 @@ def run_electron(args, system: str, turns: list[str]) -> list[dict]:
 
 
 def run_llama_server(args, system: str, turns: list[str]) -> list[dict]:
-    from gateway.model_artifacts import prepare_artifacts
-    from gateway.settings import Settings
-
-    settings = Settings.from_env()
-    gguf = prepare_artifacts(settings).gguf_path
-    server = LlamaServer(build_llama_server(), gguf, slots=1, threads=args.threads, ctx_per_slot=8192,
+    server = LlamaServer(build_llama_server(), served_gguf(), slots=1, threads=args.threads, ctx_per_slot=8192,
                          port=args.port + 100, log_path=args.out / ".llama-server-ttft.log")
     try:
         results = asyncio.run(one_call(server.base_url, system, turns, args.reply_tokens, "electron"))
@@ -187,7 +182,8 @@ def report(electron: list[dict], llama: list[dict] | None, meta: dict) -> Report
         f"CPU: {cpu.get('model')}, {cpu.get('cpus')} logical CPUs; flags of note: "
         f"{', '.join(f for f in cpu.get('flags', '').split() if f.startswith(('avx', 'amx', 'fma', 'f16c')))}. "
         f"One call of {meta['turns']} turns, system prompt of {meta['system_words']} words, replies capped at "
-        f"{meta['reply_tokens']} tokens, temperature 0, one run; the gateway logs at DEBUG (JSON) for its timeline.",
+        f"{meta['reply_tokens']} tokens, temperature 0, one run; weights {meta['weights']} (the engine's choice on this "
+        "machine, llama-server loads the same file); the gateway logs at DEBUG (JSON) for its timeline.",
         Table(SIDE_COLUMNS, side),
         "## electron, turn by turn",
         Table(TURN_COLUMNS, electron),
@@ -213,7 +209,8 @@ def main() -> int:
     salt = f"ttft-{random.Random().randrange(10**9)}"  # a system prompt no earlier run cached
     electron = run_electron(args, system_prompt(args.system_words, salt), turns)
     llama = None if args.no_llama_server else run_llama_server(args, system_prompt(args.system_words, salt), turns)
-    meta = run_meta(turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens)
+    meta = run_meta(turns=args.turns, system_words=args.system_words, reply_tokens=args.reply_tokens,
+                    weights=served_gguf().name)
     write_results(args.out, report(electron, llama, meta))
     return 0
 

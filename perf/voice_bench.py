@@ -139,8 +139,7 @@ def report(rows: list[dict], meta: dict) -> Report:
 
 
 def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
-    from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server
-    from gateway.model_artifacts import embedded_gguf_path
+    from perf.voice_load.servers import ElectronServer, LlamaServer, build_llama_server, served_gguf
     from gateway.settings import Settings
 
     settings = Settings.from_env()
@@ -151,8 +150,7 @@ def start_servers(names: list[str], max_calls: int, log_dir: Path) -> list:
             if name == "electron":
                 servers.append(ElectronServer(log_path=log_dir / "electron.log"))
             else:
-                gguf = Path(settings.gguf_path) if settings.gguf_path else embedded_gguf_path()
-                servers.append(LlamaServer(build_llama_server(), gguf, slots=max_calls, threads=threads,
+                servers.append(LlamaServer(build_llama_server(), served_gguf(), slots=max_calls, threads=threads,
                                            log_path=log_dir / "llama-server.log"))
     except BaseException:
         for server in servers:

@@ -110,6 +110,18 @@ class LlamaServer(_Server):
             _wait_for(f"http://127.0.0.1:{port}/health", self.process, 120)
 
 
+def served_gguf() -> Path:
+    """The GGUF the electron engine serves with the environment's settings: the weight format
+    the gate chose on this machine (``ELECTRON_WEIGHT_FORMAT``), so that llama-server beside it
+    runs the same file. Measures the gate first when no decision is cached yet."""
+    from gateway.server.triton_launcher import prepare_artifacts
+    from gateway.server.weight_choice import engine_weights
+    from gateway.settings import Settings
+
+    settings = Settings.from_env()
+    return engine_weights(settings, prepare_artifacts(settings)).path
+
+
 def build_llama_server() -> Path:
     """The cached llama-server binary, built first if needed (several minutes; with
     llama.cpp's other tools, by ``perf/build_llama_tools.sh``)."""
