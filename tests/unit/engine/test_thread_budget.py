@@ -44,6 +44,30 @@ def test_an_idle_engine_beside_a_busy_process_starts_its_next_request_on_the_fre
     assert run(ThreadBudget(2), [(1.0, 0.0), (1.0, 0.0)]) == [1, 1]
 
 
+def test_an_idle_engine_keeps_its_threads_through_a_short_burst_of_another_process():
+    # a container healthcheck's exec takes half a core for one 0.25 s period, every few seconds:
+    # read over that period alone it dropped a thread and brought it back (a log line each time)
+    idle_second = [(2.0, 0.0)] * 4
+    periods = idle_second * 2 + [(1.4, 0.0)] + idle_second * 3 + [(1.3, 0.0)] + idle_second
+    assert set(run(ThreadBudget(2), periods)) == {2}
+
+
+def test_an_idle_engine_beside_a_process_that_stays_busy_gives_up_the_core_within_a_second():
+    counts = run(ThreadBudget(2), [(2.0, 0.0)] * 8 + [(1.0, 0.0)] * 8)
+    assert counts[:8] == [2] * 8
+    assert counts[8:12].count(1) >= 1 and counts[12:] == [1] * 4
+    # and once it is gone, the second thread comes back while the engine is still idle
+    back = run(ThreadBudget(2), [(1.0, 0.0)] * 8 + [(2.0, 0.0)] * 8)
+    assert back[:8] == [1] * 8 and back[-1] == 2
+
+
+def test_a_busy_engine_reads_the_last_period_only_after_an_idle_window():
+    # idle beside a busy process for a while (one thread), then a request: the engine runs its one
+    # thread flat out and the other core turns idle: two threads at once, not after a window
+    counts = run(ThreadBudget(2), [(1.0, 0.0)] * 8 + [(1.0, 1.0)])
+    assert counts[7] == 1 and counts[8] == 2
+
+
 def test_hysteresis_keeps_the_count_between_the_margins():
     # 1.65 cores keep two threads but do not bring back a second one: no flapping around the boundary
     assert run(ThreadBudget(2), [(0.2, 1.45)]) == [2]

@@ -25,6 +25,14 @@ it with hysteresis:
 The rule is in cores, not in fractions, so it reads the same on 2 cores and on
 16: with one busy process a 16-core engine runs 15 threads.
 
+While the engine is idle (it used under ``IDLE_CORES`` over the last period) the
+rule reads ``available`` over the last ``idle_window_s`` (2 s) instead of the last
+period: a short burst of another process (a container healthcheck's ``exec``, a
+cron job) takes half a core for a fraction of a second, and read over one 0.25 s
+period it dropped a thread and brought it back about once a second on an idle
+machine. A neighbour that stays busy still takes the thread within about a second,
+and while the engine runs, the last period decides, at once.
+
 In a container with a CPU quota (``docker --cpus``: cgroup v2 ``cpu.max``, or
 v1 ``cpu.cfs_quota_us``) the CPUs' idle time is the host's: a core idle on the
 host may be one the quota does not give us. There the sampler also reads the
@@ -41,12 +49,14 @@ import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+IDLE_CORES = 0.05  # the engine used less than this over a period: it was idle
 
 
 @dataclass(frozen=True)
@@ -176,30 +186,32 @@ class ThreadBudget:
     """The thread count for the next steps, from successive CPU samples."""
 
     def __init__(self, max_threads: int, lower_margin: float = 0.4, raise_margin: float = 0.6,
-                 quota_cores: float | None = None):
+                 quota_cores: float | None = None, idle_window_s: float = 2.0):
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
         self.quota_cores = quota_cores  # the cgroup's CPU quota in cores, if it has one
         self.lower_margin = lower_margin
         self.raise_margin = raise_margin
+        self.idle_window_s = idle_window_s
         self.threads = max_threads
-        self.available: float | None = None  # cores we could have had over the last period
-        self._last: tuple[float, CpuSample] | None = None
+        self.available: float | None = None  # cores we could have had over the period the rule read
+        self._samples: deque[tuple[float, CpuSample]] = deque()  # the last idle_window_s, oldest first
 
     def observe(self, now: float, sample: CpuSample) -> int | None:
         """Feed one sample taken at ``now`` (monotonic seconds); returns the new
         thread count when it changes, else None."""
-        last, self._last = self._last, (now, sample)
-        if last is None or now <= last[0]:
+        if self._samples and now <= self._samples[-1][0]:
             return None
-        elapsed = now - last[0]
-        ours = (sample.ours_s - last[1].ours_s) / elapsed
-        available = (sample.idle_s - last[1].idle_s) / elapsed + ours
-        if self.quota_cores is not None and sample.group_s is not None and last[1].group_s is not None:
-            others = max(0.0, (sample.group_s - last[1].group_s) / elapsed - ours)  # the container's other processes
-            available = min(available, self.quota_cores - others)
-        self.available = available
+        self._samples.append((now, sample))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.idle_window_s:
+            self._samples.popleft()  # the oldest kept sample starts a window of at least idle_window_s
+        if len(self._samples) < 2:
+            return None
+        start = self._samples[-2]
+        if (sample.ours_s - start[1].ours_s) / (now - start[0]) < IDLE_CORES:
+            start = self._samples[0]  # idle: read the whole window, not one period
+        self.available = available = self._available(start, (now, sample))
         threads = self.threads
         if available < threads - self.lower_margin:
             threads = math.floor(available + self.lower_margin)
@@ -210,6 +222,17 @@ class ThreadBudget:
             return None
         self.threads = threads
         return threads
+
+    def _available(self, first: tuple[float, CpuSample], last: tuple[float, CpuSample]) -> float:
+        """Cores the engine could have had between two samples: idle time plus its own,
+        within a cgroup quota less what the container's other processes used."""
+        elapsed = last[0] - first[0]
+        ours = (last[1].ours_s - first[1].ours_s) / elapsed
+        available = (last[1].idle_s - first[1].idle_s) / elapsed + ours
+        if self.quota_cores is not None and last[1].group_s is not None and first[1].group_s is not None:
+            others = max(0.0, (last[1].group_s - first[1].group_s) / elapsed - ours)  # the container's other processes
+            available = min(available, self.quota_cores - others)
+        return available
 
 
 class ThreadBudgetWatch:
