@@ -24,6 +24,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # the valid values of the settings that are a choice (their users read the lists from here)
 WEIGHT_FORMATS = ("q8_0", "q4_0")  # the requantized copies the engine can load (gateway/server/weight_choice.py)
 WEIGHT_FORMAT_CHOICES = ("auto", "shipped", *WEIGHT_FORMATS)
+START_ERROR_CHOICES = ("exit", "wait")
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field."""
+    return PREFIX + field.upper()
 CANCELLED_PROMPT_BILLING = ("cached", "full", "none")  # gateway/accounts/pricing.py
 # the tool dialects are data (gateway/tools/tool_dialect.py): their names are the file's keys
 TOOL_DIALECTS_FILE = REPO_ROOT / "gateway" / "tools" / "data" / "tool_dialects.json"
@@ -102,6 +108,9 @@ class Settings:
     slow_client_timeout_s: float = 10.0  # a stream whose client has not taken a chunk this long is cancelled
     drain_grace_s: float = 30.0  # SIGTERM: admitted requests get this long to finish, then are cut off
     start_triton: bool = True  # electron-serve starts tritonserver itself; false: use a running one
+    # a configuration error at start (a setting, the store, Redis, no key off loopback): "exit" (code 2),
+    # or "wait": log it once and wait for SIGTERM, so that a container's restart policy does not loop
+    on_start_error: str = "exit"
     log_level: str = "INFO"
     log_format: str = "text"  # json: one JSON object per line
     metrics_token: str = ""  # if set, GET /metrics needs it as a bearer token
@@ -130,6 +139,7 @@ class Settings:
             name = "engine_log_level" if exc.name == "log_level" else exc.name
             raise ValueError(f"{PREFIX}{name.upper()}: {exc.message}") from exc
         for name, choices in (("weight_format", WEIGHT_FORMAT_CHOICES), ("tool_dialect", tool_dialect_names()),
+                              ("on_start_error", START_ERROR_CHOICES),
                               ("cancelled_prompt_billing", CANCELLED_PROMPT_BILLING)):
             value = getattr(self, name)
             if value not in choices:

@@ -21,6 +21,10 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.accounts.api_keys import bearer_token, hash_key, same_hash
 from gateway.accounts.ledger import UsageLedger, UsageRow, usage_row
@@ -70,25 +74,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class ProtectedModeError(RuntimeError):
+class StartupError(RuntimeError):
+    """Something the operator must fix before the gateway can serve: the message says what."""
+
+
+class ProtectedModeError(StartupError):
     pass
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of what the driver said (SQLAlchemy wraps it in ``orig``)."""
+    text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
+    return text.strip().splitlines()[0].rstrip(".")
 
 
 def protected_mode_message(settings: Settings) -> str:
     return (f"No API key exists and the gateway is bound to {settings.gateway_host}, which is not a loopback "
             "address: it will not serve without keys. Create one first:\n"
             "  .venv/bin/electron-keys create --account my-team --name my-key\n"
-            "(same ELECTRON_DATA_DIR / ELECTRON_DATABASE_URL as the gateway), or bind to 127.0.0.1.")
+            "(same ELECTRON_DATA_DIR / ELECTRON_DATABASE_URL as the gateway; with docker compose: docker compose "
+            "run --rm electron .venv/bin/electron-keys create --account my-team --name my-key), or bind to 127.0.0.1.")
 
 
 async def check_protected_mode(settings: Settings) -> int:
     """At start: the number of keys; raises ``ProtectedModeError`` when there are none and
-    the bind address is not loopback. Creates the store (migrations) on first use."""
-    store = await AccountStore.open(settings.store_url)
+    the bind address is not loopback, ``StartupError`` when the store cannot be opened or
+    Redis (the shared caps) does not answer. Creates the store (migrations) on first use."""
     try:
-        keys = await store.count_keys()
-    finally:
-        await store.close()
+        store = await AccountStore.open(settings.store_url)
+        try:
+            keys = await store.count_keys()
+        finally:
+            await store.close()
+    except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        url = make_url(settings.store_url).render_as_string(hide_password=True)
+        raise StartupError(
+            f"cannot open the accounts store at {url}: {_reason(exc)}. Check ELECTRON_DATABASE_URL (with docker "
+            "compose: POSTGRES_PASSWORD must be the password the electron-usage volume was first created with)"
+        ) from None
+    if settings.redis_url and not settings.limits_fail_open:
+        await _check_redis(settings.redis_url)
     if keys == 0:
         if not is_loopback(settings.gateway_host):
             raise ProtectedModeError(protected_mode_message(settings))
@@ -96,6 +121,31 @@ async def check_protected_mode(settings: Settings) -> int:
                     "Create a key with `electron-keys create --account A --name N`: from then on every request "
                     "needs one. ***", settings.gateway_host)
     return keys
+
+
+async def _check_redis(url: str) -> None:
+    import redis.asyncio as redis
+    from redis.exceptions import RedisError
+
+    client = redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+    try:
+        await client.ping()
+    except (RedisError, OSError) as exc:
+        raise StartupError(
+            f"cannot reach Redis at {url_without_password(url)} (the shared caps): {_reason(exc)}. Check ELECTRON_REDIS_URL "
+            "and that Redis runs, or set ELECTRON_LIMITS_FAIL_OPEN=true to admit requests without caps while "
+            "it is down") from None
+    finally:
+        await client.aclose()
+
+
+def url_without_password(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def make_limiter(settings: Settings) -> Limiter:

@@ -13,14 +13,16 @@ import argparse
 import asyncio
 import fcntl
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 
-from gateway.accounts.service import ProtectedModeError, check_protected_mode
+from gateway.accounts.service import ProtectedModeError, StartupError, check_protected_mode
+from gateway.server import llama_cpu_variant
 from gateway.server.build_app import build_app
 from gateway.api.request_context import configure_logging
-from gateway.settings import Settings
+from gateway.settings import Settings, env_name
 from gateway.server.drain import DrainingServer, uvicorn_config
 from gateway.server.workers import WorkerPool
 from gateway.server.triton_supervisor import TritonSupervisor
@@ -58,21 +60,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def refuse_to_start(message: str, on_start_error: str) -> int:
+    """A configuration error at start: logged once, as one record; then exit code 2, or with
+    ``ELECTRON_ON_START_ERROR=wait`` (the image) wait for SIGTERM or SIGINT first, so that a
+    container's restart policy shows the cause once instead of looping over it."""
+    log.error("%s", message)
+    if on_start_error == "wait":
+        log.error("not serving: fix the above and restart (waiting for SIGTERM)")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parse_args(argv)
     try:
         settings = Settings.from_env()  # checks itself: a ValueError names the variable
     except ValueError as exc:
         logging.basicConfig()
-        log.error("%s", exc)
-        return 2
+        return refuse_to_start(str(exc), os.environ.get(env_name("on_start_error"), "exit"))
     configure_logging(settings.log_level, settings.log_format)
+    try:
+        llama_cpu_variant.activate()  # before any process that loads llama.cpp starts
+    except (OSError, ValueError) as exc:
+        return refuse_to_start(f"cannot choose llama.cpp's CPU backend from "
+                               f"{os.environ.get(llama_cpu_variant.VARIANTS_ENV)}: {exc}", settings.on_start_error)
     try:
         limits_lock = None if settings.redis_url else claim_local_limits(settings)
         asyncio.run(check_protected_mode(settings))
-    except ProtectedModeError as exc:
-        log.error("%s", exc)
-        return 2
+    except StartupError as exc:
+        return refuse_to_start(str(exc), settings.on_start_error)
     # While Triton starts, SIGTERM interrupts like Ctrl-C (start_triton cleans up).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
