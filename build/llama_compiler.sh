@@ -21,6 +21,8 @@
 # runs: a build that faults costs the extra buffer types, never the service.
 
 LLAMA_COMPILERS=(clang-19 gcc)
+# the portable build (the image): no native flags, ggml's x86-64-v3 baseline (AVX2, FMA, F16C, BMI2)
+LLAMA_PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"
 
 # llama_compiler [CPUINFO]: prints clang-19 or gcc
 llama_compiler() {
@@ -64,6 +66,20 @@ use_llama_compiler() {
       export CC=clang-19 CXX=clang++-19 ;;
     *) echo "[llama-compiler] unknown compiler '$1'" >&2; return 2 ;;
   esac
+}
+
+# build_llama_wheel VERSION CMAKE_ARGS DEST [COMPILER [SOURCE]]: llama-cpp-python VERSION built from
+# source (SOURCE: its sdist, already downloaded) into DEST with CMAKE_ARGS, by COMPILER (empty: the
+# system's); install.sh and the image's build/llama_cpu_variants.sh. --no-cache-dir: pip's own wheel
+# cache is keyed by the source archive alone, so it would hand back a wheel built with other flags
+# or another compiler.
+build_llama_wheel() {
+  local version=$1 cmake_args=$2 dest=$3 compiler=${4:-} source=${5:-"llama-cpp-python==$1"}
+  ( [ -z "$compiler" ] || use_llama_compiler "$compiler"
+    mkdir -p "$dest"
+    CMAKE_ARGS="$cmake_args" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "${PYTHON:-python3}" -m pip --disable-pip-version-check -q wheel --no-cache-dir --no-deps \
+      --no-binary llama-cpp-python -w "$dest" "$source" )
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return refuse_to_start(str(exc), os.environ.get(env_name("on_start_error"), "exit"))
     configure_logging(settings.log_level, settings.log_format)
     try:
-        llama_cpu_variant.activate()  # before any process that loads llama.cpp starts
+        if settings.start_triton:  # the embedded engine runs here: before any process that loads llama.cpp starts
+            llama_cpu_variant.activate()
     except (OSError, ValueError) as exc:
         return refuse_to_start(f"cannot choose llama.cpp's CPU backend from "
                                f"{os.environ.get(llama_cpu_variant.VARIANTS_ENV)}: {exc}", settings.on_start_error)

@@ -86,10 +86,10 @@ def test_images_come_from_the_repository_recipe_and_the_pins():
         build = SERVICES[name]["build"]
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
     dockerfile = (ROOT / "build" / "Dockerfile").read_text()
-    assert "RUN ELECTRON_WEIGHT_FORMAT=shipped bash build/install.sh" in dockerfile
-    assert "ELECTRON_PORTABLE_CPU=1" in dockerfile
+    assert "ELECTRON_PORTABLE_CPU=1 bash build/install.sh --packages" in dockerfile
     install = (ROOT / "build" / "install.sh").read_text()
-    assert "ELECTRON_PORTABLE_CPU" in install and '-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"' in install
+    assert "ELECTRON_PORTABLE_CPU" in install and "cmake_args=$LLAMA_PORTABLE_CMAKE_ARGS" in install
+    assert 'LLAMA_PORTABLE_CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF"' in (ROOT / "build" / "llama_compiler.sh").read_text()
     assert interpolate(SERVICES["triton-gpu"]["image"]) == PINS["TRITON_TRTLLM_IMAGE"]
     assert PINS["TRITON_TRTLLM_IMAGE"].endswith(":26.07-trtllm-python-py3")
     assert PINS["TENSORRT_LLM_VERSION"] == "1.2.1"
@@ -111,17 +111,38 @@ def test_the_image_build_runs_no_weight_gate_and_no_cpu_probe_and_the_first_star
     steps = instructions((ROOT / "build" / "Dockerfile").read_text())
     runs = [args for op, args in steps if op == "RUN"]
     installs = [args for args in runs if "build/install.sh" in args]
-    assert len(installs) == 1 and installs[0].startswith("ELECTRON_WEIGHT_FORMAT=shipped ")
-    # install.sh prepares the model with the settings of its environment: shipped makes no gate, no probe
-    install = (ROOT / "build" / "install.sh").read_text()
-    assert re.search(r"^\.venv/bin/python build/prepare_model\.py >/dev/null$", install, re.M)
+    assert len(installs) == 1 and "bash build/install.sh --packages" in installs[0]
+    # install.sh --packages prepares no model: no gate, no probe (tests/unit/deploy/test_packaging.py)
     assert not any(re.search(r"prepare_model|weight_choice|weight_formats|cpu_paths|--weight-format", args)
-                   for args in runs if args not in installs)
+                   for args in runs)
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in steps if op == "ENV")))
     assert "ELECTRON_WEIGHT_FORMAT" not in env  # the running container's default: auto, decided there
     assert Settings.from_env(env).weight_format == "auto"
     volumes = [args.strip() for op, args in steps if op == "VOLUME"]
     assert volumes == [env["ELECTRON_DATA_DIR"]] and env["ELECTRON_ARTIFACTS_DIR"].startswith(volumes[0] + "/")
+
+
+def test_the_final_image_has_no_compiler_and_the_project_files_come_last():
+    steps = instructions((ROOT / "build" / "Dockerfile").read_text())
+    stages = [i for i, (op, _) in enumerate(steps) if op == "FROM"]
+    assert len(stages) == 2 and steps[stages[0]][1].endswith(" AS build")
+    final = steps[stages[1]:]
+    installed = " ".join(args for op, args in final if op == "RUN")
+    assert not re.search(r"build-essential|cmake|clang|gcc|g\+\+", installed)
+    copies = [args for op, args in final if op == "COPY"]
+    # llama.cpp's CPU backends and the packages from the build stage, then the project: a change to
+    # a Python file of the gateway rebuilds the last layer only
+    assert copies == ["--from=build /opt/llama-cpu-variants /opt/llama-cpu-variants",
+                      "--from=build /app/.venv /app/.venv", ". /app"]
+    env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in final if op == "ENV")))
+    assert env["ELECTRON_LLAMA_CPU_VARIANTS"] == "/opt/llama-cpu-variants"
+    build = steps[stages[0]:stages[1]]
+    variants = next(args for op, args in build if op == "RUN" and "llama_cpu_variants.sh" in args)
+    assert "/opt/llama-cpu-variants" in variants
+    # llama.cpp is built from the files it needs only, before the server's packages and the project
+    first_copy = next(args for op, args in build if op == "COPY")
+    assert first_copy.split()[:-1] == ["build/requirements-engine.txt", "build/llama_compiler.sh",
+                                       "build/llama_cpu_variants.sh"]
 
 
 def test_the_gpu_triton_serves_a_model_of_the_repository_filled_by_the_build_step(tmp_path):
@@ -160,3 +181,9 @@ def test_the_backend_network_has_no_route_out():
     assert COMPOSE["networks"]["backend"]["internal"] is True
     for name in ("redis", "postgres", "triton-gpu"):
         assert SERVICES[name]["networks"] == ["backend"]
+
+
+@pytest.mark.parametrize("name", ["electron", "gateway-gpu"])
+def test_docker_waits_for_the_drain_before_it_kills_a_gateway(name):
+    grace = SERVICES[name]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) > Settings.from_env(environment(SERVICES[name])).drain_grace_s

@@ -174,15 +174,21 @@ def test_make_serve_and_the_image_install_the_servers_lock_only_and_make_test_ad
         return subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "bash build/install.sh\n" in make("serve") and "--test" not in make("serve")
     assert "bash build/install.sh --test\n" in make("test")
-    image = re.findall(r"^RUN .*build/install\.sh.*$", (ROOT / "build" / "Dockerfile").read_text(), re.M)
-    # the shipped weights only: the gate runs where the image runs (tests/unit/deploy/test_compose.py)
-    assert image == ["RUN ELECTRON_WEIGHT_FORMAT=shipped bash build/install.sh && rm -rf /root/.cache/pip"]
+    # the image: the server's packages only, no model preparation (the probe and the gate run where the
+    # image runs: tests/unit/deploy/test_compose.py)
+    image = re.findall(r"^ && .*build/install\.sh.*$", (ROOT / "build" / "Dockerfile").read_text(), re.M)
+    assert image == [" && ELECTRON_PORTABLE_CPU=1 bash build/install.sh --packages \\"]
+    assert pip_installs("--packages")[0] == "-r build/requirements.txt"
+    assert "prepare_model.py" not in (tmp_path / "calls").read_text()
+    pip_installs()
+    assert "build/prepare_model.py" in (tmp_path / "calls").read_text()
 
 
 def test_the_scripts_of_the_server_environment_read_the_engine_pins_and_write_none():
     # install.sh and build_llama_tools.sh (llama.cpp's tools from the same llama-cpp-python);
     # the guide compilers' and perf_analyzer's own environments keep their own pins
-    for path in (ROOT / "build" / "install.sh", ROOT / "perf" / "build_llama_tools.sh"):
+    for path in (ROOT / "build" / "install.sh", ROOT / "build" / "llama_cpu_variants.sh",
+                 ROOT / "perf" / "build_llama_tools.sh"):
         text = path.read_text()
         assert not re.search(r"==\s*[0-9]|_VERSION=[0-9]", text), path
         assert "build/requirements-engine.txt" in text, path

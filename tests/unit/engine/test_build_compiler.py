@@ -6,7 +6,8 @@ import subprocess
 
 import pytest
 
-from llama_engine.build_compiler import comment_lines, compiler_of, llama_cpp_compiler
+from llama_engine.build_compiler import (comment_lines, compiler_of, cpu_backend_library, cpu_backend_variant,
+                                         llama_cpp_compiler)
 
 
 def library(tmp_path, compiler: str):
@@ -42,3 +43,23 @@ def test_without_a_comment_section_or_elf_the_compiler_is_unknown(tmp_path):
 
 def test_the_installed_llama_cpp_names_its_compiler():
     assert llama_cpp_compiler().startswith("GCC: (") or "clang version" in llama_cpp_compiler()
+
+
+def test_a_variant_folder_first_on_ld_library_path_is_the_backend_and_names_its_variant(tmp_path, monkeypatch):
+    # the image's variants (gateway/server/llama_cpu_variant.py): a folder with the backend and variant.json
+    folder = tmp_path / "avx512"
+    folder.mkdir()
+    backend = library(tmp_path, "clang-19").rename(folder / "libggml-cpu.so.0")
+    (folder / "variant.json").write_text('{"name": "avx512", "rank": 2, "needs": ["avx512f"]}')
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{tmp_path / 'elsewhere'}:{folder}")
+    # a process that has not loaded llama.cpp yet (none mapped): what the dynamic linker will load
+    assert cpu_backend_library(maps=str(tmp_path / "no-maps")) == backend
+    assert cpu_backend_variant(backend) == "avx512"
+
+
+def test_without_a_variant_the_backend_is_the_packages_own():
+    import llama_cpp  # noqa: F401  (loaded: the backend is the one mapped into this process)
+
+    library = cpu_backend_library()
+    assert library is not None and library.name.startswith("libggml-cpu") and library.is_file()
+    assert cpu_backend_variant(library) == "this machine's build"

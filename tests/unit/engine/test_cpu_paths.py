@@ -41,10 +41,12 @@ def test_a_crashing_extra_path_falls_back_to_plain_buffers_and_the_engine_starts
     paths = choose_cpu_paths(GGUF, 2, flash_attn="off", crash=frozenset({"extra"}))
     assert paths.weights == "plain"
     assert "SIGSEGV" in paths.reason and paths.flash_attn is False
-    assert paths.labels() == {"weights": "plain", "flash_attn": "off", "probe": paths.reason}
+    assert paths.labels() == {"weights": "plain", "flash_attn": "off", "probe": paths.reason,
+                              "cpu_backend": "this machine's build"}
     assert any("killed by SIGSEGV" in r.getMessage() for r in caplog.records)
     chosen = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("CPU paths: "))
-    assert f"; llama.cpp built by {llama_cpp_compiler()}" in chosen and llama_cpp_compiler() != "unknown"
+    assert f"; llama.cpp CPU backend this machine's build, built by {llama_cpp_compiler()}" in chosen
+    assert llama_cpp_compiler() != "unknown"
     runner = LlamaRunner(RunnerConfig(gguf_path=GGUF, kv_cells=256, max_sequences=1, flash_attn=paths.flash_attn,
                                       extra_buffer_types=paths.weights == "extra"))
     try:

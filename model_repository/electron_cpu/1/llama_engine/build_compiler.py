@@ -10,6 +10,8 @@ with, so a clang line wins.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import struct
 from pathlib import Path
 
@@ -48,16 +50,50 @@ def compiler_of(path: Path) -> str:
     return "unknown"
 
 
-def llama_cpp_compiler() -> str:
-    """The compiler of the installed llama-cpp-python's CPU backend (``libggml-cpu``, where
-    ggml's AMX kernels are), or of its first library when that is not a file of its own;
-    found without loading the package (``unknown`` when it is not installed)."""
+CPU_BACKEND = "libggml-cpu.so.0"  # the CPU backend's soname: the only library built per instruction set
+VARIANT_FILE = "variant.json"  # beside a backend built for one x86 level (the image's variants)
+
+
+def cpu_backend_library(maps: str = "/proc/self/maps") -> Path | None:
+    """The CPU backend (``libggml-cpu``, where ggml's AMX kernels are) this process runs:
+    the one mapped into it once llama_cpp is loaded; before that the one the dynamic linker
+    would find (a folder on ``LD_LIBRARY_PATH`` first: the image's chosen variant,
+    ``gateway/server/llama_cpu_variant.py``; then llama-cpp-python's own ``lib``). Found
+    without loading the package; None when it is not installed."""
+    try:
+        with open(maps, encoding="utf-8") as mapped:
+            for line in mapped:
+                path = line.split(maxsplit=5)[-1].strip()
+                if Path(path).name.startswith("libggml-cpu"):
+                    return Path(path)
+    except OSError:
+        pass
+    for folder in filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(":")):
+        if (Path(folder) / CPU_BACKEND).is_file():
+            return Path(folder) / CPU_BACKEND
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.origin:
-        return "unknown"
+        return None
     libs = sorted((Path(spec.origin).parent / "lib").glob("*.so*"))
     cpu = [lib for lib in libs if lib.name.startswith("libggml-cpu")]
+    return (cpu or libs or [None])[0]
+
+
+def cpu_backend_variant(library: Path | None = None) -> str:
+    """The name of the x86 level the CPU backend was built for (its folder's
+    ``variant.json``), or ``this machine's build`` (install.sh's native build)."""
+    library = library or cpu_backend_library()
+    try:
+        return json.loads((library.parent / VARIANT_FILE).read_text())["name"]
+    except (AttributeError, OSError, ValueError, KeyError):
+        return "this machine's build"
+
+
+def llama_cpp_compiler() -> str:
+    """The compiler of the CPU backend this process runs (``cpu_backend_library``);
+    ``unknown`` when llama-cpp-python is not installed or the file cannot be read."""
+    library = cpu_backend_library()
     try:  # for the start-up log: an unreadable library is no reason to stop
-        return compiler_of((cpu or libs)[0]) if libs else "unknown"
+        return compiler_of(library) if library else "unknown"
     except (OSError, ValueError, struct.error):
         return "unknown"

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine_contract.cpu_parameters import FLASH_ATTENTION, WEIGHT_BUFFERS
-from .build_compiler import llama_cpp_compiler
+from .build_compiler import cpu_backend_library, cpu_backend_variant, llama_cpp_compiler
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ class CpuPaths:
     reason: str  # one line for the log and the info metric
 
     def labels(self) -> dict[str, str]:
-        return {"weights": self.weights, "flash_attn": "on" if self.flash_attn else "off", "probe": self.reason}
+        return {"weights": self.weights, "flash_attn": "on" if self.flash_attn else "off", "probe": self.reason,
+                "cpu_backend": cpu_backend_variant()}
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
     if cache is not None and cache.is_file():
         paths = CpuPaths(**json.loads(cache.read_text()))
         if not (engine_crash and weights == "auto" and paths.weights == "extra"):
-            log.info("CPU paths (chosen before on this machine, %s): %s; llama.cpp built by %s",
-                     cache, paths.reason, llama_cpp_compiler())
+            log.info("CPU paths (chosen before on this machine, %s): %s; llama.cpp CPU backend %s, built by %s",
+                     cache, paths.reason, cpu_backend_variant(), llama_cpp_compiler())
             return paths
     if engine_crash and weights == "auto":
         # the crash is this run directory's record, not a fact of the machine: the choice
@@ -152,8 +153,8 @@ def choose_cpu_paths(gguf: str, threads: int, weights: str = "auto", flash_attn:
         use_flash = flash_attn == "on"
         reason += f"; flash attention {flash_attn} (set)"
     paths = CpuPaths(weights=mode, flash_attn=use_flash, reason=reason)
-    log.info("CPU paths: weights %s, flash attention %s (%s); llama.cpp built by %s",
-             mode, "on" if use_flash else "off", reason, llama_cpp_compiler())
+    log.info("CPU paths: weights %s, flash attention %s (%s); llama.cpp CPU backend %s, built by %s",
+             mode, "on" if use_flash else "off", reason, cpu_backend_variant(), llama_cpp_compiler())
     if cache is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,9 @@ def _cache_file(cache_dir: str, gguf: str, threads: int, weights: str, flash_att
     import llama_cpp
 
     parts = [weights, flash_attn, str(threads)]
-    for path in [Path(gguf), *sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so*"))]:
+    backend = cpu_backend_library()  # the image's variant for this CPU, when it is not the package's own
+    libs = sorted((Path(llama_cpp.__file__).parent / "lib").glob("*.so*"))
+    for path in [Path(gguf), *libs, *([backend] if backend and libs and backend.parent != libs[0].parent else [])]:
         info = path.stat()
         parts.append(f"{path.resolve()}:{info.st_size}:{info.st_mtime_ns}")
     with open("/proc/cpuinfo", encoding="utf-8") as f:
