@@ -76,6 +76,15 @@ class Compose:
     def rows(self) -> int:
         return int(self.sql("SELECT count(*) FROM usage"))
 
+    def settled_rows(self) -> int:
+        """The row count once the ledger's writes behind earlier responses are in (it writes every second)."""
+        rows = self.rows()
+        while True:
+            time.sleep(2.5)
+            if (now := self.rows()) == rows:
+                return rows
+            rows = now
+
     def rows_become(self, expected: int, timeout_s: float = 15) -> int:
         """The row count once it reaches ``expected`` (the ledger writes behind the response), or as it is."""
         deadline = time.monotonic() + timeout_s
@@ -141,7 +150,7 @@ def test_compose_up_serves_the_sdk_with_usage_through_redis_and_postgresql(deplo
     compose, facts = deployment
     for service in ("electron", "redis", "postgres"):
         assert compose.health(service) == "running/healthy", service
-    before = compose.rows()
+    before = compose.settled_rows()
     content, usage, finish = stream_answer(facts["key"])
     assert content.strip() and finish in ("stop", "length")
     assert usage.prompt_tokens > 10 and usage.completion_tokens > 0
@@ -172,7 +181,7 @@ def test_a_second_turn_reuses_the_prefix(deployment):
 
 def test_keys_rows_and_choices_survive_down_and_up(deployment):
     compose, facts = deployment
-    rows = compose.rows()
+    rows = compose.settled_rows()
     compose("down", timeout=300)
     compose("up", "-d", timeout=600)
     facts["second_start_s"] = round(compose.wait_healthy("electron", HEALTHY_WITHIN_S), 1)
@@ -193,7 +202,7 @@ def test_an_idle_container_logs_nothing_at_info(deployment):
 
 def test_stop_drains_a_stream_in_flight_and_keeps_its_row(deployment):
     compose, facts = deployment
-    rows = compose.rows()
+    rows = compose.settled_rows()
     outcome: dict = {}
 
     def talk():

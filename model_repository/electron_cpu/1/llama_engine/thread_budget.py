@@ -196,6 +196,7 @@ class ThreadBudget:
         self.idle_window_s = idle_window_s
         self.threads = max_threads
         self.available: float | None = None  # cores we could have had over the period the rule read
+        self.span_s = 0.0  # that period's length
         self._samples: deque[tuple[float, CpuSample]] = deque()  # the last idle_window_s, oldest first
 
     def observe(self, now: float, sample: CpuSample) -> int | None:
@@ -212,6 +213,7 @@ class ThreadBudget:
         if (sample.ours_s - start[1].ours_s) / (now - start[0]) < IDLE_CORES:
             start = self._samples[0]  # idle: read the whole window, not one period
         self.available = available = self._available(start, (now, sample))
+        self.span_s = now - start[0]
         threads = self.threads
         if available < threads - self.lower_margin:
             threads = math.floor(available + self.lower_margin)
@@ -277,4 +279,4 @@ class ThreadBudgetWatch:
                 continue
             if changed is not None:
                 log.info("llama.cpp threads %d -> %d: %.2f cores free for the engine over the last %.2f s",
-                         before, changed, self.budget.available, self.period_s)
+                         before, changed, self.budget.available, self.budget.span_s)
