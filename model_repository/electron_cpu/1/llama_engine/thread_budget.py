@@ -26,12 +26,12 @@ The rule is in cores, not in fractions, so it reads the same on 2 cores and on
 16: with one busy process a 16-core engine runs 15 threads.
 
 While the engine is idle (it used under ``IDLE_CORES`` over the last period) the
-rule reads ``available`` over the last ``idle_window_s`` (2 s) instead of the last
-period: a short burst of another process (a container healthcheck's ``exec``, a
-cron job) takes half a core for a fraction of a second, and read over one 0.25 s
-period it dropped a thread and brought it back about once a second on an idle
-machine. A neighbour that stays busy still takes the thread within about a second,
-and while the engine runs, the last period decides, at once.
+rule reads ``available`` over the last ``idle_window_s`` (5 s) instead of the last
+period: a short burst of another process (a container health check's ``exec``
+with Docker's own work for it, a cron job) takes up to a core-second, and read
+over one 0.25 s period (or 2 s) it dropped a thread and brought it back every few
+seconds on an idle machine. A neighbour that stays busy still takes the thread
+within about 2.5 s, and while the engine runs, the last period decides, at once.
 
 In a container with a CPU quota (``docker --cpus``: cgroup v2 ``cpu.max``, or
 v1 ``cpu.cfs_quota_us``) the CPUs' idle time is the host's: a core idle on the
@@ -186,7 +186,7 @@ class ThreadBudget:
     """The thread count for the next steps, from successive CPU samples."""
 
     def __init__(self, max_threads: int, lower_margin: float = 0.4, raise_margin: float = 0.6,
-                 quota_cores: float | None = None, idle_window_s: float = 2.0):
+                 quota_cores: float | None = None, idle_window_s: float = 5.0):
         if max_threads < 1:
             raise ValueError("max_threads must be at least 1")
         self.max_threads = max_threads
