@@ -17,6 +17,10 @@ KV_LAYOUTS = ("unified", "streams")  # llama.cpp's kv_unified true / false
 WEIGHT_BUFFERS = ("auto", "extra", "plain")  # auto: extra buffer types only if their probe passes
 FLASH_ATTENTION = ("auto", "on", "off")  # auto: whichever is faster at start
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # Python logging
+# The image's llama.cpp CPU backends (build/llama_cpu_variants.sh writes them, the launcher chooses one,
+# the engine names the one it loaded): one folder per x86 level with the backend and its description
+CPU_BACKEND_LIBRARY = "libggml-cpu.so.0"  # the only llama.cpp library built per instruction set
+CPU_VARIANT_FILE = "variant.json"  # {"name", "rank" (higher is faster), "needs" (/proc/cpuinfo flags)}
 
 
 class ParameterError(ValueError):

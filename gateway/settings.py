@@ -25,17 +25,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WEIGHT_FORMATS = ("q8_0", "q4_0")  # the requantized copies the engine can load (gateway/server/weight_choice.py)
 WEIGHT_FORMAT_CHOICES = ("auto", "shipped", *WEIGHT_FORMATS)
 START_ERROR_CHOICES = ("exit", "wait")
-
-
-def env_name(field: str) -> str:
-    """The environment variable of a ``Settings`` field."""
-    return PREFIX + field.upper()
 CANCELLED_PROMPT_BILLING = ("cached", "full", "none")  # gateway/accounts/pricing.py
 # the tool dialects are data (gateway/tools/tool_dialect.py): their names are the file's keys
 TOOL_DIALECTS_FILE = REPO_ROOT / "gateway" / "tools" / "data" / "tool_dialects.json"
 
 
 @cache
+def env_name(field: str) -> str:
+    """The environment variable of a ``Settings`` field."""
+    return PREFIX + field.upper()
+
+
 def tool_dialect_names() -> tuple[str, ...]:
     return tuple(json.loads(TOOL_DIALECTS_FILE.read_text()))
 
@@ -137,13 +137,13 @@ class Settings:
             self.engine_parameters()
         except ParameterError as exc:
             name = "engine_log_level" if exc.name == "log_level" else exc.name
-            raise ValueError(f"{PREFIX}{name.upper()}: {exc.message}") from exc
+            raise ValueError(f"{env_name(name)}: {exc.message}") from exc
         for name, choices in (("weight_format", WEIGHT_FORMAT_CHOICES), ("tool_dialect", tool_dialect_names()),
                               ("on_start_error", START_ERROR_CHOICES),
                               ("cancelled_prompt_billing", CANCELLED_PROMPT_BILLING)):
             value = getattr(self, name)
             if value not in choices:
-                raise ValueError(f"{PREFIX}{name.upper()}: {value!r} is not one of {', '.join(choices)}")
+                raise ValueError(f"{env_name(name)}: {value!r} is not one of {', '.join(choices)}")
         if self.gateway_workers > 1 and not self.redis_url:
             raise ValueError(f"{PREFIX}GATEWAY_WORKERS={self.gateway_workers} needs {PREFIX}REDIS_URL: per-account "
                              "caps kept in each worker process would multiply by the number of workers.")
@@ -160,14 +160,14 @@ class Settings:
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
+            raw = environ.get(env_name(f.name))
             if raw is None:
                 continue
             kind = type(f.default)
             try:
                 values[f.name] = parse_bool(raw) if kind is bool else kind(raw)
             except ValueError as exc:
-                raise ValueError(f"{PREFIX}{f.name.upper()}={raw!r} is not a valid {kind.__name__}") from exc
+                raise ValueError(f"{env_name(f.name)}={raw!r} is not a valid {kind.__name__}") from exc
         return cls(**values)
 
     @property

@@ -10,7 +10,7 @@ Redis call; keys are looked up in memory.
 
 Protected mode: while the store holds no key, a gateway bound to a loopback
 address serves without keys (as account ``local``, without caps); bound to any
-other address it refuses to start (``check_protected_mode``) and refuses
+other address it refuses to start (``check_accounts_at_start``) and refuses
 requests if the last key is deleted while it runs.
 """
 
@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -82,6 +81,10 @@ class ProtectedModeError(StartupError):
     pass
 
 
+def _without_password(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _reason(exc: BaseException) -> str:
     """The first line of what the driver said (SQLAlchemy wraps it in ``orig``)."""
     text = str(getattr(exc, "orig", None) or exc) or type(exc).__name__
@@ -96,7 +99,7 @@ def protected_mode_message(settings: Settings) -> str:
             "run --rm electron .venv/bin/electron-keys create --account my-team --name my-key), or bind to 127.0.0.1.")
 
 
-async def check_protected_mode(settings: Settings) -> int:
+async def check_accounts_at_start(settings: Settings) -> int:
     """At start: the number of keys; raises ``ProtectedModeError`` when there are none and
     the bind address is not loopback, ``StartupError`` when the store cannot be opened or
     Redis (the shared caps) does not answer. Creates the store (migrations) on first use."""
@@ -107,7 +110,7 @@ async def check_protected_mode(settings: Settings) -> int:
         finally:
             await store.close()
     except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
-        url = make_url(settings.store_url).render_as_string(hide_password=True)
+        url = _without_password(settings.store_url)
         raise StartupError(
             f"cannot open the accounts store at {url}: {_reason(exc)}. Check ELECTRON_DATABASE_URL (with docker "
             "compose: POSTGRES_PASSWORD must be the password the electron-usage volume was first created with)"
@@ -132,20 +135,11 @@ async def _check_redis(url: str) -> None:
         await client.ping()
     except (RedisError, OSError) as exc:
         raise StartupError(
-            f"cannot reach Redis at {url_without_password(url)} (the shared caps): {_reason(exc)}. Check ELECTRON_REDIS_URL "
+            f"cannot reach Redis at {_without_password(url)} (the shared caps): {_reason(exc)}. Check ELECTRON_REDIS_URL "
             "and that Redis runs, or set ELECTRON_LIMITS_FAIL_OPEN=true to admit requests without caps while "
             "it is down") from None
     finally:
         await client.aclose()
-
-
-def url_without_password(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def make_limiter(settings: Settings) -> Limiter:

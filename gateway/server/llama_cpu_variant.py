@@ -11,7 +11,7 @@ this CPU has and puts its folder first on ``LD_LIBRARY_PATH`` of every process i
 there before the ``$ORIGIN`` run path of llama-cpp-python's ``libggml``, so that library
 loads the chosen backend; everything else of llama-cpp-python is the same for all. The
 engine names the backend it loaded in its log and its ``electron_engine_cpu_paths_info``
-metric (``llama_engine/cpu_backend.py``).
+metric (``llama_engine/build_compiler.py``).
 
 Without ``ELECTRON_LLAMA_CPU_VARIANTS`` (``make serve``: llama.cpp built on this machine
 for this machine) nothing changes.
@@ -25,11 +25,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine_contract.cpu_parameters import CPU_BACKEND_LIBRARY, CPU_VARIANT_FILE
+
 log = logging.getLogger(__name__)
 
 VARIANTS_ENV = "ELECTRON_LLAMA_CPU_VARIANTS"
-VARIANT_FILE = "variant.json"
-BACKEND_LIBRARY = "libggml-cpu.so.0"
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,8 @@ class CpuVariant:
 def read_variants(root: Path) -> list[CpuVariant]:
     """The variants under ``root``: each sub-folder with a ``variant.json`` and the library."""
     variants = []
-    for meta in sorted(root.glob(f"*/{VARIANT_FILE}")):
-        if not (meta.parent / BACKEND_LIBRARY).is_file():
+    for meta in sorted(root.glob(f"*/{CPU_VARIANT_FILE}")):
+        if not (meta.parent / CPU_BACKEND_LIBRARY).is_file():
             continue
         data = json.loads(meta.read_text())
         variants.append(CpuVariant(data["name"], int(data["rank"]), frozenset(data["needs"]), meta.parent))

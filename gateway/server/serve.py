@@ -18,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway.accounts.service import ProtectedModeError, StartupError, check_protected_mode
+from gateway.accounts.service import ProtectedModeError, StartupError, check_accounts_at_start
 from gateway.server import llama_cpu_variant
 from gateway.server.build_app import build_app
 from gateway.api.request_context import configure_logging
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                f"{os.environ.get(llama_cpu_variant.VARIANTS_ENV)}: {exc}", settings.on_start_error)
     try:
         limits_lock = None if settings.redis_url else claim_local_limits(settings)
-        asyncio.run(check_protected_mode(settings))
+        asyncio.run(check_accounts_at_start(settings))
     except StartupError as exc:
         return refuse_to_start(str(exc), settings.on_start_error)
     # While Triton starts, SIGTERM interrupts like Ctrl-C (start_triton cleans up).

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.accounts.limits import LocalLimiter
 from gateway.accounts.pricing import Prices, cost_of
-from gateway.accounts.service import AccountService, ProtectedModeError, check_protected_mode
+from gateway.accounts.service import AccountService, ProtectedModeError, check_accounts_at_start
 from gateway.api.app import create_app
 from gateway.errors import EngineError, EngineUnavailableError, ServerOverloadedError
 
@@ -111,10 +111,10 @@ async def test_protected_mode_open_on_loopback_only(open_gateway, say, settings)
         assert (await gw.post()).status_code == 401 and (await gw.post(key)).status_code == 200
     exposed = dataclasses.replace(settings, gateway_host="0.0.0.0", data_dir=settings.data_dir + "-exposed")
     with pytest.raises(ProtectedModeError, match="electron-keys create"):
-        await check_protected_mode(exposed)
+        await check_accounts_at_start(exposed)
     async with open_gateway(gateway_host="0.0.0.0", data_dir=exposed.data_dir) as gw:
         assert (await gw.post()).status_code == 401  # never open off loopback, even if started anyway
-    assert await check_protected_mode(dataclasses.replace(settings, gateway_host="0.0.0.0")) == 1
+    assert await check_accounts_at_start(dataclasses.replace(settings, gateway_host="0.0.0.0")) == 1
 
 
 async def test_concurrency_cap_admits_exactly_the_cap_under_a_burst(open_gateway, say):

@@ -15,6 +15,8 @@ import os
 import struct
 from pathlib import Path
 
+from engine_contract.cpu_parameters import CPU_BACKEND_LIBRARY, CPU_VARIANT_FILE
+
 
 def comment_lines(path: Path) -> list[str]:
     """The NUL-separated strings of the ELF64 file's ``.comment`` section ([] if it has
@@ -50,10 +52,6 @@ def compiler_of(path: Path) -> str:
     return "unknown"
 
 
-CPU_BACKEND = "libggml-cpu.so.0"  # the CPU backend's soname: the only library built per instruction set
-VARIANT_FILE = "variant.json"  # beside a backend built for one x86 level (the image's variants)
-
-
 def cpu_backend_library(maps: str = "/proc/self/maps") -> Path | None:
     """The CPU backend (``libggml-cpu``, where ggml's AMX kernels are) this process runs:
     the one mapped into it once llama_cpp is loaded; before that the one the dynamic linker
@@ -69,8 +67,8 @@ def cpu_backend_library(maps: str = "/proc/self/maps") -> Path | None:
     except OSError:
         pass
     for folder in filter(None, os.environ.get("LD_LIBRARY_PATH", "").split(":")):
-        if (Path(folder) / CPU_BACKEND).is_file():
-            return Path(folder) / CPU_BACKEND
+        if (Path(folder) / CPU_BACKEND_LIBRARY).is_file():
+            return Path(folder) / CPU_BACKEND_LIBRARY
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or not spec.origin:
         return None
@@ -84,7 +82,7 @@ def cpu_backend_variant(library: Path | None = None) -> str:
     ``variant.json``), or ``this machine's build`` (install.sh's native build)."""
     library = library or cpu_backend_library()
     try:
-        return json.loads((library.parent / VARIANT_FILE).read_text())["name"]
+        return json.loads((library.parent / CPU_VARIANT_FILE).read_text())["name"]
     except (AttributeError, OSError, ValueError, KeyError):
         return "this machine's build"
 
